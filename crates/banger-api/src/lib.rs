@@ -1,0 +1,339 @@
+//! Wire types shared by the `banger` CLI and `bangerd`: names, specs, states and the
+//! error body. No I/O lives here, so both ends agree on one definition of every
+//! payload and every validation rule.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// API version prefix; every route lives under it.
+pub const API_PREFIX: &str = "/v1";
+
+/// Smallest and largest vCPU count a VM may ask for (Firecracker's own limits).
+pub const MIN_VCPUS: u32 = 1;
+pub const MAX_VCPUS: u32 = 32;
+/// Smallest memory size a VM may ask for, in MiB.
+pub const MIN_MEMORY_MIB: u32 = 128;
+/// Largest memory size, in MiB (1 TiB); a typo guard, not a capacity check.
+pub const MAX_MEMORY_MIB: u32 = 1024 * 1024;
+
+/// Why a value was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValidationError {
+    #[error(
+        "invalid VM name {0:?}: use 1-64 characters of lowercase letters, digits and '-', not starting or ending with '-'"
+    )]
+    Name(String),
+    #[error("invalid cpu count {0}: must be between {MIN_VCPUS} and {MAX_VCPUS}")]
+    Cpus(u32),
+    #[error("invalid memory size {0} MiB: must be at least {MIN_MEMORY_MIB} MiB and at most {MAX_MEMORY_MIB} MiB")]
+    Memory(u32),
+    #[error("{what} path {path:?} must be absolute")]
+    RelativePath { what: &'static str, path: PathBuf },
+    #[error("boot arguments are {0} bytes long; the limit is 2048")]
+    BootArgsTooLong(usize),
+}
+
+/// A VM name: 1-64 of `[a-z0-9-]`, not starting or ending with `-`.
+///
+/// The same rule keeps names safe as path components, tap-name suffixes and
+/// Firecracker instance ids.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct VmName(String);
+
+impl VmName {
+    pub fn new(name: impl Into<String>) -> Result<Self, ValidationError> {
+        let name = name.into();
+        let ok = (1..=64).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if ok { Ok(Self(name)) } else { Err(ValidationError::Name(name)) }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for VmName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        VmName::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for VmName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a user asks for when creating a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: VmName,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// Kernel image: an ELF vmlinux for Firecracker; banger-vmm-qemu also takes a bzImage.
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Root disk image attached as the root device (`/dev/vda`).
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
+    /// Kernel command line; banger's default prints to the serial console.
+    #[serde(default)]
+    pub boot_args: Option<String>,
+}
+
+/// Boot arguments used when the spec gives none: serial console on ttyS0, reboot
+/// through the keyboard controller so a guest reboot ends the VMM (Firecracker's
+/// documented convention), panic reboots.
+pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1";
+
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_memory() -> u32 {
+    256
+}
+
+impl VmSpec {
+    /// Checks every rule a spec must satisfy; the daemon calls this before storing.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !(MIN_VCPUS..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(ValidationError::Cpus(self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ValidationError::Memory(self.memory_mib));
+        }
+        let paths = [
+            ("kernel", Some(&self.kernel)),
+            ("initrd", self.initrd.as_ref()),
+            ("rootfs", self.rootfs.as_ref()),
+        ];
+        for (what, p) in paths {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
+                return Err(ValidationError::RelativePath { what, path: p.clone() });
+            }
+        }
+        if let Some(args) = &self.boot_args
+            && args.len() > 2048
+        {
+            return Err(ValidationError::BootArgsTooLong(args.len()));
+        }
+        Ok(())
+    }
+}
+
+/// Lifecycle of a VM. Transitions are checked by the `can_*` methods; the daemon
+/// persists the state before and after each step so a crash in between is recoverable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Recorded, never started.
+    Created,
+    /// VMM launched, being configured; InstanceStart not yet acknowledged.
+    Starting,
+    /// InstanceStart acknowledged and the VMM is alive.
+    Running,
+    /// A graceful shutdown was requested.
+    Stopping,
+    /// No VMM process.
+    Stopped,
+    /// The last start failed; the console log is kept.
+    Failed,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
+            VmState::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => VmState::Created,
+            "starting" => VmState::Starting,
+            "running" => VmState::Running,
+            "stopping" => VmState::Stopping,
+            "stopped" => VmState::Stopped,
+            "failed" => VmState::Failed,
+            _ => return None,
+        })
+    }
+    /// Whether a VMM process may exist in this state.
+    pub fn has_vmm(self) -> bool {
+        matches!(self, VmState::Starting | VmState::Running | VmState::Stopping)
+    }
+    pub fn can_start(self) -> bool {
+        matches!(self, VmState::Created | VmState::Stopped | VmState::Failed)
+    }
+    pub fn can_stop(self) -> bool {
+        matches!(self, VmState::Running | VmState::Stopping)
+    }
+    pub fn can_kill(self) -> bool {
+        self.has_vmm()
+    }
+    pub fn can_remove(self) -> bool {
+        !self.has_vmm()
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A VM as the daemon reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    pub id: String,
+    pub name: VmName,
+    pub state: VmState,
+    pub spec: VmSpec,
+    /// RFC 3339 timestamps.
+    pub created_at: String,
+    pub updated_at: String,
+    /// VMM process id while one exists.
+    pub pid: Option<i32>,
+    /// Which VMM binary runs it ("banger-vmm-qemu" or "firecracker").
+    pub vmm: String,
+    /// The last error, for failed VMs.
+    pub last_error: Option<String>,
+    /// Where the guest's serial console is written.
+    pub console_log: PathBuf,
+}
+
+/// `POST /v1/vms/{name}/stop` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// Seconds to wait for the guest to shut down before killing the VMM.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// `GET /v1/daemon` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub version: String,
+    pub pid: u32,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub socket: PathBuf,
+    pub vmm: String,
+    pub schema_version: u32,
+    pub vms: usize,
+    pub running: usize,
+}
+
+/// What went wrong, in a form scripts can branch on. The daemon maps each kind to an
+/// HTTP status and the CLI maps each to an exit code (docs/cli.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    BadRequest,
+    NotFound,
+    Conflict,
+    Internal,
+}
+
+/// Every error response carries this body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> VmSpec {
+        VmSpec {
+            name: VmName::new(name).unwrap(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: "/k".into(),
+            initrd: None,
+            rootfs: None,
+            boot_args: None,
+        }
+    }
+
+    #[test]
+    fn names_accept_the_documented_alphabet_only() {
+        for ok in ["a", "dev-1", "0", &"a".repeat(64)] {
+            assert!(VmName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "Dev", "a_b", "a.b", "../x", "a/b", "-a", "a-", "é", " a", &"a".repeat(65),
+        ] {
+            assert!(VmName::new(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn deserializing_a_bad_name_fails() {
+        let r: Result<VmName, _> = serde_json::from_str("\"../etc\"");
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn cpu_and_memory_bounds_are_enforced() {
+        let mut s = spec("a");
+        for (c, ok) in [(0, false), (1, true), (32, true), (33, false)] {
+            s.vcpus = c;
+            assert_eq!(s.validate().is_ok(), ok, "cpus {c}");
+        }
+        s.vcpus = 1;
+        for (m, ok) in [(127, false), (128, true), (4096, true)] {
+            s.memory_mib = m;
+            assert_eq!(s.validate().is_ok(), ok, "mem {m}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_and_long_cmdlines_are_refused() {
+        let mut s = spec("a");
+        s.kernel = "vmlinux".into();
+        assert!(matches!(s.validate(), Err(ValidationError::RelativePath { .. })));
+        let mut s = spec("a");
+        s.boot_args = Some("x".repeat(2049));
+        assert_eq!(s.validate(), Err(ValidationError::BootArgsTooLong(2049)));
+    }
+
+    #[test]
+    fn unknown_spec_fields_are_refused() {
+        let r: Result<VmSpec, _> =
+            serde_json::from_str(r#"{"name":"a","kernel":"/k","cpu":2}"#);
+        assert!(r.unwrap_err().to_string().contains("unknown field"));
+    }
+
+    #[test]
+    fn state_transitions_follow_the_lifecycle() {
+        use VmState::*;
+        assert!(Created.can_start() && Stopped.can_start() && Failed.can_start());
+        assert!(!Running.can_start() && !Starting.can_start());
+        assert!(Running.can_stop() && !Created.can_stop());
+        assert!(Starting.can_kill() && !Stopped.can_kill());
+        assert!(Stopped.can_remove() && !Running.can_remove());
+        for s in [Created, Starting, Running, Stopping, Stopped, Failed] {
+            assert_eq!(VmState::parse(s.as_str()), Some(s));
+        }
+    }
+}

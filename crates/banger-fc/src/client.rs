@@ -1,0 +1,189 @@
+//! Typed client for the Firecracker API over its Unix socket.
+//!
+//! One HTTP/1.1 connection per call: Firecracker serves at most 10 connections and a
+//! short-lived connection never holds one of them while banger waits on something else.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+use crate::models::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to the VMM API socket {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP exchange with the VMM failed on {method} {uri}")]
+    Http {
+        method: Method,
+        uri: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the VMM did not answer {method} {uri} within {timeout:?}")]
+    Timeout { method: Method, uri: String, timeout: Duration },
+    /// The VMM refused the request; `fault_message` is Firecracker's text, verbatim.
+    #[error("{method} {uri} was refused ({status}): {fault_message}")]
+    Fault { method: Method, uri: String, status: StatusCode, fault_message: String },
+    #[error("unexpected response to {method} {uri}: {status} {body}")]
+    Unexpected { method: Method, uri: String, status: StatusCode, body: String },
+    #[error("cannot decode the VMM's answer to {uri}")]
+    Decode {
+        uri: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Client for one VMM's API socket.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self { socket: socket.into(), timeout: Duration::from_secs(10) }
+    }
+
+    /// Per-request timeout (connect + exchange). InstanceStart under software
+    /// emulation can take a while; the default is 10 s.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub async fn instance_info(&self) -> Result<InstanceInfo, Error> {
+        self.get("/").await
+    }
+    pub async fn machine_config(&self) -> Result<MachineConfiguration, Error> {
+        self.get("/machine-config").await
+    }
+    pub async fn put_machine_config(&self, cfg: &MachineConfiguration) -> Result<(), Error> {
+        self.send(Method::PUT, "/machine-config", Some(cfg)).await
+    }
+    pub async fn put_boot_source(&self, boot: &BootSource) -> Result<(), Error> {
+        self.send(Method::PUT, "/boot-source", Some(boot)).await
+    }
+    pub async fn put_drive(&self, drive: &Drive) -> Result<(), Error> {
+        let uri = format!("/drives/{}", drive.drive_id);
+        self.send(Method::PUT, &uri, Some(drive)).await
+    }
+    pub async fn put_network_interface(&self, iface: &NetworkInterface) -> Result<(), Error> {
+        let uri = format!("/network-interfaces/{}", iface.iface_id);
+        self.send(Method::PUT, &uri, Some(iface)).await
+    }
+    pub async fn action(&self, action_type: ActionType) -> Result<(), Error> {
+        self.send(Method::PUT, "/actions", Some(&InstanceActionInfo { action_type })).await
+    }
+    pub async fn instance_start(&self) -> Result<(), Error> {
+        self.action(ActionType::InstanceStart).await
+    }
+    pub async fn send_ctrl_alt_del(&self) -> Result<(), Error> {
+        self.action(ActionType::SendCtrlAltDel).await
+    }
+    pub async fn vm_config(&self) -> Result<FullVmConfiguration, Error> {
+        self.get("/vm/config").await
+    }
+    pub async fn patch_vm(&self, state: VmStateRequest) -> Result<(), Error> {
+        self.send(Method::PATCH, "/vm", Some(&VmPatch { state })).await
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, uri: &str) -> Result<T, Error> {
+        let (status, body) = self.raw(Method::GET, uri, None).await?;
+        if status != StatusCode::OK {
+            return Err(fault(Method::GET, uri, status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|source| Error::Decode { uri: uri.into(), source })
+    }
+
+    /// PUT/PATCH with a JSON body; success is `204 No Content`.
+    pub async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&B>,
+    ) -> Result<(), Error> {
+        let bytes = body.map(|b| serde_json::to_vec(b).expect("API bodies always serialize"));
+        let (status, resp) = self.raw(method.clone(), uri, bytes).await?;
+        if status == StatusCode::NO_CONTENT {
+            Ok(())
+        } else {
+            Err(fault(method, uri, status, &resp))
+        }
+    }
+
+    /// The raw escape hatch: any method, path and body; returns status and body bytes.
+    pub async fn raw(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), Error> {
+        let fut = self.exchange(method.clone(), uri, body);
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout { method, uri: uri.into(), timeout: self.timeout }),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), Error> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| Error::Connect { path: self.socket.clone(), source })?;
+        let http_err = |source| Error::Http { method: method.clone(), uri: uri.into(), source };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http_err)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(hyper::header::HOST, "localhost")
+            .header(hyper::header::ACCEPT, "application/json");
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("request parts are valid");
+        let resp = sender.send_request(req).await.map_err(http_err)?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(http_err)?.to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+fn fault(method: Method, uri: &str, status: StatusCode, body: &[u8]) -> Error {
+    match serde_json::from_slice::<FaultBody>(body) {
+        Ok(f) => Error::Fault { method, uri: uri.into(), status, fault_message: f.fault_message },
+        Err(_) => Error::Unexpected {
+            method,
+            uri: uri.into(),
+            status,
+            body: String::from_utf8_lossy(body).into_owned(),
+        },
+    }
+}

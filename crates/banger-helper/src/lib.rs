@@ -1,0 +1,329 @@
+//! The closed protocol between `bangerd` and `bangerd-root`.
+//!
+//! One JSON object per line in each direction over a Unix socket: a [`Request`], then
+//! a [`Response`]. The operation set is closed (there is no "run this command"), and
+//! every argument is a validated type: VM ids are checked by [`VmId`], and every path
+//! must be confined to banger's own directories ([`Dirs::confine`]).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A VM's internal id: 12 lowercase hex digits. Used as a path component and as the
+/// VMM instance id, so it is never anything else.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct VmId(String);
+
+impl VmId {
+    pub const LEN: usize = 12;
+    pub fn new(s: impl Into<String>) -> Result<Self, ArgError> {
+        let s = s.into();
+        if s.len() == Self::LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Self(s))
+        } else {
+            Err(ArgError::VmId(s))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for VmId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        VmId::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for VmId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgError {
+    #[error("invalid VM id {0:?}: expected 12 lowercase hex digits")]
+    VmId(String),
+    #[error("path {0} is not absolute")]
+    NotAbsolute(PathBuf),
+    #[error("path {0} contains '..' or '.' components")]
+    Traversal(PathBuf),
+    #[error("path {path} is outside {allowed}")]
+    Outside { path: PathBuf, allowed: PathBuf },
+    #[error("path {path} resolves through a symlink to {resolved}, outside {allowed}")]
+    Escapes { path: PathBuf, resolved: PathBuf, allowed: PathBuf },
+}
+
+/// banger's directories. The helper and the daemon derive every per-VM path from them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dirs {
+    /// Persistent state: database, per-VM logs (`/var/lib/banger` in system mode).
+    pub state: PathBuf,
+    /// Runtime state: sockets, handles (`/run/banger` in system mode).
+    pub run: PathBuf,
+}
+
+impl Dirs {
+    /// System mode layout.
+    pub fn system() -> Self {
+        Self { state: "/var/lib/banger".into(), run: "/run/banger".into() }
+    }
+    /// Development and test layout: everything under one directory.
+    pub fn under(state: impl Into<PathBuf>) -> Self {
+        let state = state.into();
+        let run = state.join("run");
+        Self { state, run }
+    }
+    pub fn daemon_socket(&self) -> PathBuf {
+        self.run.join("bangerd.sock")
+    }
+    pub fn helper_socket(&self) -> PathBuf {
+        self.run.join("root.sock")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.state.join("banger.db")
+    }
+    pub fn vm_run_dir(&self, id: &VmId) -> PathBuf {
+        self.run.join("vms").join(id.as_str())
+    }
+    pub fn vm_state_dir(&self, id: &VmId) -> PathBuf {
+        self.state.join("vms").join(id.as_str())
+    }
+    pub fn api_socket(&self, id: &VmId) -> PathBuf {
+        self.vm_run_dir(id).join("api.sock")
+    }
+    pub fn handles(&self, id: &VmId) -> PathBuf {
+        self.vm_run_dir(id).join("handles.json")
+    }
+    pub fn console_log(&self, id: &VmId) -> PathBuf {
+        self.vm_state_dir(id).join("console.log")
+    }
+    pub fn vmm_log(&self, id: &VmId) -> PathBuf {
+        self.vm_state_dir(id).join("vmm.log")
+    }
+    pub fn jail_base(&self) -> PathBuf {
+        self.run.join("jail")
+    }
+
+    /// Accepts `path` only if it is absolute, has no `.`/`..` components, lies under
+    /// `allowed`, and, for the part that exists, does not leave `allowed` through a
+    /// symlink.
+    pub fn confine(path: &Path, allowed: &Path) -> Result<PathBuf, ArgError> {
+        if !path.is_absolute() {
+            return Err(ArgError::NotAbsolute(path.into()));
+        }
+        if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+            return Err(ArgError::Traversal(path.into()));
+        }
+        if !path.starts_with(allowed) {
+            return Err(ArgError::Outside { path: path.into(), allowed: allowed.into() });
+        }
+        // Resolve the longest existing prefix and check it is still inside.
+        let allowed_real = std::fs::canonicalize(allowed).unwrap_or_else(|_| allowed.into());
+        let mut existing = path.to_path_buf();
+        while !existing.exists() {
+            if !existing.pop() {
+                break;
+            }
+        }
+        if let Ok(real) = std::fs::canonicalize(&existing)
+            && !real.starts_with(&allowed_real)
+        {
+            return Err(ArgError::Escapes {
+                path: path.into(),
+                resolved: real,
+                allowed: allowed.into(),
+            });
+        }
+        Ok(path.to_path_buf())
+    }
+}
+
+/// A signal the helper may send to a VMM it has identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmmSignal {
+    Term,
+    Kill,
+}
+
+/// Every operation `bangerd-root` performs. Nothing else is possible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Liveness and version check. Always legal.
+    Ping {},
+    /// Create `<run>/vms/<id>` and `<state>/vms/<id>`, owned by the caller. Idempotent.
+    CreateVmDirs { vm_id: VmId },
+    /// Launch the VMM for `vm_id` in its own session, detached from the helper:
+    /// stdin from /dev/null, stdout (the serial console) appended to `console_log`,
+    /// stderr and `--log-path` to `vmm_log`. The API socket must not exist yet.
+    /// Paths must lie in the VM's own run and state directories.
+    LaunchVmm { vm_id: VmId, api_sock: PathBuf, console_log: PathBuf, vmm_log: PathBuf },
+    /// Signal the VMM of `vm_id`, but only if `pid` still has `start_time` and is the
+    /// VMM serving that VM's API socket. Reports whether it was alive.
+    SignalVmm { vm_id: VmId, pid: i32, start_time: u64, signal: VmmSignal },
+    /// Remove `<run>/vms/<id>` (sockets, handles, jail). Idempotent.
+    RemoveVmRuntime { vm_id: VmId },
+    /// Remove `<state>/vms/<id>` (logs). Idempotent.
+    RemoveVmState { vm_id: VmId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Pong { version: String, vmm: String },
+    Done,
+    Launched(Launched),
+    Signalled { was_alive: bool },
+}
+
+/// What a launch produced: enough to find, verify and signal the VMM later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launched {
+    pub pid: i32,
+    pub start_time: u64,
+    /// The VMM executable's file name, which is also its `comm`.
+    pub vmm_name: String,
+    pub api_sock: PathBuf,
+    pub chroot: Option<PathBuf>,
+    pub pidfile: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The caller is not root or the daemon's user.
+    Denied,
+    /// An argument failed validation.
+    BadArgument,
+    /// The operation was valid but failed.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+pub type Response = Result<Reply, Failure>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the root helper at {path} (is bangerd-root running?)")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lost the connection to the root helper")]
+    Io(#[from] std::io::Error),
+    #[error("the root helper sent an unreadable reply")]
+    Decode(#[from] serde_json::Error),
+    #[error("the root helper refused: {0}")]
+    Refused(#[source] Failure),
+    #[error("the root helper answered {0:?} with an unexpected reply")]
+    UnexpectedReply(Reply),
+}
+
+/// Blocking client: one connection per call, like the helper's synchronous design.
+#[derive(Debug, Clone)]
+pub struct HelperClient {
+    socket: PathBuf,
+}
+
+impl HelperClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self { socket: socket.into() }
+    }
+
+    pub fn call(&self, req: &Request) -> Result<Reply, ClientError> {
+        let mut stream = UnixStream::connect(&self.socket)
+            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        stream.write_all(&line)?;
+        let mut reader = BufReader::new(stream);
+        let mut buf = String::new();
+        reader.read_line(&mut buf)?;
+        let resp: Response = serde_json::from_str(&buf)?;
+        resp.map_err(ClientError::Refused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_ids_are_twelve_lowercase_hex_digits() {
+        assert!(VmId::new("0123456789ab").is_ok());
+        for bad in ["", "0123456789a", "0123456789abc", "0123456789AB", "../../etc/x", "0123456789a/"] {
+            assert!(VmId::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn requests_with_bad_ids_do_not_deserialize() {
+        let r: Result<Request, _> =
+            serde_json::from_str(r#"{"op":"create_vm_dirs","vm_id":"../../../etc"}"#);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn unknown_operations_and_fields_are_refused() {
+        for bad in [
+            r#"{"op":"exec","cmd":"/bin/sh"}"#,
+            r#"{"op":"ping","extra":1}"#,
+            r#"{"op":"remove_vm_state","vm_id":"0123456789ab","path":"/"}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn confine_refuses_traversal_relative_and_outside_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert!(Dirs::confine(&root.join("vms/x/api.sock"), root).is_ok());
+        assert!(matches!(
+            Dirs::confine(&root.join("vms/../../etc/passwd"), root),
+            Err(ArgError::Traversal(_))
+        ));
+        assert!(matches!(Dirs::confine(Path::new("vms/x"), root), Err(ArgError::NotAbsolute(_))));
+        assert!(matches!(
+            Dirs::confine(Path::new("/etc/shadow"), root),
+            Err(ArgError::Outside { .. })
+        ));
+    }
+
+    #[test]
+    fn confine_refuses_a_symlink_that_leaves_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("evil")).unwrap();
+        assert!(matches!(
+            Dirs::confine(&root.join("evil/passwd"), &root),
+            Err(ArgError::Escapes { .. })
+        ));
+    }
+
+    #[test]
+    fn wire_format_is_one_tagged_object() {
+        let r = Request::CreateVmDirs { vm_id: VmId::new("0123456789ab").unwrap() };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"op":"create_vm_dirs","vm_id":"0123456789ab"}"#
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! `bangerd-root`: the only process of banger that runs as root.
+//!
+//! It serves the closed protocol of `banger-helper` on `<run>/root.sock`: one request
+//! per connection, handled synchronously on its own thread. Callers are authenticated
+//! with SO_PEERCRED (root or the daemon's uid only); the socket's mode is 0666 because
+//! the credential check, not the file mode, is the gate.
+//!
+//! Signals: the helper keeps the default dispositions, so SIGTERM ends it at once. VMMs
+//! it launched are in their own sessions with their own files and outlive it.
+
+mod ops;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use banger_helper::{Dirs, Failure, FailureKind, Request, Response};
+use clap::Parser;
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+#[derive(Debug, Parser)]
+#[command(name = "bangerd-root", version, about = "banger's root helper")]
+struct Args {
+    /// Use the system directories (/var/lib/banger, /run/banger).
+    #[arg(long, conflicts_with = "state_dir")]
+    system: bool,
+    /// Keep all state under this directory (development and tests).
+    #[arg(long, env = "BANGER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// A uid besides root that may call the helper (the daemon's). Defaults to the
+    /// owner of the state directory.
+    #[arg(long)]
+    allow_uid: Option<u32>,
+    /// The VMM executable. Defaults to banger-vmm-qemu next to this binary.
+    #[arg(long, env = "BANGER_VMM")]
+    vmm: Option<PathBuf>,
+    /// Launch VMMs through this jailer binary.
+    #[arg(long, env = "BANGER_JAILER")]
+    jailer: Option<PathBuf>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BANGER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("bangerd-root: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let dirs = match (&args.state_dir, args.system) {
+        (Some(d), false) => Dirs::under(d),
+        _ => Dirs::system(),
+    };
+    std::fs::create_dir_all(&dirs.state)
+        .with_context(|| format!("cannot create {}", dirs.state.display()))?;
+    std::fs::create_dir_all(dirs.run.join("vms"))
+        .with_context(|| format!("cannot create {}", dirs.run.display()))?;
+    let dirs = Dirs {
+        state: std::fs::canonicalize(&dirs.state)?,
+        run: std::fs::canonicalize(&dirs.run)?,
+    };
+    let allow_uid = match args.allow_uid {
+        Some(u) => u,
+        None => std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dirs.state)?),
+    };
+    let vmm = match args.vmm {
+        Some(v) => v,
+        None => std::env::current_exe()?.with_file_name("banger-vmm-qemu"),
+    };
+    let helper = ops::Helper::new(dirs.clone(), vmm, args.jailer)?;
+
+    let sock = dirs.helper_socket();
+    let listener = bind(&sock)?;
+    tracing::info!(socket = %sock.display(), allow_uid, vmm = %helper.vmm().display(), "root helper ready");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    for conn in listener.incoming() {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                continue;
+            }
+        };
+        let helper = helper.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = serve(&helper, conn, allow_uid) {
+                tracing::warn!("connection failed: {e:#}");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Binds the socket, replacing a stale file but refusing if another helper answers.
+fn bind(sock: &std::path::Path) -> Result<UnixListener> {
+    if sock.exists() {
+        if UnixStream::connect(sock).is_ok() {
+            anyhow::bail!(
+                "another bangerd-root is already serving {}; stop it first",
+                sock.display()
+            );
+        }
+        std::fs::remove_file(sock)
+            .with_context(|| format!("cannot remove stale socket {}", sock.display()))?;
+    }
+    let listener =
+        UnixListener::bind(sock).with_context(|| format!("cannot bind {}", sock.display()))?;
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+fn serve(helper: &ops::Helper, conn: UnixStream, allow_uid: u32) -> Result<()> {
+    let cred = getsockopt(&conn, PeerCredentials).context("SO_PEERCRED failed")?;
+    let mut writer = conn.try_clone()?;
+    let mut line = String::new();
+    BufReader::new(conn.take_limited()).read_line(&mut line)?;
+    let response: Response = if cred.uid() != 0 && cred.uid() != allow_uid {
+        tracing::warn!(uid = cred.uid(), pid = cred.pid(), "refused a caller that is not the daemon");
+        Err(Failure {
+            kind: FailureKind::Denied,
+            message: format!(
+                "uid {} may not use the root helper; only root and uid {allow_uid} (the daemon) may",
+                cred.uid()
+            ),
+        })
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Ok(req) => {
+                let r = helper.handle(&req);
+                match &r {
+                    Ok(_) => tracing::debug!(?req, "done"),
+                    Err(f) => tracing::warn!(?req, "failed: {}", f.message),
+                }
+                r
+            }
+            Err(e) => Err(Failure {
+                kind: FailureKind::BadArgument,
+                message: format!("malformed request: {e}"),
+            }),
+        }
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    writer.write_all(&out)?;
+    Ok(())
+}
+
+/// Requests are small; refuse to buffer an endless line.
+trait TakeLimited {
+    fn take_limited(self) -> std::io::Take<UnixStream>;
+}
+impl TakeLimited for UnixStream {
+    fn take_limited(self) -> std::io::Take<UnixStream> {
+        std::io::Read::take(self, 64 * 1024)
+    }
+}

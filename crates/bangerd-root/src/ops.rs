@@ -1,0 +1,302 @@
+//! The helper's operations. Each is linear, idempotent where it can be, and checks its
+//! arguments before touching anything.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use banger_fc::launch::{JailerConfig, LaunchConfig};
+use banger_fc::pid;
+use banger_helper::{
+    ArgError, Dirs, Failure, FailureKind, Launched, Reply, Request, Response, VmId, VmmSignal,
+};
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::unistd::Pid;
+
+#[derive(Debug, Clone)]
+pub struct Helper {
+    dirs: Dirs,
+    vmm: PathBuf,
+    vmm_name: String,
+    jailer: Option<PathBuf>,
+}
+
+fn bad(e: ArgError) -> Failure {
+    Failure { kind: FailureKind::BadArgument, message: e.to_string() }
+}
+
+fn failed(msg: impl Into<String>) -> Failure {
+    Failure { kind: FailureKind::Failed, message: msg.into() }
+}
+
+fn io_failed(what: impl std::fmt::Display, e: io::Error) -> Failure {
+    failed(format!("{what}: {e}"))
+}
+
+impl Helper {
+    pub fn new(dirs: Dirs, vmm: PathBuf, jailer: Option<PathBuf>) -> anyhow::Result<Self> {
+        let vmm_name = vmm
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow::anyhow!("VMM path {} has no file name", vmm.display()))?
+            .to_string();
+        Ok(Self { dirs, vmm, vmm_name, jailer })
+    }
+
+    pub fn vmm(&self) -> &Path {
+        &self.vmm
+    }
+
+    pub fn handle(&self, req: &Request) -> Response {
+        match req {
+            Request::Ping {} => Ok(Reply::Pong {
+                version: env!("CARGO_PKG_VERSION").into(),
+                vmm: self.vmm_name.clone(),
+            }),
+            Request::CreateVmDirs { vm_id } => self.create_vm_dirs(vm_id),
+            Request::LaunchVmm { vm_id, api_sock, console_log, vmm_log } => {
+                self.launch(vm_id, api_sock, console_log, vmm_log)
+            }
+            Request::SignalVmm { vm_id, pid, start_time, signal } => {
+                self.signal(vm_id, *pid, *start_time, *signal)
+            }
+            Request::RemoveVmRuntime { vm_id } => {
+                remove_dir(&self.dirs.vm_run_dir(vm_id))?;
+                remove_dir(&self.dirs.jail_base().join(&self.vmm_name).join(vm_id.as_str()))?;
+                Ok(Reply::Done)
+            }
+            Request::RemoveVmState { vm_id } => {
+                remove_dir(&self.dirs.vm_state_dir(vm_id))?;
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    fn create_vm_dirs(&self, id: &VmId) -> Response {
+        for d in [self.dirs.vm_run_dir(id), self.dirs.vm_state_dir(id)] {
+            fs::create_dir_all(&d).map_err(|e| io_failed(format!("cannot create {}", d.display()), e))?;
+        }
+        Ok(Reply::Done)
+    }
+
+    fn launch(&self, id: &VmId, api_sock: &Path, console: &Path, vmm_log: &Path) -> Response {
+        // 1. Every path must be in this VM's own directories.
+        let run_dir = self.dirs.vm_run_dir(id);
+        let state_dir = self.dirs.vm_state_dir(id);
+        let api_sock = Dirs::confine(api_sock, &run_dir).map_err(bad)?;
+        let console = Dirs::confine(console, &state_dir).map_err(bad)?;
+        let vmm_log = Dirs::confine(vmm_log, &state_dir).map_err(bad)?;
+
+        // 2. A live VMM on this socket means a double start; a dead one left its file.
+        if fs::symlink_metadata(&api_sock).is_ok() {
+            if let Ok(p) = pid::find_pid(&api_sock, &self.vmm_name) {
+                return Err(failed(format!(
+                    "a VMM (pid {p}) is already serving {}",
+                    api_sock.display()
+                )));
+            }
+            fs::remove_file(&api_sock)
+                .map_err(|e| io_failed(format!("cannot remove stale {}", api_sock.display()), e))?;
+        }
+
+        // 3. Plan the command line (direct or jailed).
+        let jailer = self.jailer.as_ref().map(|j| JailerConfig {
+            jailer: j.clone(),
+            chroot_base: self.dirs.jail_base(),
+            uid: 0,
+            gid: 0,
+        });
+        let cfg = LaunchConfig {
+            vmm: self.vmm.clone(),
+            id: id.to_string(),
+            api_sock: api_sock.clone(),
+            log_path: if jailer.is_some() { None } else { Some(vmm_log.clone()) },
+            jailer,
+        };
+        let plan = cfg.plan().map_err(|e| failed(e.to_string()))?;
+        if let Some(chroot) = &plan.chroot {
+            // A stale jail from an earlier run makes the jailer's mknod fail with EEXIST.
+            let jail_dir = chroot.parent().unwrap_or(chroot);
+            remove_dir(jail_dir)?;
+            fs::create_dir_all(self.dirs.jail_base())
+                .map_err(|e| io_failed("cannot create the jail base", e))?;
+        }
+
+        // 4. Spawn detached: own session, default signal dispositions, files not pipes.
+        let stdout = append(&console)?;
+        let stderr = append(&vmm_log)?;
+        let mut cmd = Command::new(&plan.program);
+        cmd.args(&plan.args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(io::Error::from)?;
+                reset_signals();
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| io_failed(format!("cannot start {}", plan.program.display()), e))?;
+        let pid = child.id() as i32;
+        // The helper is the parent until it exits; reap the VMM so it never lingers
+        // as a zombie. Dropping `child` does not wait, so a thread does.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+
+        // 5. With a jail, the host-side socket is a symlink into it.
+        if plan.chroot.is_some() {
+            std::os::unix::fs::symlink(&plan.bound_socket, &api_sock)
+                .map_err(|e| io_failed(format!("cannot link {}", api_sock.display()), e))?;
+        }
+        let start_time = pid::start_time(pid)
+            .ok_or_else(|| failed(format!("the VMM (pid {pid}) exited immediately; see {}", vmm_log.display())))?;
+        tracing::info!(vm = %id, pid, "launched VMM");
+        Ok(Reply::Launched(Launched {
+            pid,
+            start_time,
+            vmm_name: self.vmm_name.clone(),
+            api_sock,
+            chroot: plan.chroot,
+            pidfile: plan.pidfile,
+        }))
+    }
+
+    fn signal(&self, id: &VmId, p: i32, start_time: u64, sig: VmmSignal) -> Response {
+        if p <= 1 {
+            return Err(failed(format!("refusing to signal pid {p}")));
+        }
+        if pid::start_time(p) != Some(start_time) {
+            // Gone, or the pid now belongs to another process: nothing to do.
+            return Ok(Reply::Signalled { was_alive: false });
+        }
+        let sock = self.dirs.api_socket(id);
+        let identified = pid::find_pid(&sock, &self.vmm_name) == Ok(p)
+            || pid::comm(Path::new("/proc"), p).as_deref()
+                == Some(pid::expected_comm(&self.vmm_name).as_str());
+        if !identified {
+            return Err(failed(format!(
+                "pid {p} is not the VMM of VM {id}; it was not signalled"
+            )));
+        }
+        let s = match sig {
+            VmmSignal::Term => Signal::SIGTERM,
+            VmmSignal::Kill => Signal::SIGKILL,
+        };
+        match signal::kill(Pid::from_raw(p), s) {
+            Ok(()) => Ok(Reply::Signalled { was_alive: true }),
+            Err(nix::errno::Errno::ESRCH) => Ok(Reply::Signalled { was_alive: false }),
+            Err(e) => Err(failed(format!("cannot signal pid {p}: {e}"))),
+        }
+    }
+}
+
+fn append(path: &Path) -> Result<File, Failure> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| io_failed(format!("cannot open {}", path.display()), e))
+}
+
+fn remove_dir(dir: &Path) -> Result<(), Failure> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_failed(format!("cannot remove {}", dir.display()), e)),
+    }
+}
+
+/// Runs in the forked child before exec: every signal back to its default action and
+/// nothing blocked, whatever the helper (or its service manager) had set.
+fn reset_signals() {
+    for s in Signal::iterator() {
+        if matches!(s, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: restoring SIG_DFL is async-signal-safe.
+        let _ = unsafe { signal::signal(s, signal::SigHandler::SigDfl) };
+    }
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn helper(dir: &Path) -> Helper {
+        let dirs = Dirs::under(fs::canonicalize(dir).unwrap());
+        Helper::new(dirs, "/bin/sleep".into(), None).unwrap()
+    }
+
+    fn id() -> VmId {
+        VmId::new("0123456789ab").unwrap()
+    }
+
+    #[test]
+    fn launch_refuses_paths_outside_the_vm_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = helper(dir.path());
+        h.handle(&Request::CreateVmDirs { vm_id: id() }).unwrap();
+        let d = h.dirs.clone();
+        let cases = [
+            (PathBuf::from("/tmp/evil.sock"), d.console_log(&id()), d.vmm_log(&id())),
+            (d.api_socket(&id()), PathBuf::from("/etc/passwd"), d.vmm_log(&id())),
+            (d.api_socket(&id()), d.vm_state_dir(&id()).join("../../../x"), d.vmm_log(&id())),
+            (d.api_socket(&id()), d.console_log(&id()), PathBuf::from("relative.log")),
+            // Another VM's directory is outside this VM's.
+            (
+                d.api_socket(&VmId::new("ffffffffffff").unwrap()),
+                d.console_log(&id()),
+                d.vmm_log(&id()),
+            ),
+        ];
+        for (api_sock, console_log, vmm_log) in cases {
+            let r = h.handle(&Request::LaunchVmm {
+                vm_id: id(),
+                api_sock: api_sock.clone(),
+                console_log,
+                vmm_log,
+            });
+            let f = r.unwrap_err();
+            assert_eq!(f.kind, FailureKind::BadArgument, "{api_sock:?}: {}", f.message);
+        }
+        assert!(!Path::new("/tmp/evil.sock").exists());
+    }
+
+    #[test]
+    fn signal_refuses_a_pid_that_is_not_the_vm_s_vmm() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = helper(dir.path());
+        // Our own test process: alive, but neither its comm nor its cmdline match.
+        let me = std::process::id() as i32;
+        let st = pid::start_time(me).unwrap();
+        let f = h
+            .handle(&Request::SignalVmm { vm_id: id(), pid: me, start_time: st, signal: VmmSignal::Kill })
+            .unwrap_err();
+        assert!(f.message.contains("not the VMM"), "{}", f.message);
+        // A wrong start time means the pid was reused: reported dead, nothing sent.
+        let r = h
+            .handle(&Request::SignalVmm { vm_id: id(), pid: me, start_time: st + 1, signal: VmmSignal::Kill })
+            .unwrap();
+        assert_eq!(r, Reply::Signalled { was_alive: false });
+    }
+
+    #[test]
+    fn removing_directories_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = helper(dir.path());
+        h.handle(&Request::CreateVmDirs { vm_id: id() }).unwrap();
+        for _ in 0..2 {
+            h.handle(&Request::RemoveVmRuntime { vm_id: id() }).unwrap();
+            h.handle(&Request::RemoveVmState { vm_id: id() }).unwrap();
+        }
+        assert!(!h.dirs.vm_run_dir(&id()).exists() && !h.dirs.vm_state_dir(&id()).exists());
+    }
+}
