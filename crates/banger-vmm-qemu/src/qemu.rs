@@ -1,0 +1,300 @@
+//! Turning a Firecracker configuration into a `qemu-system-x86_64` command line, and
+//! talking to that QEMU over QMP for pause, resume and Ctrl-Alt-Del.
+//!
+//! The machine is `-M pc` with virtio-*-pci devices: this is what Debian's kernels boot
+//! under TCG (microvm + virtio-mmio does not, see docs/vmm-qemu.md). So `pci=off`,
+//! which Firecracker appends, must not reach the guest, and no `virtio_mmio.device=`
+//! is added.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::config::{BootSource, CacheType, Drive, MachineConfig, NetworkInterface};
+
+/// Firecracker's default command line, used when `boot_args` is absent.
+pub const DEFAULT_KERNEL_CMDLINE: &str =
+    "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
+
+/// Everything needed to start the guest.
+#[derive(Debug, Clone)]
+pub struct Machine<'a> {
+    pub id: &'a str,
+    pub machine: &'a MachineConfig,
+    pub boot: &'a BootSource,
+    /// Root device first, as Firecracker orders them.
+    pub drives: &'a [Drive],
+    pub nets: &'a [NetworkInterface],
+    pub qmp_socket: &'a Path,
+    pub serial_out: Option<&'a Path>,
+    pub entropy: bool,
+    pub accel: &'a str,
+}
+
+/// The kernel command line the guest gets: the configured (or default) arguments
+/// without `pci=off`, then `root=/dev/vda rw|ro` for a root drive, as Firecracker adds.
+pub fn kernel_cmdline(boot: &BootSource, drives: &[Drive]) -> String {
+    let base = boot.boot_args.as_deref().unwrap_or(DEFAULT_KERNEL_CMDLINE);
+    let mut parts: Vec<String> = base
+        .split_whitespace()
+        .filter(|t| *t != "pci=off" && !t.starts_with("virtio_mmio.device="))
+        .map(String::from)
+        .collect();
+    if let Some(root) = drives.iter().find(|d| d.is_root_device) {
+        match &root.partuuid {
+            Some(u) => parts.push(format!("root=PARTUUID={u}")),
+            None => parts.push("root=/dev/vda".into()),
+        }
+        parts.push(if root.is_read_only.unwrap_or(false) { "ro" } else { "rw" }.into());
+    }
+    parts.join(" ")
+}
+
+pub fn args(m: &Machine<'_>) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| a.push(s.into());
+    push("-name");
+    push(&format!("guest={},process=banger-vmm-qemu", m.id));
+    push("-M");
+    push("pc");
+    push("-accel");
+    push(m.accel);
+    push("-cpu");
+    push("max");
+    push("-smp");
+    push(&m.machine.vcpu_count.to_string());
+    push("-m");
+    push(&format!("{}M", m.machine.mem_size_mib));
+    push("-nodefaults");
+    push("-no-user-config");
+    push("-display");
+    push("none");
+    // A guest reboot (reboot=k, Ctrl-Alt-Del) ends QEMU and so the VMM, with status 0,
+    // as Firecracker does.
+    push("-no-reboot");
+    push("-kernel");
+    push(&m.boot.kernel_image_path);
+    if let Some(initrd) = &m.boot.initrd_path {
+        push("-initrd");
+        push(initrd);
+    }
+    push("-append");
+    push(&kernel_cmdline(m.boot, m.drives));
+    push("-serial");
+    match m.serial_out {
+        Some(p) => push(&format!("file:{}", p.display())),
+        None => push("stdio"),
+    }
+    push("-qmp");
+    push(&format!("unix:{},server=on,wait=off", m.qmp_socket.display()));
+    for d in m.drives {
+        let Some(path) = &d.path_on_host else { continue };
+        let cache = match d.cache_type {
+            CacheType::Unsafe => "unsafe",
+            CacheType::Writeback => "writeback",
+        };
+        let ro = if d.is_read_only.unwrap_or(false) { "on" } else { "off" };
+        push("-drive");
+        push(&format!(
+            "file={},if=none,id=drive-{},format=raw,cache={cache},readonly={ro}",
+            escape_opt(path),
+            d.drive_id
+        ));
+        push("-device");
+        push(&format!("virtio-blk-pci,drive=drive-{}", d.drive_id));
+    }
+    for n in m.nets {
+        push("-netdev");
+        push(&format!(
+            "tap,id=net-{},ifname={},script=no,downscript=no",
+            n.iface_id,
+            escape_opt(&n.host_dev_name)
+        ));
+        let mut dev = format!("virtio-net-pci,netdev=net-{}", n.iface_id);
+        if let Some(mac) = &n.guest_mac {
+            dev.push_str(&format!(",mac={mac}"));
+        }
+        push("-device");
+        push(&dev);
+    }
+    if m.entropy {
+        push("-device");
+        push("virtio-rng-pci");
+    }
+    a
+}
+
+/// QEMU option values escape ',' by doubling it.
+fn escape_opt(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+/// The QEMU binary: `BANGER_QEMU` or `qemu-system-x86_64` from the usual places.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("BANGER_QEMU") {
+        return p.into();
+    }
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/libexec"] {
+        let p = Path::new(dir).join("qemu-system-x86_64");
+        if p.exists() {
+            return p;
+        }
+    }
+    "qemu-system-x86_64".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("QMP socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP: {0}")]
+    Protocol(String),
+    #[error("QMP did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Runs one QMP command on a fresh connection and returns its `return` value.
+pub async fn qmp(socket: &Path, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+    let limit = Duration::from_secs(10);
+    tokio::time::timeout(limit, qmp_inner(socket, command, arguments))
+        .await
+        .map_err(|_| QmpError::Timeout(limit))?
+}
+
+async fn qmp_inner(socket: &Path, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+    let io = |source| QmpError::Io { path: socket.to_path_buf(), source };
+    let stream = UnixStream::connect(socket).await.map_err(io)?;
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    // Greeting.
+    lines.next_line().await.map_err(io)?;
+    let mut exchange = async |cmd: Value| -> Result<Value, QmpError> {
+        let mut buf = serde_json::to_vec(&cmd).expect("json");
+        buf.push(b'\n');
+        w.write_all(&buf).await.map_err(io)?;
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .map_err(io)?
+                .ok_or_else(|| QmpError::Protocol("connection closed".into()))?;
+            let v: Value = serde_json::from_str(&line)
+                .map_err(|e| QmpError::Protocol(format!("bad JSON {line:?}: {e}")))?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(QmpError::Protocol(e.to_string()));
+            }
+            // An asynchronous event; keep reading.
+        }
+    };
+    exchange(json!({"execute": "qmp_capabilities"})).await?;
+    let mut cmd = json!({"execute": command});
+    if let Some(a) = arguments {
+        cmd["arguments"] = a;
+    }
+    exchange(cmd).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(id: &str, root: bool, ro: bool) -> Drive {
+        Drive {
+            drive_id: id.into(),
+            partuuid: None,
+            is_root_device: root,
+            cache_type: CacheType::Unsafe,
+            is_read_only: Some(ro),
+            path_on_host: Some(format!("/img/{id},x.ext4")),
+            rate_limiter: None,
+            io_engine: Default::default(),
+            socket: None,
+        }
+    }
+
+    #[test]
+    fn cmdline_drops_pci_off_and_adds_the_root_device() {
+        let boot = BootSource {
+            kernel_image_path: "/k".into(),
+            initrd_path: None,
+            boot_args: Some("console=ttyS0 pci=off reboot=k".into()),
+        };
+        assert_eq!(
+            kernel_cmdline(&boot, &[drive("rootfs", true, false)]),
+            "console=ttyS0 reboot=k root=/dev/vda rw"
+        );
+        assert_eq!(kernel_cmdline(&boot, &[drive("rootfs", true, true)]), "console=ttyS0 reboot=k root=/dev/vda ro");
+        assert_eq!(kernel_cmdline(&boot, &[]), "console=ttyS0 reboot=k");
+    }
+
+    #[test]
+    fn default_cmdline_is_firecracker_s() {
+        let boot = BootSource { kernel_image_path: "/k".into(), initrd_path: None, boot_args: None };
+        assert_eq!(kernel_cmdline(&boot, &[]), DEFAULT_KERNEL_CMDLINE);
+    }
+
+    #[test]
+    fn args_describe_a_pc_machine_with_virtio_pci_devices() {
+        let mc = MachineConfig { vcpu_count: 2, mem_size_mib: 512, ..Default::default() };
+        let boot = BootSource {
+            kernel_image_path: "/k/vmlinuz".into(),
+            initrd_path: Some("/k/initrd".into()),
+            boot_args: Some("console=ttyS0".into()),
+        };
+        let drives = [drive("rootfs", true, false), drive("data", false, true)];
+        let nets = [NetworkInterface {
+            iface_id: "eth0".into(),
+            host_dev_name: "tap0".into(),
+            guest_mac: Some("06:00:ac:10:00:02".into()),
+            mtu: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        }];
+        let m = Machine {
+            id: "vm1",
+            machine: &mc,
+            boot: &boot,
+            drives: &drives,
+            nets: &nets,
+            qmp_socket: Path::new("/run/x/api.sock.qmp"),
+            serial_out: None,
+            entropy: true,
+            accel: "tcg",
+        };
+        let a: Vec<String> = args(&m).into_iter().map(|s| s.into_string().unwrap()).collect();
+        let joined = a.join(" ");
+        for want in [
+            "-M pc",
+            "-accel tcg",
+            "-smp 2",
+            "-m 512M",
+            "-no-reboot",
+            "-kernel /k/vmlinuz",
+            "-initrd /k/initrd",
+            "-serial stdio",
+            "-qmp unix:/run/x/api.sock.qmp,server=on,wait=off",
+            "file=/img/rootfs,,x.ext4,if=none,id=drive-rootfs,format=raw,cache=unsafe,readonly=off",
+            "virtio-blk-pci,drive=drive-rootfs",
+            "readonly=on",
+            "tap,id=net-eth0,ifname=tap0,script=no,downscript=no",
+            "virtio-net-pci,netdev=net-eth0,mac=06:00:ac:10:00:02",
+            "virtio-rng-pci",
+        ] {
+            assert!(joined.contains(want), "missing {want:?} in {joined}");
+        }
+        let append = a.iter().position(|s| s == "-append").unwrap();
+        assert_eq!(a[append + 1], "console=ttyS0 root=/dev/vda rw");
+        assert!(!joined.contains("pci=off"));
+    }
+}
