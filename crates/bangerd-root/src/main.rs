@@ -48,6 +48,7 @@ fn main() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(Args::parse()) {
         eprintln!("bangerd-root: error: {e:#}");
@@ -80,6 +81,8 @@ fn run(args: Args) -> Result<()> {
 
     let sock = dirs.helper_socket();
     let listener = bind(&sock)?;
+    // `banger daemon stop` finds the helper through this file (it checks comm too).
+    std::fs::write(dirs.run.join("bangerd-root.pid"), std::process::id().to_string())?;
     tracing::info!(socket = %sock.display(), allow_uid, vmm = %helper.vmm().display(), "root helper ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
@@ -136,7 +139,7 @@ fn serve(helper: &ops::Helper, conn: UnixStream, allow_uid: u32) -> Result<()> {
     } else {
         match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
-                let r = helper.handle(&req);
+                let r = helper.handle(ops::Caller { uid: cred.uid(), gid: cred.gid() }, &req);
                 match &r {
                     Ok(_) => tracing::debug!(?req, "done"),
                     Err(f) => tracing::warn!(?req, "failed: {}", f.message),

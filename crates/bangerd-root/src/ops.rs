@@ -50,15 +50,17 @@ impl Helper {
         &self.vmm
     }
 
-    pub fn handle(&self, req: &Request) -> Response {
+    /// Runs one request for a caller already authenticated as `caller` (uid, gid):
+    /// files and directories it creates, and the VMM itself, belong to that user.
+    pub fn handle(&self, caller: Caller, req: &Request) -> Response {
         match req {
             Request::Ping {} => Ok(Reply::Pong {
                 version: env!("CARGO_PKG_VERSION").into(),
                 vmm: self.vmm_name.clone(),
             }),
-            Request::CreateVmDirs { vm_id } => self.create_vm_dirs(vm_id),
+            Request::CreateVmDirs { vm_id } => self.create_vm_dirs(vm_id, caller),
             Request::LaunchVmm { vm_id, api_sock, console_log, vmm_log } => {
-                self.launch(vm_id, api_sock, console_log, vmm_log)
+                self.launch(vm_id, api_sock, console_log, vmm_log, caller)
             }
             Request::SignalVmm { vm_id, pid, start_time, signal } => {
                 self.signal(vm_id, *pid, *start_time, *signal)
@@ -75,14 +77,22 @@ impl Helper {
         }
     }
 
-    fn create_vm_dirs(&self, id: &VmId) -> Response {
+    fn create_vm_dirs(&self, id: &VmId, caller: Caller) -> Response {
         for d in [self.dirs.vm_run_dir(id), self.dirs.vm_state_dir(id)] {
             fs::create_dir_all(&d).map_err(|e| io_failed(format!("cannot create {}", d.display()), e))?;
+            chown(&d, caller)?;
         }
         Ok(Reply::Done)
     }
 
-    fn launch(&self, id: &VmId, api_sock: &Path, console: &Path, vmm_log: &Path) -> Response {
+    fn launch(
+        &self,
+        id: &VmId,
+        api_sock: &Path,
+        console: &Path,
+        vmm_log: &Path,
+        caller: Caller,
+    ) -> Response {
         // 1. Every path must be in this VM's own directories.
         let run_dir = self.dirs.vm_run_dir(id);
         let state_dir = self.dirs.vm_state_dir(id);
@@ -106,8 +116,8 @@ impl Helper {
         let jailer = self.jailer.as_ref().map(|j| JailerConfig {
             jailer: j.clone(),
             chroot_base: self.dirs.jail_base(),
-            uid: 0,
-            gid: 0,
+            uid: caller.uid,
+            gid: caller.gid,
         });
         let cfg = LaunchConfig {
             vmm: self.vmm.clone(),
@@ -128,8 +138,16 @@ impl Helper {
         // 4. Spawn detached: own session, default signal dispositions, files not pipes.
         let stdout = append(&console)?;
         let stderr = append(&vmm_log)?;
+        chown(&console, caller)?;
+        chown(&vmm_log, caller)?;
         let mut cmd = Command::new(&plan.program);
         cmd.args(&plan.args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        if plan.chroot.is_none() && caller.uid != 0 {
+            // Least privilege: a direct VMM runs as the daemon's user, so the daemon
+            // can reach its socket and no guest-facing process runs as root. (The
+            // jailer drops privileges itself with --uid/--gid.)
+            cmd.uid(caller.uid).gid(caller.gid);
+        }
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -196,6 +214,18 @@ impl Helper {
     }
 }
 
+/// Who is asking, from SO_PEERCRED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn chown(path: &Path, caller: Caller) -> Result<(), Failure> {
+    std::os::unix::fs::lchown(path, Some(caller.uid), Some(caller.gid))
+        .map_err(|e| io_failed(format!("cannot chown {}", path.display()), e))
+}
+
 fn append(path: &Path) -> Result<File, Failure> {
     OpenOptions::new()
         .create(true)
@@ -235,6 +265,8 @@ mod tests {
         Helper::new(dirs, "/bin/sleep".into(), None).unwrap()
     }
 
+    const ROOT: Caller = Caller { uid: 0, gid: 0 };
+
     fn id() -> VmId {
         VmId::new("0123456789ab").unwrap()
     }
@@ -243,7 +275,7 @@ mod tests {
     fn launch_refuses_paths_outside_the_vm_directories() {
         let dir = tempfile::tempdir().unwrap();
         let h = helper(dir.path());
-        h.handle(&Request::CreateVmDirs { vm_id: id() }).unwrap();
+        h.handle(ROOT, &Request::CreateVmDirs { vm_id: id() }).unwrap();
         let d = h.dirs.clone();
         let cases = [
             (PathBuf::from("/tmp/evil.sock"), d.console_log(&id()), d.vmm_log(&id())),
@@ -258,7 +290,7 @@ mod tests {
             ),
         ];
         for (api_sock, console_log, vmm_log) in cases {
-            let r = h.handle(&Request::LaunchVmm {
+            let r = h.handle(ROOT, &Request::LaunchVmm {
                 vm_id: id(),
                 api_sock: api_sock.clone(),
                 console_log,
@@ -278,12 +310,12 @@ mod tests {
         let me = std::process::id() as i32;
         let st = pid::start_time(me).unwrap();
         let f = h
-            .handle(&Request::SignalVmm { vm_id: id(), pid: me, start_time: st, signal: VmmSignal::Kill })
+            .handle(ROOT, &Request::SignalVmm { vm_id: id(), pid: me, start_time: st, signal: VmmSignal::Kill })
             .unwrap_err();
         assert!(f.message.contains("not the VMM"), "{}", f.message);
         // A wrong start time means the pid was reused: reported dead, nothing sent.
         let r = h
-            .handle(&Request::SignalVmm { vm_id: id(), pid: me, start_time: st + 1, signal: VmmSignal::Kill })
+            .handle(ROOT, &Request::SignalVmm { vm_id: id(), pid: me, start_time: st + 1, signal: VmmSignal::Kill })
             .unwrap();
         assert_eq!(r, Reply::Signalled { was_alive: false });
     }
@@ -292,10 +324,10 @@ mod tests {
     fn removing_directories_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let h = helper(dir.path());
-        h.handle(&Request::CreateVmDirs { vm_id: id() }).unwrap();
+        h.handle(ROOT, &Request::CreateVmDirs { vm_id: id() }).unwrap();
         for _ in 0..2 {
-            h.handle(&Request::RemoveVmRuntime { vm_id: id() }).unwrap();
-            h.handle(&Request::RemoveVmState { vm_id: id() }).unwrap();
+            h.handle(ROOT, &Request::RemoveVmRuntime { vm_id: id() }).unwrap();
+            h.handle(ROOT, &Request::RemoveVmState { vm_id: id() }).unwrap();
         }
         assert!(!h.dirs.vm_run_dir(&id()).exists() && !h.dirs.vm_state_dir(&id()).exists());
     }

@@ -1,1 +1,159 @@
-fn main() {}
+//! `bangerd`: owns banger's state and drives VM lifecycles. Thin wiring: arguments,
+//! the single-instance lock, the store, reconcile, then the API until SIGTERM.
+//! Shutting down never touches running VMs.
+
+mod api;
+mod handles;
+mod service;
+mod store;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use banger_helper::{Dirs, HelperClient};
+use clap::Parser;
+use nix::fcntl::{Flock, FlockArg};
+
+#[derive(Debug, Parser)]
+#[command(name = "bangerd", version, about = "banger's daemon")]
+struct Args {
+    /// Use the system directories (/var/lib/banger, /run/banger).
+    #[arg(long, conflicts_with = "state_dir")]
+    system: bool,
+    /// Keep all state under this directory (development and tests).
+    #[arg(long, env = "BANGER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Report whether this binary can migrate the existing database, change
+    /// nothing, and exit 0 (yes) or 1 (no, with the reason).
+    #[arg(long)]
+    check_migrations: bool,
+    /// Group given access to the API socket (mode 0660).
+    #[arg(long, default_value = "banger")]
+    socket_group: String,
+}
+
+fn main() {
+    let args = Args::parse();
+    let dirs = match (&args.state_dir, args.system) {
+        (Some(d), false) => Dirs::under(d),
+        _ => Dirs::system(),
+    };
+    if args.check_migrations {
+        match store::check_migrations(&dirs.database()) {
+            Ok(c) => {
+                println!("ok: {c:?} ({})", dirs.database().display());
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("bangerd: cannot migrate: {}", service::chain(&e));
+                std::process::exit(1);
+            }
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BANGER_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(args, dirs)) {
+        eprintln!("bangerd: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args, dirs: Dirs) -> Result<()> {
+    for d in [&dirs.state, &dirs.run] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    // One daemon per state directory: the second refuses, naming the first.
+    let lock_path = dirs.run.join("bangerd.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let mut lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, _)) => {
+            let other = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            bail!(
+                "another bangerd (pid {}) is already running for {}",
+                other.trim(),
+                dirs.state.display()
+            );
+        }
+    };
+    {
+        use std::io::{Seek, Write};
+        lock.set_len(0)?;
+        lock.rewind()?;
+        write!(lock, "{}", std::process::id())?;
+    }
+
+    let store = store::Store::open(&dirs.database())?;
+    let helper = HelperClient::new(dirs.helper_socket());
+    let service = service::Service::new(dirs.clone(), store, helper);
+    let vmm = service
+        .helper_ping()
+        .await
+        .map_err(|e| anyhow::anyhow!(service::chain(&e)))
+        .context("the root helper must be running before bangerd")?;
+    let report = service.reconcile().await.map_err(|e| anyhow::anyhow!(service::chain(&e)))?;
+    tracing::info!(vms = report.len(), "reconcile done");
+
+    let socket = dirs.daemon_socket();
+    if socket.exists() {
+        std::fs::remove_file(&socket).with_context(|| format!("cannot remove stale {}", socket.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("cannot bind {}", socket.display()))?;
+    secure_socket(&socket, &args.socket_group)?;
+
+    let state = Arc::new(api::AppState { service, vmm, socket: socket.clone() });
+    let app = api::router(state);
+    tracing::info!(socket = %socket.display(), "bangerd ready");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("bangerd stopped; running VMs were left alone");
+    drop(lock);
+    Ok(())
+}
+
+/// Mode 0660 and, when the group exists, group `banger`: members may use banger
+/// without root, nobody else may.
+fn secure_socket(socket: &std::path::Path, group: &str) -> Result<()> {
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => {
+            if let Err(e) = nix::unistd::chown(socket, None, Some(g.gid)) {
+                tracing::warn!("cannot give group {group} the socket: {e}");
+            }
+        }
+        _ => tracing::info!("group {group} does not exist; the socket is for this user only"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

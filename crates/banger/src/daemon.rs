@@ -1,0 +1,182 @@
+//! `banger daemon ...`: where the socket is, whether the daemons answer, and starting
+//! or stopping them. Stopping the daemons never stops a VM.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use banger_helper::Dirs;
+use clap::Subcommand;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::{Cli, exit};
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Print the path of bangerd's API socket.
+    Socket,
+    /// Show whether bangerd answers, and what it manages.
+    Status,
+    /// Start bangerd-root and bangerd (through systemd when it manages them,
+    /// otherwise as detached processes). Does nothing if they already run.
+    Start,
+    /// Stop bangerd and bangerd-root. Running VMs keep running.
+    Stop,
+}
+
+pub async fn run(cli: &Cli, cmd: &DaemonCommand) -> Result<u8> {
+    let dirs = cli.dirs();
+    match cmd {
+        DaemonCommand::Socket => {
+            let s = dirs.daemon_socket();
+            if cli.json {
+                println!("{}", serde_json::json!({ "socket": s }));
+            } else {
+                println!("{}", s.display());
+            }
+            Ok(exit::OK)
+        }
+        DaemonCommand::Status => {
+            let info = banger_client::Client::new(dirs.daemon_socket()).daemon_info().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("bangerd {} running (pid {})", info.version, info.pid);
+                println!("socket     {}", info.socket.display());
+                println!("state dir  {}", info.state_dir.display());
+                println!("vmm        {}", info.vmm);
+                println!("vms        {} ({} running)", info.vms, info.running);
+            }
+            Ok(exit::OK)
+        }
+        DaemonCommand::Start => start(cli, &dirs).await,
+        DaemonCommand::Stop => stop(cli, &dirs).await,
+    }
+}
+
+fn systemd_manages_banger(cli: &Cli) -> bool {
+    cli.state_dir.is_none()
+        && Path::new("/run/systemd/system").exists()
+        && Path::new("/etc/systemd/system/bangerd.service").exists()
+}
+
+async fn daemon_answers(dirs: &Dirs) -> bool {
+    banger_client::Client::new(dirs.daemon_socket()).daemon_info().await.is_ok()
+}
+
+fn helper_answers(dirs: &Dirs) -> bool {
+    banger_helper::HelperClient::new(dirs.helper_socket()).call(&banger_helper::Request::Ping {}).is_ok()
+}
+
+async fn start(cli: &Cli, dirs: &Dirs) -> Result<u8> {
+    if systemd_manages_banger(cli) {
+        let st = Command::new("systemctl").args(["start", "bangerd-root.service", "bangerd.service"]).status()?;
+        if !st.success() {
+            bail!("systemctl start failed ({st}); see `journalctl -u bangerd -u bangerd-root`");
+        }
+    } else {
+        let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
+        std::fs::create_dir_all(&dirs.state).with_context(|| format!("cannot create {}", dirs.state.display()))?;
+        let state_args: Vec<String> = match &cli.state_dir {
+            Some(_) => vec!["--state-dir".into(), dirs.state.display().to_string()],
+            None => vec!["--system".into()],
+        };
+        if !helper_answers(dirs) {
+            let log = dirs.state.join("bangerd-root.log");
+            spawn_detached(&bin_dir.join("bangerd-root"), &state_args, &log)?;
+            wait_until(Duration::from_secs(10), &log, "bangerd-root", || async { helper_answers(dirs) }).await?;
+        }
+        if !daemon_answers(dirs).await {
+            let log = dirs.state.join("bangerd.log");
+            spawn_detached(&bin_dir.join("bangerd"), &state_args, &log)?;
+            wait_until(Duration::from_secs(20), &log, "bangerd", || daemon_answers(dirs)).await?;
+        }
+    }
+    if cli.json {
+        println!("{}", serde_json::json!({ "socket": dirs.daemon_socket(), "running": true }));
+    } else {
+        println!("bangerd is running; socket {}", dirs.daemon_socket().display());
+    }
+    Ok(exit::OK)
+}
+
+/// Starts `bin` in its own session with output appended to `log`: it must not die
+/// with this terminal or write to a pipe we hold.
+fn spawn_detached(bin: &Path, args: &[String], log: &Path) -> Result<()> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+    cmd.spawn().with_context(|| format!("cannot start {}", bin.display()))?;
+    Ok(())
+}
+
+async fn wait_until<F, Fut>(limit: Duration, log: &Path, what: &str, mut ready: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !ready().await {
+        if Instant::now() > deadline {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("{what} did not become ready within {limit:?}; last lines of {}:\n{}", log.display(), tail.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+async fn stop(cli: &Cli, dirs: &Dirs) -> Result<u8> {
+    if systemd_manages_banger(cli) {
+        let st = Command::new("systemctl").args(["stop", "bangerd.service", "bangerd-root.service"]).status()?;
+        if !st.success() {
+            bail!("systemctl stop failed ({st})");
+        }
+    } else {
+        for (name, pidfile) in [
+            ("bangerd", dirs.run.join("bangerd.lock")),
+            ("bangerd-root", dirs.run.join("bangerd-root.pid")),
+        ] {
+            stop_pidfile(name, &pidfile).await?;
+        }
+    }
+    if cli.json {
+        println!("{}", serde_json::json!({ "running": false }));
+    } else {
+        println!("banger daemons stopped; VMs keep running");
+    }
+    Ok(exit::OK)
+}
+
+/// SIGTERM the process named in `pidfile` if it is `name`, and wait for it to go.
+async fn stop_pidfile(name: &str, pidfile: &PathBuf) -> Result<()> {
+    let Some(pid) = std::fs::read_to_string(pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
+        return Ok(());
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim_end() != name {
+        return Ok(()); // Not running (or the pid was reused): nothing to stop.
+    }
+    kill(Pid::from_raw(pid), Signal::SIGTERM)
+        .with_context(|| format!("cannot signal {name} (pid {pid}); try sudo"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if Instant::now() > deadline {
+            bail!("{name} (pid {pid}) did not exit within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,585 @@
+//! The VM state machine. Every verb is refresh → check (`can_*`) → act → save, with
+//! the state persisted before and after each step that touches a process, so a crash
+//! between two steps leaves something [`Service::reconcile`] can finish.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use banger_api::{DEFAULT_BOOT_ARGS, ErrorKind, ValidationError, Vm, VmSpec, VmState};
+use banger_fc::models::{BootSource, Drive, MachineConfiguration};
+use banger_fc::pid;
+use banger_helper::{ClientError, Dirs, HelperClient, Launched, Reply, Request, VmId, VmmSignal};
+use rand::Rng;
+
+use crate::handles::{self, Handles};
+use crate::store::{Store, StoreError, VmRecord};
+
+/// How long InstanceStart may take (QEMU under TCG is slower than Firecracker).
+const INSTANCE_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the VMM may take to answer on its socket after launch.
+const API_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a guest gets to shut down after Ctrl-Alt-Del.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("no VM named {0:?}")]
+    NotFound(String),
+    #[error("a VM named {0} already exists")]
+    NameTaken(String),
+    #[error("VM {name} is {state}; cannot {action} it{hint}")]
+    InvalidState { name: String, state: VmState, action: &'static str, hint: &'static str },
+    #[error("VM {name} failed to start: {reason}")]
+    StartFailed { name: String, reason: String },
+    #[error("the root helper failed")]
+    Helper(#[from] ClientError),
+    #[error("state store failed")]
+    Store(#[source] StoreError),
+    #[error("cannot read the console log of {name}")]
+    Console {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken(n) => ServiceError::NameTaken(n.to_string()),
+            other => ServiceError::Store(other),
+        }
+    }
+}
+
+impl ServiceError {
+    /// The one place errors become kinds (and so HTTP statuses and exit codes).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ServiceError::Invalid(_) => ErrorKind::BadRequest,
+            ServiceError::NotFound(_) => ErrorKind::NotFound,
+            ServiceError::NameTaken(_) | ServiceError::InvalidState { .. } => ErrorKind::Conflict,
+            ServiceError::StartFailed { .. }
+            | ServiceError::Helper(_)
+            | ServiceError::Store(_)
+            | ServiceError::Console { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+pub struct Service {
+    dirs: Dirs,
+    store: Store,
+    helper: HelperClient,
+    /// One lock per VM id: verbs on one VM are serialized, different VMs run in parallel.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What reconcile did with one VM, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciled {
+    Adopted { pid: i32 },
+    Cleaned { reason: String },
+    LeftAlone { reason: String },
+}
+
+impl Service {
+    pub fn new(dirs: Dirs, store: Store, helper: HelperClient) -> Self {
+        Self { dirs, store, helper, locks: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn dirs(&self) -> &Dirs {
+        &self.dirs
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_default().clone()
+    }
+
+    async fn helper(&self, req: Request) -> Result<Reply> {
+        let client = self.helper.clone();
+        tokio::task::spawn_blocking(move || client.call(&req))
+            .await
+            .expect("helper call does not panic")
+            .map_err(ServiceError::Helper)
+    }
+
+    pub async fn helper_ping(&self) -> Result<String> {
+        match self.helper(Request::Ping {}).await? {
+            Reply::Pong { vmm, .. } => Ok(vmm),
+            other => Err(ServiceError::Helper(ClientError::UnexpectedReply(other))),
+        }
+    }
+
+    fn record(&self, name: &str) -> Result<VmRecord> {
+        self.store.get_by_name(name)?.ok_or_else(|| ServiceError::NotFound(name.into()))
+    }
+
+    pub fn to_api(&self, r: &VmRecord) -> Vm {
+        let id = VmId::new(r.id.clone()).expect("stored ids are valid");
+        Vm {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            state: r.state,
+            spec: r.spec.clone(),
+            created_at: r.created_at.clone(),
+            updated_at: r.updated_at.clone(),
+            pid: if r.state.has_vmm() { r.pid } else { None },
+            vmm: r.vmm.clone(),
+            last_error: r.last_error.clone(),
+            console_log: self.dirs.console_log(&id),
+        }
+    }
+
+    pub async fn create(&self, spec: VmSpec) -> Result<Vm> {
+        spec.validate()?;
+        let id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
+        let rec = self.store.insert(&id, &spec)?;
+        tracing::info!(vm = %rec.name, id = %rec.id, "created");
+        Ok(self.to_api(&rec))
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Vm> {
+        let rec = self.record(name)?;
+        let rec = self.refresh_unlocked(rec).await?;
+        Ok(self.to_api(&rec))
+    }
+
+    pub async fn list(&self) -> Result<Vec<Vm>> {
+        let mut out = Vec::new();
+        for rec in self.store.list()? {
+            let rec = self.refresh_unlocked(rec).await?;
+            out.push(self.to_api(&rec));
+        }
+        Ok(out)
+    }
+
+    /// Refreshes a VM nobody is working on; one under a verb is reported as is.
+    async fn refresh_unlocked(&self, rec: VmRecord) -> Result<VmRecord> {
+        if !rec.state.has_vmm() {
+            return Ok(rec);
+        }
+        let lock = self.lock_for(&rec.id);
+        let Ok(_g) = lock.try_lock() else { return Ok(rec) };
+        let rec = self.store.get_by_id(&rec.id)?.ok_or_else(|| ServiceError::NotFound(rec.name.to_string()))?;
+        self.refresh(rec).await
+    }
+
+    /// If the record says a VMM exists but that process is gone, the VM is stopped
+    /// (or failed, if it never finished starting) and its runtime directory released.
+    async fn refresh(&self, rec: VmRecord) -> Result<VmRecord> {
+        if !rec.state.has_vmm() {
+            return Ok(rec);
+        }
+        let alive = match (rec.pid, rec.pid_start_time) {
+            (Some(p), Some(st)) => pid::start_time(p) == Some(st),
+            _ => false,
+        };
+        if alive {
+            return Ok(rec);
+        }
+        let (state, err) = match rec.state {
+            VmState::Starting => (VmState::Failed, Some("the VMM exited before the VM finished starting")),
+            _ => (VmState::Stopped, None),
+        };
+        tracing::info!(vm = %rec.name, "VMM is gone; marking {state}");
+        self.release_runtime(&rec.id).await?;
+        self.store.set_state(&rec.id, state, None, None, err.or(rec.last_error.as_deref()))?;
+        Ok(self.store.get_by_id(&rec.id)?.expect("row exists"))
+    }
+
+    async fn release_runtime(&self, id: &str) -> Result<()> {
+        let vm_id = VmId::new(id).expect("stored ids are valid");
+        self.helper(Request::RemoveVmRuntime { vm_id }).await?;
+        Ok(())
+    }
+
+    pub async fn start(&self, name: &str) -> Result<Vm> {
+        let rec = self.record(name)?;
+        let lock = self.lock_for(&rec.id);
+        let _g = lock.lock().await;
+        let rec = self.refresh(self.record(name)?).await?;
+        if !rec.state.can_start() {
+            return Err(ServiceError::InvalidState {
+                name: name.into(),
+                state: rec.state,
+                action: "start",
+                hint: "",
+            });
+        }
+        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        self.store.set_state(&rec.id, VmState::Starting, None, None, None)?;
+        match self.launch_and_boot(&vm_id, &rec).await {
+            Ok(l) => {
+                self.store.set_state(&rec.id, VmState::Running, Some(&l.vmm_name), Some((l.pid, l.start_time)), None)?;
+                tracing::info!(vm = %rec.name, pid = l.pid, "running");
+            }
+            Err((launched, reason)) => {
+                if let Some(l) = &launched {
+                    let _ = self.kill_and_wait(&vm_id, l.pid, l.start_time).await;
+                }
+                let _ = self.release_runtime(&rec.id).await;
+                let reason = with_console_tail(&reason, &self.dirs.console_log(&vm_id), &self.dirs.vmm_log(&vm_id));
+                self.store.set_state(&rec.id, VmState::Failed, launched.as_ref().map(|l| l.vmm_name.as_str()), None, Some(&reason))?;
+                tracing::warn!(vm = %rec.name, "start failed: {reason}");
+                return Err(ServiceError::StartFailed { name: name.into(), reason });
+            }
+        }
+        Ok(self.to_api(&self.record(name)?))
+    }
+
+    /// Launch through the helper, record the handles, configure over the API and start
+    /// the instance. On failure returns what was launched (to kill) and why.
+    async fn launch_and_boot(
+        &self,
+        vm_id: &VmId,
+        rec: &VmRecord,
+    ) -> std::result::Result<Launched, (Option<Launched>, String)> {
+        let fail = |l: Option<&Launched>, e: String| (l.cloned(), e);
+        self.helper(Request::CreateVmDirs { vm_id: vm_id.clone() }).await.map_err(|e| fail(None, chain(&e)))?;
+        let _ = std::fs::remove_file(self.dirs.handles(vm_id));
+        let reply = self
+            .helper(Request::LaunchVmm {
+                vm_id: vm_id.clone(),
+                api_sock: self.dirs.api_socket(vm_id),
+                console_log: self.dirs.console_log(vm_id),
+                vmm_log: self.dirs.vmm_log(vm_id),
+            })
+            .await
+            .map_err(|e| fail(None, chain(&e)))?;
+        let Reply::Launched(l) = reply else {
+            return Err(fail(None, format!("unexpected helper reply {reply:?}")));
+        };
+        let h = Handles {
+            vm_id: vm_id.to_string(),
+            pid: l.pid,
+            start_time: l.start_time,
+            vmm_name: l.vmm_name.clone(),
+            api_sock: l.api_sock.clone(),
+            chroot: l.chroot.clone(),
+            pidfile: l.pidfile.clone(),
+        };
+        handles::write(&self.dirs.handles(vm_id), &h)
+            .map_err(|e| fail(Some(&l), format!("cannot write handles.json: {e}")))?;
+        self.store
+            .set_state(&rec.id, VmState::Starting, Some(&l.vmm_name), Some((l.pid, l.start_time)), None)
+            .map_err(|e| fail(Some(&l), chain(&e)))?;
+        configure(&l, &rec.spec).await.map_err(|e| fail(Some(&l), e))?;
+        Ok(l)
+    }
+
+    pub async fn stop(&self, name: &str, timeout: Duration) -> Result<Vm> {
+        let rec = self.record(name)?;
+        let lock = self.lock_for(&rec.id);
+        let _g = lock.lock().await;
+        let rec = self.refresh(self.record(name)?).await?;
+        if !rec.state.has_vmm() {
+            // Already stopped: nothing to do, as `docker stop` on a stopped container.
+            return Ok(self.to_api(&rec));
+        }
+        if !rec.state.can_stop() {
+            return Err(ServiceError::InvalidState {
+                name: name.into(),
+                state: rec.state,
+                action: "stop",
+                hint: "; use `banger vm kill` to end it now",
+            });
+        }
+        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        let (p, st) = (rec.pid.unwrap_or(0), rec.pid_start_time.unwrap_or(0));
+        self.store.set_state(&rec.id, VmState::Stopping, None, Some((p, st)), None)?;
+        let client = banger_fc::Client::new(self.dirs.api_socket(&vm_id));
+        let graceful = match client.send_ctrl_alt_del().await {
+            Ok(()) => wait_gone(p, st, timeout).await,
+            Err(e) => {
+                tracing::warn!(vm = %name, "graceful shutdown request failed: {e}");
+                false
+            }
+        };
+        if !graceful {
+            tracing::info!(vm = %name, "guest did not stop within {timeout:?}; killing the VMM");
+            self.kill_and_wait(&vm_id, p, st).await?;
+        }
+        self.release_runtime(&rec.id).await?;
+        self.store.set_state(&rec.id, VmState::Stopped, None, None, None)?;
+        tracing::info!(vm = %name, graceful, "stopped");
+        Ok(self.to_api(&self.record(name)?))
+    }
+
+    pub async fn kill(&self, name: &str) -> Result<Vm> {
+        let rec = self.record(name)?;
+        let lock = self.lock_for(&rec.id);
+        let _g = lock.lock().await;
+        let rec = self.refresh(self.record(name)?).await?;
+        if !rec.state.can_kill() {
+            return Ok(self.to_api(&rec));
+        }
+        self.kill_locked(&rec).await?;
+        Ok(self.to_api(&self.record(name)?))
+    }
+
+    async fn kill_locked(&self, rec: &VmRecord) -> Result<()> {
+        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        if let (Some(p), Some(st)) = (rec.pid, rec.pid_start_time) {
+            self.kill_and_wait(&vm_id, p, st).await?;
+        }
+        self.release_runtime(&rec.id).await?;
+        self.store.set_state(&rec.id, VmState::Stopped, None, None, None)?;
+        tracing::info!(vm = %rec.name, "killed");
+        Ok(())
+    }
+
+    async fn kill_and_wait(&self, vm_id: &VmId, p: i32, st: u64) -> Result<()> {
+        self.helper(Request::SignalVmm { vm_id: vm_id.clone(), pid: p, start_time: st, signal: VmmSignal::Kill })
+            .await?;
+        wait_gone(p, st, Duration::from_secs(10)).await;
+        Ok(())
+    }
+
+    pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
+        let rec = self.record(name)?;
+        let lock = self.lock_for(&rec.id);
+        let _g = lock.lock().await;
+        let rec = self.refresh(self.record(name)?).await?;
+        if !rec.state.can_remove() {
+            if !force {
+                return Err(ServiceError::InvalidState {
+                    name: name.into(),
+                    state: rec.state,
+                    action: "remove",
+                    hint: "; stop it first or use --force",
+                });
+            }
+            self.kill_locked(&rec).await?;
+        }
+        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        self.helper(Request::RemoveVmRuntime { vm_id: vm_id.clone() }).await?;
+        self.helper(Request::RemoveVmState { vm_id }).await?;
+        self.store.delete(&rec.id)?;
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.id);
+        tracing::info!(vm = %name, "removed");
+        Ok(())
+    }
+
+    /// The console log from `offset`; returns the bytes and the next offset.
+    pub async fn console(&self, name: &str, offset: u64) -> Result<(Vec<u8>, u64)> {
+        use std::io::{Read, Seek, SeekFrom};
+        let rec = self.record(name)?;
+        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        let path = self.dirs.console_log(&vm_id);
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(source) => return Err(ServiceError::Console { name: name.into(), source }),
+        };
+        let err = |source| ServiceError::Console { name: name.into(), source };
+        let len = f.metadata().map_err(err)?.len();
+        let start = offset.min(len);
+        f.seek(SeekFrom::Start(start)).map_err(err)?;
+        let mut buf = Vec::new();
+        f.take(8 * 1024 * 1024).read_to_end(&mut buf).map_err(err)?;
+        let next = start + buf.len() as u64;
+        Ok((buf, next))
+    }
+
+    pub fn counts(&self) -> Result<(usize, usize)> {
+        let all = self.store.list()?;
+        let running = all.iter().filter(|r| r.state == VmState::Running).count();
+        Ok((all.len(), running))
+    }
+
+    /// Run once when the daemon starts, before it serves: every VM the database says
+    /// has a VMM is re-adopted if its process is positively identified (same pid and
+    /// start time, the VMM's comm, API answering), otherwise marked stopped. Nothing
+    /// that cannot be identified is ever killed.
+    pub async fn reconcile(&self) -> Result<Vec<(String, Reconciled)>> {
+        let mut out = Vec::new();
+        for rec in self.store.list()? {
+            if !rec.state.has_vmm() {
+                continue;
+            }
+            let result = self.reconcile_one(&rec).await?;
+            match &result {
+                Reconciled::Adopted { pid } => tracing::info!(vm = %rec.name, pid, "reconcile: adopted"),
+                Reconciled::Cleaned { reason } => tracing::info!(vm = %rec.name, "reconcile: cleaned: {reason}"),
+                Reconciled::LeftAlone { reason } => tracing::warn!(vm = %rec.name, "reconcile: left alone: {reason}"),
+            }
+            out.push((rec.name.to_string(), result));
+        }
+        Ok(out)
+    }
+
+    async fn reconcile_one(&self, rec: &VmRecord) -> Result<Reconciled> {
+        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        let api_sock = self.dirs.api_socket(&vm_id);
+        let vmm_name = if rec.vmm.is_empty() { "banger-vmm-qemu".to_string() } else { rec.vmm.clone() };
+        let mark = |state: VmState, err: Option<&str>| self.store.set_state(&rec.id, state, None, None, err);
+
+        if !self.dirs.vm_run_dir(&vm_id).exists() {
+            mark(VmState::Stopped, None)?;
+            return Ok(Reconciled::Cleaned {
+                reason: "its run directory is gone (host rebooted?); nothing was killed".into(),
+            });
+        }
+        // Where to look: handles.json, else the database, else the socket's owner.
+        let candidate = match handles::read(&self.dirs.handles(&vm_id)) {
+            Ok(h) if h.vm_id == rec.id => Some((h.pid, h.start_time)),
+            Ok(_) | Err(_) => match (rec.pid, rec.pid_start_time) {
+                (Some(p), Some(st)) => Some((p, st)),
+                _ => pid::find_pid(&api_sock, &vmm_name)
+                    .ok()
+                    .and_then(|p| pid::start_time(p).map(|st| (p, st))),
+            },
+        };
+        let Some((p, st)) = candidate.filter(|(p, st)| pid::start_time(*p) == Some(*st)) else {
+            self.release_runtime(&rec.id).await?;
+            mark(if rec.state == VmState::Starting { VmState::Failed } else { VmState::Stopped },
+                 Some("the VMM exited while the daemon was down"))?;
+            return Ok(Reconciled::Cleaned { reason: "its VMM exited while the daemon was down".into() });
+        };
+        let comm = pid::comm(Path::new("/proc"), p).unwrap_or_default();
+        if comm != pid::expected_comm(&vmm_name) && pid::find_pid(&api_sock, &vmm_name) != Ok(p) {
+            mark(VmState::Stopped, Some("its recorded pid now belongs to another process"))?;
+            return Ok(Reconciled::LeftAlone {
+                reason: format!("pid {p} is now {comm:?}, not the VMM; neither adopted nor killed"),
+            });
+        }
+        let client = banger_fc::Client::new(&api_sock).with_timeout(Duration::from_secs(2));
+        let info = client.instance_info().await;
+        match info {
+            Ok(i) if i.state == "Not started" => {
+                // Ours, identified, but the start never completed: finish it as failed.
+                self.kill_and_wait(&vm_id, p, st).await?;
+                self.release_runtime(&rec.id).await?;
+                mark(VmState::Failed, Some("the daemon stopped while the VM was starting"))?;
+                Ok(Reconciled::Cleaned { reason: "its start was interrupted; the VMM was stopped".into() })
+            }
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(vm = %rec.name, "VMM pid {p} is alive but its API did not answer: {e}");
+                }
+                let h = Handles {
+                    vm_id: rec.id.clone(),
+                    pid: p,
+                    start_time: st,
+                    vmm_name: vmm_name.clone(),
+                    api_sock: api_sock.clone(),
+                    chroot: None,
+                    pidfile: None,
+                };
+                let _ = handles::write(&self.dirs.handles(&vm_id), &h);
+                let state = if rec.state == VmState::Stopping { VmState::Stopping } else { VmState::Running };
+                self.store.set_state(&rec.id, state, Some(&vmm_name), Some((p, st)), None)?;
+                Ok(Reconciled::Adopted { pid: p })
+            }
+        }
+    }
+}
+
+/// Waits until the VMM is ready, then configures and starts it.
+async fn configure(l: &Launched, spec: &VmSpec) -> std::result::Result<(), String> {
+    let client = banger_fc::Client::new(&l.api_sock);
+    let deadline = Instant::now() + API_READY_TIMEOUT;
+    loop {
+        if pid::start_time(l.pid) != Some(l.start_time) {
+            return Err("the VMM exited before its API socket answered".into());
+        }
+        if client.instance_info().await.is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the VMM's API socket did not answer within {API_READY_TIMEOUT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // With a jail, files are linked in and named by their in-jail paths.
+    let place = |src: &Path, name: &str| -> std::result::Result<String, String> {
+        match &l.chroot {
+            None => Ok(src.display().to_string()),
+            Some(chroot) => {
+                let uid = nix::unistd::geteuid().as_raw();
+                let gid = nix::unistd::getegid().as_raw();
+                banger_fc::launch::place_in_jail(chroot, src, name, uid, gid).map_err(|e| chain(&e))
+            }
+        }
+    };
+    let e = |e: banger_fc::ClientError| chain(&e);
+    client
+        .put_machine_config(&MachineConfiguration {
+            vcpu_count: spec.vcpus,
+            mem_size_mib: spec.memory_mib,
+            smt: None,
+            track_dirty_pages: None,
+            huge_pages: None,
+        })
+        .await
+        .map_err(e)?;
+    client
+        .put_boot_source(&BootSource {
+            kernel_image_path: place(&spec.kernel, "kernel")?,
+            initrd_path: spec.initrd.as_deref().map(|p| place(p, "initrd")).transpose()?,
+            boot_args: Some(spec.boot_args.clone().unwrap_or_else(|| DEFAULT_BOOT_ARGS.into())),
+        })
+        .await
+        .map_err(e)?;
+    if let Some(rootfs) = &spec.rootfs {
+        client
+            .put_drive(&Drive {
+                drive_id: "rootfs".into(),
+                is_root_device: true,
+                path_on_host: Some(place(rootfs, "rootfs")?),
+                is_read_only: Some(false),
+                cache_type: None,
+                io_engine: None,
+            })
+            .await
+            .map_err(e)?;
+    }
+    client.clone().with_timeout(INSTANCE_START_TIMEOUT).instance_start().await.map_err(e)?;
+    Ok(())
+}
+
+/// True once the process (pid, start time) no longer exists; false on timeout.
+async fn wait_gone(p: i32, st: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while pid::start_time(p) == Some(st) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// An error and its causes on one line.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Appends the last lines of the console and VMM logs, which usually say why.
+fn with_console_tail(reason: &str, console: &PathBuf, vmm_log: &PathBuf) -> String {
+    let mut s = reason.to_string();
+    for (label, path) in [("console", console), ("VMM log", vmm_log)] {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            if !lines.is_empty() {
+                let tail = &lines[lines.len().saturating_sub(5)..];
+                s.push_str(&format!("\n--- last lines of the {label} ({}) ---\n{}", path.display(), tail.join("\n")));
+            }
+        }
+    }
+    s
+}

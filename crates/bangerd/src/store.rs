@@ -1,0 +1,339 @@
+//! SQLite state with versioned migrations (`rusqlite_migration`, schema version kept in
+//! `PRAGMA user_version`). The daemon owns the database; nothing else writes it.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use banger_api::{VmName, VmSpec, VmState};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+
+/// Every schema change, in order. Never edit a released entry; append a new one.
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(
+        "CREATE TABLE vms (
+            id              TEXT PRIMARY KEY,
+            name            TEXT NOT NULL UNIQUE,
+            state           TEXT NOT NULL,
+            spec            TEXT NOT NULL,
+            vmm             TEXT NOT NULL DEFAULT '',
+            pid             INTEGER,
+            pid_start_time  INTEGER,
+            last_error      TEXT,
+            created_at      TEXT NOT NULL,
+            updated_at      TEXT NOT NULL
+        );",
+    )])
+}
+
+/// The schema version this binary writes.
+pub fn schema_version() -> u32 {
+    1
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot migrate the database {path}")]
+    Migrate {
+        path: String,
+        #[source]
+        source: rusqlite_migration::Error,
+    },
+    #[error("the database {path} has schema version {found}, newer than this binary's {ours}; use a newer bangerd")]
+    TooNew { path: String, found: u32, ours: u32 },
+    #[error("a VM named {0} already exists")]
+    NameTaken(VmName),
+    #[error("database query failed")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored VM {id} has an unreadable {what}: {detail}")]
+    Corrupt { id: String, what: &'static str, detail: String },
+}
+
+/// One row of `vms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRecord {
+    pub id: String,
+    pub name: VmName,
+    pub state: VmState,
+    pub spec: VmSpec,
+    pub vmm: String,
+    pub pid: Option<i32>,
+    pub pid_start_time: Option<u64>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+/// What `--check-migrations` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MigrationCheck {
+    NoDatabase,
+    UpToDate(u32),
+    WillMigrate { from: u32, to: u32 },
+}
+
+/// Reports whether this binary can migrate the database at `path`, opening it
+/// read-only so nothing is modified.
+pub fn check_migrations(path: &Path) -> Result<MigrationCheck, StoreError> {
+    if !path.exists() {
+        return Ok(MigrationCheck::NoDatabase);
+    }
+    let p = path.display().to_string();
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| StoreError::Open { path: p.clone(), source })?;
+    let found: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|source| StoreError::Open { path: p.clone(), source })?;
+    let ours = schema_version();
+    if found > ours {
+        return Err(StoreError::TooNew { path: p, found, ours });
+    }
+    if found == ours {
+        Ok(MigrationCheck::UpToDate(found))
+    } else {
+        Ok(MigrationCheck::WillMigrate { from: found, to: ours })
+    }
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formatting of now cannot fail")
+}
+
+const COLUMNS: &str =
+    "id, name, state, spec, vmm, pid, pid_start_time, last_error, created_at, updated_at";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(VmRecordRaw, ())> {
+    Ok((
+        VmRecordRaw {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            state: r.get(2)?,
+            spec: r.get(3)?,
+            vmm: r.get(4)?,
+            pid: r.get(5)?,
+            pid_start_time: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+            last_error: r.get(7)?,
+            created_at: r.get(8)?,
+            updated_at: r.get(9)?,
+        },
+        (),
+    ))
+}
+
+struct VmRecordRaw {
+    id: String,
+    name: String,
+    state: String,
+    spec: String,
+    vmm: String,
+    pid: Option<i32>,
+    pid_start_time: Option<u64>,
+    last_error: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl VmRecordRaw {
+    fn decode(self) -> Result<VmRecord, StoreError> {
+        let corrupt = |what, detail: String| StoreError::Corrupt { id: self.id.clone(), what, detail };
+        let name = VmName::new(self.name.clone()).map_err(|e| corrupt("name", e.to_string()))?;
+        let state = VmState::parse(&self.state).ok_or_else(|| corrupt("state", self.state.clone()))?;
+        let spec = serde_json::from_str(&self.spec).map_err(|e| corrupt("spec", e.to_string()))?;
+        Ok(VmRecord {
+            id: self.id,
+            name,
+            state,
+            spec,
+            vmm: self.vmm,
+            pid: self.pid,
+            pid_start_time: self.pid_start_time,
+            last_error: self.last_error,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let p = path.display().to_string();
+        if let Err(e @ StoreError::TooNew { .. }) = check_migrations(path) {
+            return Err(e);
+        }
+        let mut conn =
+            Connection::open(path).map_err(|source| StoreError::Open { path: p.clone(), source })?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations().to_latest(&mut conn).map_err(|source| StoreError::Migrate { path: p, source })?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn insert(&self, id: &str, spec: &VmSpec) -> Result<VmRecord, StoreError> {
+        let t = now();
+        let spec_json = serde_json::to_string(spec).expect("spec serializes");
+        let r = self.conn().execute(
+            "INSERT INTO vms (id, name, state, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![id, spec.name.as_str(), VmState::Created.as_str(), spec_json, t],
+        );
+        match r {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(StoreError::NameTaken(spec.name.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.get_by_id(id)?.ok_or_else(|| StoreError::Corrupt {
+            id: id.into(),
+            what: "row",
+            detail: "vanished after insert".into(),
+        })
+    }
+
+    pub fn get_by_id(&self, id: &str) -> Result<Option<VmRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM vms WHERE id = ?1");
+        let raw = self.conn().query_row(&sql, [id], row).optional()?;
+        raw.map(|(r, ())| r.decode()).transpose()
+    }
+
+    pub fn get_by_name(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM vms WHERE name = ?1");
+        let raw = self.conn().query_row(&sql, [name], row).optional()?;
+        raw.map(|(r, ())| r.decode()).transpose()
+    }
+
+    pub fn list(&self) -> Result<Vec<VmRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM vms ORDER BY name");
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let raws = stmt.query_map([], row)?.collect::<Result<Vec<_>, _>>()?;
+        drop(stmt);
+        drop(conn);
+        raws.into_iter().map(|(r, ())| r.decode()).collect()
+    }
+
+    /// Sets the state and the runtime columns in one statement, so a crash never
+    /// leaves a running state without its pid or the reverse.
+    pub fn set_state(
+        &self,
+        id: &str,
+        state: VmState,
+        vmm: Option<&str>,
+        pid: Option<(i32, u64)>,
+        last_error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE vms SET state = ?2, vmm = COALESCE(?3, vmm), pid = ?4, pid_start_time = ?5,
+                 last_error = ?6, updated_at = ?7 WHERE id = ?1",
+            params![
+                id,
+                state.as_str(),
+                vmm,
+                pid.map(|p| p.0),
+                pid.map(|p| p.1 as i64),
+                last_error,
+                now()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.conn().execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> VmSpec {
+        VmSpec {
+            name: VmName::new(name).unwrap(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: "/k".into(),
+            initrd: None,
+            rootfs: None,
+            boot_args: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let r = s.insert("0123456789ab", &spec("a")).unwrap();
+        assert_eq!(r.state, VmState::Created);
+        assert_eq!(r.spec, spec("a"));
+        assert!(matches!(s.insert("0123456789ac", &spec("a")), Err(StoreError::NameTaken(_))));
+        s.set_state(&r.id, VmState::Running, Some("banger-vmm-qemu"), Some((42, 7)), None).unwrap();
+        let r = s.get_by_name("a").unwrap().unwrap();
+        assert_eq!((r.state, r.pid, r.pid_start_time, r.vmm.as_str()), (VmState::Running, Some(42), Some(7), "banger-vmm-qemu"));
+        s.delete(&r.id).unwrap();
+        assert!(s.get_by_name("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        Store::open(&path).unwrap().insert("0123456789ab", &spec("keep")).unwrap();
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn check_migrations_reports_without_modifying() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        assert_eq!(check_migrations(&path).unwrap(), MigrationCheck::NoDatabase);
+        assert!(!path.exists(), "the check must not create the database");
+        // An empty database at version 0 would be migrated.
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE x (a);").unwrap();
+        let before = std::fs::read(&path).unwrap();
+        assert_eq!(check_migrations(&path).unwrap(), MigrationCheck::WillMigrate { from: 0, to: 1 });
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        Store::open(&path).unwrap();
+        assert_eq!(check_migrations(&path).unwrap(), MigrationCheck::UpToDate(1));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_by_check_and_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(check_migrations(&path), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { .. })));
+    }
+
+    #[test]
+    fn the_migration_list_matches_the_declared_version() {
+        migrations().validate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("db")).unwrap();
+        migrations().to_latest(&mut c).unwrap();
+        let v: u32 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, schema_version());
+    }
+}
