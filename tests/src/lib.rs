@@ -1,0 +1,254 @@
+//! Test harness for end-to-end scenarios: real `bangerd-root`, `bangerd` and `banger`
+//! processes on a temporary state directory, real guests booted by banger-vmm-qemu
+//! from the assets `scripts/guest-assets` prepares.
+//!
+//! Binaries are taken from the cargo target directory this test binary lives in (or
+//! `BANGER_BIN_DIR`); `scripts/test` builds them before running the tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Where the workspace's binaries are.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BANGER_BIN_DIR") {
+        return d.into();
+    }
+    // target/<profile>/deps/<test-binary>
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    for b in ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} is missing: build the workspace first (scripts/test does: cargo build --workspace --bins)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// The test guest: kernel, initrd and a small ext4 disk.
+pub struct Guest {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub rootfs: PathBuf,
+}
+
+pub fn guest() -> Guest {
+    let root = std::env::var_os("BANGER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
+        .join("guest");
+    let g = Guest {
+        kernel: root.join("vmlinuz"),
+        initrd: root.join("initrd.img"),
+        rootfs: root.join("rootfs.ext4"),
+    };
+    for p in [&g.kernel, &g.initrd, &g.rootfs] {
+        assert!(p.exists(), "{} is missing: run scripts/guest-assets (scripts/test does)", p.display());
+    }
+    g
+}
+
+/// A private banger installation: its own state directory and daemons.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    /// Extra arguments for bangerd-root (e.g. another --vmm).
+    helper_args: Vec<String>,
+    started: bool,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        // Short paths keep Unix socket paths far below the 108-byte limit.
+        let dir = tempfile::Builder::new().prefix("bg").tempdir_in("/tmp").expect("tempdir");
+        Self { dir, helper_args: Vec::new(), started: false }
+    }
+
+    /// An environment whose helper launches `vmm` instead of banger-vmm-qemu.
+    pub fn with_vmm(vmm: &Path) -> Self {
+        let mut e = Self::new();
+        e.helper_args = vec!["--vmm".into(), vmm.display().to_string()];
+        e
+    }
+
+    pub fn state(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.state().join("run")
+    }
+
+    /// Runs `banger ARGS` against this environment.
+    pub fn banger(&self, args: &[&str]) -> Output {
+        Command::new(bin("banger"))
+            .args(args)
+            .env("BANGER_STATE_DIR", self.state())
+            .output()
+            .expect("run banger")
+    }
+
+    /// Runs `banger ARGS`, requiring success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.banger(args);
+        assert!(
+            out.status.success(),
+            "banger {args:?} failed ({}):\nstdout: {}\nstderr: {}\n--- bangerd log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.state().join("bangerd.log")).unwrap_or_default()
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    /// `banger --json ARGS`, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).expect("json output")
+    }
+
+    /// Starts both daemons. With extra helper args, the helper is started by hand
+    /// first (daemon start then only starts bangerd).
+    pub fn start(&mut self) {
+        if !self.helper_args.is_empty() {
+            let log = std::fs::File::create(self.state().join("bangerd-root.log")).expect("log");
+            let mut c = Command::new(bin("bangerd-root"));
+            c.arg("--state-dir").arg(self.state()).args(&self.helper_args);
+            c.stdout(log.try_clone().expect("log")).stderr(log);
+            detach(&mut c);
+            c.spawn().expect("spawn helper");
+            wait_for(Duration::from_secs(10), "helper socket", || {
+                std::os::unix::net::UnixStream::connect(self.run_dir().join("root.sock")).is_ok()
+            });
+        }
+        self.ok(&["daemon", "start"]);
+        self.started = true;
+    }
+
+    /// Creates and starts a VM from the test guest, with its own copy of the disk
+    /// (QEMU locks an image it writes; per-VM clones are the images issue's job).
+    pub fn boot(&self, name: &str) -> Value {
+        let g = guest();
+        let disk = self.state().join(format!("{name}.ext4"));
+        std::fs::copy(&g.rootfs, &disk).expect("copy the test disk");
+        self.json(&[
+            "vm", "create", name,
+            "--kernel", g.kernel.to_str().unwrap(),
+            "--initrd", g.initrd.to_str().unwrap(),
+            "--rootfs", disk.to_str().unwrap(),
+            "--memory", "256",
+            "--start",
+        ])
+    }
+
+    /// The VM's console, via `banger vm logs`.
+    pub fn console(&self, name: &str) -> String {
+        self.ok(&["vm", "logs", name])
+    }
+
+    /// Waits until the console shows `marker`; returns the console.
+    pub fn wait_console(&self, name: &str, marker: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let c = self.console(name);
+            if c.contains(marker) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "{marker} never appeared on {name}'s console:\n{c}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The boot ids the guest printed, in order.
+    pub fn boot_ids(&self, name: &str) -> Vec<String> {
+        self.console(name)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("BANGER_BOOT_ID=").map(String::from))
+            .collect()
+    }
+
+    pub fn pid_of(&self, name: &str) -> Option<i32> {
+        self.json(&["vm", "show", name])["pid"].as_i64().map(|p| p as i32)
+    }
+
+    pub fn daemon_pid(&self) -> i32 {
+        std::fs::read_to_string(self.run_dir().join("bangerd.lock")).unwrap().trim().parse().unwrap()
+    }
+
+    pub fn helper_pid(&self) -> i32 {
+        std::fs::read_to_string(self.run_dir().join("bangerd-root.pid")).unwrap().trim().parse().unwrap()
+    }
+
+    /// Every process whose command line mentions this environment's directory.
+    pub fn processes(&self) -> Vec<(i32, String)> {
+        let needle = self.state().to_str().unwrap().to_string();
+        let me = std::process::id() as i32;
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if pid == me {
+                continue;
+            }
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            // Zombies have an empty cmdline and are not running.
+            if cmd.contains(&needle) {
+                out.push((pid, cmd));
+            }
+        }
+        out
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Kill whatever this environment started, VMs included, so a failed test
+        // does not leave guests running.
+        for (pid, _) in self.processes() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+fn detach(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+}
+
+/// Polls `cond` until it holds, failing the test with `what` after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,220 @@
+//! Bad input gets a clear error and loses nothing. Tried here: hostile and malformed
+//! names, duplicate names, out-of-range cpus and memory, unknown VMs, malformed and
+//! unknown-field JSON, an unauthorised user on the daemon socket, a caller other than
+//! the daemon on the helper socket, paths with `..` or outside banger's directories
+//! at the helper, and a VMM that dies during start.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use banger_helper::{FailureKind, HelperClient, Request, VmId};
+use banger_tests::*;
+
+fn create_args<'a>(name: &'a str, kernel: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["vm", "create", name, "--kernel", kernel];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn names_sizes_duplicates_and_unknown_vms_are_refused_clearly() {
+    let mut env = Env::new();
+    env.start();
+    let kernel = guest().kernel;
+    let k = kernel.to_str().unwrap();
+
+    let long = "a".repeat(65);
+    for bad in ["Dev", "a_b", "../etc", "a/b", "x-", "", long.as_str(), "é"] {
+        let out = env.banger(&create_args(bad, k, &[]));
+        assert_eq!(out.status.code(), Some(7), "name {bad:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("invalid VM name"), "{bad:?}: {}", stderr(&out));
+    }
+    for (flag, value, msg) in [
+        ("--cpus", "0", "invalid cpu count 0"),
+        ("--cpus", "33", "invalid cpu count 33"),
+        ("--memory", "127", "invalid memory size 127"),
+    ] {
+        let out = env.banger(&create_args("ok", k, &[flag, value]));
+        assert_eq!(out.status.code(), Some(7), "{flag} {value}: {}", stderr(&out));
+        assert!(stderr(&out).contains(msg), "{}", stderr(&out));
+    }
+    // Nothing was recorded by any of the refusals.
+    assert_eq!(env.json(&["vm", "list"]).as_array().unwrap().len(), 0);
+
+    env.ok(&create_args("dup", k, &[]));
+    let out = env.banger(&create_args("dup", k, &["--cpus", "2"]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("a VM named dup already exists"), "{}", stderr(&out));
+    // The first VM is untouched.
+    assert_eq!(env.json(&["vm", "show", "dup"])["spec"]["vcpus"], 1);
+
+    for verb in [&["vm", "show", "ghost"][..], &["vm", "start", "ghost"], &["vm", "stop", "ghost"], &["vm", "rm", "ghost"], &["vm", "logs", "ghost"]] {
+        let out = env.banger(verb);
+        assert_eq!(out.status.code(), Some(4), "{verb:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("no VM named \"ghost\""), "{verb:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn the_api_refuses_malformed_json_unknown_fields_and_bad_values() {
+    let mut env = Env::new();
+    env.start();
+    let sock = env.run_dir().join("bangerd.sock");
+    let curl = |method: &str, path: &str, body: &str| -> (String, String) {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&sock)
+            .args(["-X", method, "-H", "content-type: application/json", "--data-raw", body])
+            .arg(format!("http://bangerd{path}"))
+            .output()
+            .expect("curl");
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = s.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    for (body, want) in [
+        ("{", "malformed request body"),
+        ("[]", "malformed request body"),
+        (r#"{"name":"x","kernel":"/k","colour":"red"}"#, "unknown field `colour`"),
+        (r#"{"name":"BAD","kernel":"/k"}"#, "invalid VM name"),
+        (r#"{"name":"x","kernel":"relative"}"#, "must be absolute"),
+        (r#"{"name":"x","kernel":"/k","vcpus":64}"#, "invalid cpu count 64"),
+    ] {
+        let (code, resp) = curl("POST", "/v1/vms", body);
+        assert_eq!(code, "400", "{body}: {resp}");
+        let v: serde_json::Value = serde_json::from_str(&resp).expect("error body is JSON");
+        assert_eq!(v["kind"], "bad_request");
+        assert!(v["message"].as_str().unwrap().contains(want), "{body}: {resp}");
+    }
+    let (code, resp) = curl("GET", "/v1/vms/nope", "");
+    assert_eq!(code, "404");
+    assert!(resp.contains("no VM named \\\"nope\\\""), "{resp}");
+    let (code, _) = curl("GET", "/v2/vms", "");
+    assert_eq!(code, "404");
+    assert_eq!(env.json(&["vm", "list"]).as_array().unwrap().len(), 0);
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn a_user_without_access_gets_a_permission_error_with_a_hint() {
+    let mut env = Env::new();
+    env.start();
+    // The state dir must be traversable for the socket's own mode to be what decides.
+    std::fs::set_permissions(env.state(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new(bin("banger"))
+        .args(["vm", "list"])
+        .env("BANGER_STATE_DIR", env.state())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("permission denied") && err.contains("'banger' group"), "{err}");
+}
+
+#[test]
+fn the_helper_refuses_callers_other_than_the_daemon_and_paths_outside_its_dirs() {
+    let mut env = Env::new();
+    env.start();
+    std::fs::set_permissions(env.state(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.run_dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let helper_sock = env.run_dir().join("root.sock");
+
+    // Another user may connect (SO_PEERCRED is the gate) but is refused.
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b'{"op":"remove_vm_state","vm_id":"0123456789ab"}\n')
+print(s.makefile().readline())
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&helper_sock)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(reply.contains("\"denied\"") && reply.contains("uid 65534 may not use the root helper"), "{reply} {}", stderr(&out));
+
+    // An allowed caller still cannot name paths outside the VM's own directories.
+    let client = HelperClient::new(&helper_sock);
+    let id = VmId::new("0123456789ab").unwrap();
+    client.call(&Request::CreateVmDirs { vm_id: id.clone() }).unwrap();
+    let run = env.run_dir().join("vms").join(id.as_str());
+    let state = env.state().join("vms").join(id.as_str());
+    for (api_sock, console) in [
+        (run.join("../../../../etc/x.sock"), state.join("console.log")),
+        (run.join("api.sock"), state.join("../../../etc/passwd")),
+        ("/etc/evil.sock".into(), state.join("console.log")),
+        (run.join("api.sock"), "/var/log/console.log".into()),
+    ] {
+        let r = client.call(&Request::LaunchVmm {
+            vm_id: id.clone(),
+            api_sock: api_sock.clone(),
+            console_log: console.clone(),
+            vmm_log: state.join("vmm.log"),
+        });
+        match r {
+            Err(banger_helper::ClientError::Refused(f)) => {
+                assert_eq!(f.kind, FailureKind::BadArgument, "{api_sock:?} {console:?}: {}", f.message)
+            }
+            other => panic!("{api_sock:?} {console:?} was not refused: {other:?}"),
+        }
+    }
+    // Malformed and unknown requests.
+    for line in ["not json", r#"{"op":"exec","argv":["/bin/sh"]}"#, r#"{"op":"create_vm_dirs","vm_id":"../../etc"}"#] {
+        let out = Command::new("python3")
+            .args(["-c", &script.replace(r#"b'{"op":"remove_vm_state","vm_id":"0123456789ab"}\n'"#, &format!("{:?}.encode() + b'\\n'", line))])
+            .arg(&helper_sock)
+            .output()
+            .unwrap();
+        let reply = String::from_utf8_lossy(&out.stdout);
+        assert!(reply.contains("\"bad_argument\""), "{line}: {reply} {}", stderr(&out));
+    }
+    assert!(!std::path::Path::new("/etc/evil.sock").exists());
+}
+
+#[test]
+fn a_vmm_that_dies_during_start_marks_the_vm_failed_and_keeps_its_console() {
+    let scratch = tempfile::tempdir().unwrap();
+    let fake = scratch.path().join("dying-vmm");
+    std::fs::write(&fake, "#!/bin/sh\necho 'dying-vmm: simulated crash before the API came up'\nexit 1\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut env = Env::with_vmm(&fake);
+    env.start();
+    let k = guest().kernel;
+    env.ok(&create_args("crashy", k.to_str().unwrap(), &[]));
+    let out = env.banger(&["vm", "start", "crashy"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("VM crashy failed to start") && err.contains("exited before its API socket answered"), "{err}");
+    assert!(err.contains("simulated crash"), "the console tail is part of the error: {err}");
+    let vm = env.json(&["vm", "show", "crashy"]);
+    assert_eq!(vm["state"], "failed");
+    assert!(vm["last_error"].as_str().unwrap().contains("simulated crash"));
+    assert!(env.console("crashy").contains("simulated crash"), "console log kept");
+    // A failed VM can be removed.
+    env.ok(&["vm", "rm", "crashy"]);
+}
+
+#[test]
+fn a_kernel_the_vmm_cannot_boot_fails_the_start_with_the_vmm_s_reason() {
+    let mut env = Env::new();
+    env.start();
+    let junk = env.state().join("junk-kernel");
+    std::fs::write(&junk, b"this is not a kernel").unwrap();
+    env.ok(&create_args("junk", junk.to_str().unwrap(), &[]));
+    let out = env.banger(&["vm", "start", "junk"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("failed to start"), "{}", stderr(&out));
+    assert_eq!(env.json(&["vm", "show", "junk"])["state"], "failed");
+    // No VMM is left running for it.
+    let id = env.json(&["vm", "show", "junk"])["id"].as_str().unwrap().to_string();
+    wait_for(std::time::Duration::from_secs(10), "no process for the failed VM", || {
+        env.processes().iter().all(|(_, c)| !c.contains(&id))
+    });
+}
