@@ -16,9 +16,14 @@ pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("BANGER_BIN_DIR") {
         return d.into();
     }
-    // target/<profile>/deps/<test-binary>
+    // target/<profile>/deps/<test-binary>, or target/<profile>/<bench-binary>
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let parent = exe.parent().expect("exe dir");
+    let dir = if parent.join("banger").exists() {
+        parent.to_path_buf()
+    } else {
+        parent.parent().expect("target dir").to_path_buf()
+    };
     for b in ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"] {
         assert!(
             dir.join(b).exists(),

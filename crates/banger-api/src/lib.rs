@@ -218,6 +218,34 @@ pub struct Vm {
     pub console_log: PathBuf,
 }
 
+/// One line of `GET /v1/vms`: what `vm list` shows. `GET /v1/vms/{name}` has the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSummary {
+    pub id: String,
+    pub name: VmName,
+    pub state: VmState,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub pid: Option<i32>,
+    pub vmm: String,
+    pub created_at: String,
+}
+
+impl From<&Vm> for VmSummary {
+    fn from(v: &Vm) -> Self {
+        Self {
+            id: v.id.clone(),
+            name: v.name.clone(),
+            state: v.state,
+            vcpus: v.spec.vcpus,
+            memory_mib: v.spec.memory_mib,
+            pid: v.pid,
+            vmm: v.vmm.clone(),
+            created_at: v.created_at.clone(),
+        }
+    }
+}
+
 /// `POST /v1/vms/{name}/stop` body.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use banger_api::{DaemonInfo, ErrorBody, ErrorKind, StopRequest, Vm, VmSpec};
+use banger_api::{DaemonInfo, ErrorBody, ErrorKind, StopRequest, Vm, VmSpec, VmSummary};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -62,8 +62,13 @@ impl Client {
     pub async fn daemon_info(&self) -> Result<DaemonInfo, Error> {
         self.json(Method::GET, "/v1/daemon", None).await
     }
-    pub async fn list(&self) -> Result<Vec<Vm>, Error> {
+    pub async fn list(&self) -> Result<Vec<VmSummary>, Error> {
         self.json(Method::GET, "/v1/vms", None).await
+    }
+    /// `GET /v1/vms` as the daemon's JSON bytes (for `--json` output).
+    pub async fn list_raw(&self) -> Result<Bytes, Error> {
+        let (status, bytes) = self.raw(Method::GET, "/v1/vms", None).await?;
+        if status.is_success() { Ok(bytes) } else { Err(api_error(status, &bytes)) }
     }
     pub async fn create(&self, spec: &VmSpec) -> Result<Vm, Error> {
         self.json(Method::POST, "/v1/vms", Some(serde_json::to_vec(spec).expect("spec serializes"))).await

@@ -66,6 +66,10 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`banger vm list | head`).
+    // SAFETY: restoring the default disposition before any thread exists.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -1,7 +1,6 @@
 //! Output: tables and sentences for people, JSON for scripts (`--json`).
 
-use banger_api::Vm;
-use comfy_table::{Table, presets::NOTHING};
+use banger_api::{Vm, VmSummary};
 
 use crate::Cli;
 
@@ -16,26 +15,64 @@ pub fn vm_done(cli: &Cli, vm: &Vm, what: &str) {
     }
 }
 
-pub fn vm_list(cli: &Cli, vms: &[Vm]) {
+pub fn vm_list(cli: &Cli, vms: &[VmSummary]) {
     if cli.json {
         println!("{}", serde_json::to_string_pretty(vms).expect("vms serialize"));
         return;
     }
-    let mut t = Table::new();
-    t.load_preset(NOTHING);
-    t.set_header(["NAME", "STATE", "CPUS", "MEMORY", "PID", "VMM", "CREATED"]);
-    for vm in vms {
-        t.add_row([
-            vm.name.to_string(),
-            vm.state.to_string(),
-            vm.spec.vcpus.to_string(),
-            format!("{} MiB", vm.spec.memory_mib),
-            vm.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            if vm.vmm.is_empty() { "-".into() } else { vm.vmm.clone() },
-            vm.created_at.clone(),
-        ]);
+    let rows: Vec<[String; 7]> = vms
+        .iter()
+        .map(|vm| {
+            [
+                vm.name.to_string(),
+                vm.state.to_string(),
+                vm.vcpus.to_string(),
+                format!("{} MiB", vm.memory_mib),
+                vm.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                if vm.vmm.is_empty() { "-".into() } else { vm.vmm.clone() },
+                vm.created_at.clone(),
+            ]
+        })
+        .collect();
+    print!("{}", table(["NAME", "STATE", "CPUS", "MEMORY", "PID", "VMM", "CREATED"], &rows));
+}
+
+/// Left-aligned columns separated by two spaces; every cell is ASCII or short, so
+/// byte width is display width except for names, which are ASCII by construction.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
     }
-    println!("{t}");
+    let mut out = String::with_capacity((rows.len() + 1) * widths.iter().sum::<usize>() * 2);
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.zip(widths).enumerate() {
+            if i + 1 == N {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for r in rows {
+        line(&mut r.iter().map(String::as_str));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn table_columns_align_to_the_widest_cell() {
+        let t = super::table(["A", "BB"], &[["long".into(), "x".into()], ["s".into(), "yy".into()]]);
+        assert_eq!(t, "A     BB\nlong  x\ns     yy\n");
+    }
 }
 
 pub fn vm_show(cli: &Cli, vm: &Vm) {

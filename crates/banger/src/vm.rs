@@ -120,6 +120,13 @@ pub async fn run(cli: &Cli, cmd: &VmCommand) -> Result<u8> {
                 println!("removed {name}");
             }
         }
+        VmCommand::List if cli.json => {
+            // Scripts get the daemon's JSON as it is: no decode and re-encode.
+            let bytes = client.list_raw().await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            out.write_all(b"\n")?;
+        }
         VmCommand::List => render::vm_list(cli, &client.list().await?),
         VmCommand::Show { name } => render::vm_show(cli, &client.get(name).await?),
         VmCommand::Logs { name, follow } => {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use banger_api::{DEFAULT_BOOT_ARGS, ErrorKind, ValidationError, Vm, VmSpec, VmState};
+use banger_api::{DEFAULT_BOOT_ARGS, ErrorKind, ValidationError, Vm, VmSpec, VmState, VmSummary};
 use banger_fc::models::{BootSource, Drive, MachineConfiguration};
 use banger_fc::pid;
 use banger_helper::{ClientError, Dirs, HelperClient, Launched, Reply, Request, VmId, VmmSignal};
@@ -151,11 +151,13 @@ impl Service {
         Ok(self.to_api(&rec))
     }
 
-    pub async fn list(&self) -> Result<Vec<Vm>> {
-        let mut out = Vec::new();
-        for rec in self.store.list()? {
-            let rec = self.refresh_unlocked(rec).await?;
-            out.push(self.to_api(&rec));
+    pub async fn list(&self) -> Result<Vec<VmSummary>> {
+        let mut out = self.store.summaries();
+        // Only VMs that should have a VMM need a look at /proc.
+        for line in out.iter_mut().filter(|l| l.state.has_vmm()) {
+            if let Some(rec) = self.store.get_by_id(&line.id)? {
+                *line = crate::store::summary(&self.refresh_unlocked(rec).await?);
+            }
         }
         Ok(out)
     }
@@ -389,9 +391,7 @@ impl Service {
     }
 
     pub fn counts(&self) -> Result<(usize, usize)> {
-        let all = self.store.list()?;
-        let running = all.iter().filter(|r| r.state == VmState::Running).count();
-        Ok((all.len(), running))
+        Ok(self.store.counts())
     }
 
     /// Run once when the daemon starts, before it serves: every VM the database says

@@ -2,7 +2,8 @@
 //! `PRAGMA user_version`). The daemon owns the database; nothing else writes it.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, RwLock};
 
 use banger_api::{VmName, VmSpec, VmState};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -70,8 +71,27 @@ pub struct VmRecord {
     pub updated_at: String,
 }
 
+/// The database, plus an in-memory mirror of the `vms` table. SQLite is the truth
+/// on disk; every write goes to it first and then to the mirror, so reads (`vm list`
+/// with thousands of VMs) cost no queries and no JSON decoding.
 pub struct Store {
     conn: Mutex<Connection>,
+    mirror: RwLock<Mirror>,
+}
+
+#[derive(Default)]
+struct Mirror {
+    /// By name, so listing is already sorted.
+    by_name: BTreeMap<String, VmRecord>,
+    /// id -> name
+    names: HashMap<String, String>,
+}
+
+impl Mirror {
+    fn put(&mut self, r: VmRecord) {
+        self.names.insert(r.id.clone(), r.name.to_string());
+        self.by_name.insert(r.name.to_string(), r);
+    }
 }
 
 /// What `--check-migrations` found.
@@ -109,6 +129,26 @@ fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .expect("RFC 3339 formatting of now cannot fail")
+}
+
+pub fn summary(r: &VmRecord) -> banger_api::VmSummary {
+    banger_api::VmSummary {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        state: r.state,
+        vcpus: r.spec.vcpus,
+        memory_mib: r.spec.memory_mib,
+        pid: if r.state.has_vmm() { r.pid } else { None },
+        vmm: r.vmm.clone(),
+        created_at: r.created_at.clone(),
+    }
+}
+
+fn load_all(conn: &Connection) -> Result<Vec<VmRecord>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM vms");
+    let mut stmt = conn.prepare(&sql)?;
+    let raws = stmt.query_map([], row)?.collect::<Result<Vec<_>, _>>()?;
+    raws.into_iter().map(|(r, ())| r.decode()).collect()
 }
 
 const COLUMNS: &str =
@@ -179,7 +219,19 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrations().to_latest(&mut conn).map_err(|source| StoreError::Migrate { path: p, source })?;
-        Ok(Self { conn: Mutex::new(conn) })
+        let mut mirror = Mirror::default();
+        for r in load_all(&conn)? {
+            mirror.put(r);
+        }
+        Ok(Self { conn: Mutex::new(conn), mirror: RwLock::new(mirror) })
+    }
+
+    fn mirror(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
+        self.mirror.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mirror_mut(&self) -> std::sync::RwLockWriteGuard<'_, Mirror> {
+        self.mirror.write().unwrap_or_else(|e| e.into_inner())
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -202,33 +254,48 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        self.get_by_id(id)?.ok_or_else(|| StoreError::Corrupt {
+        let rec = self.reload(id)?.ok_or_else(|| StoreError::Corrupt {
             id: id.into(),
             what: "row",
             detail: "vanished after insert".into(),
-        })
+        })?;
+        Ok(rec)
+    }
+
+    /// Re-reads one row from SQLite into the mirror.
+    fn reload(&self, id: &str) -> Result<Option<VmRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM vms WHERE id = ?1");
+        let raw = self.conn().query_row(&sql, [id], row).optional()?;
+        let rec = raw.map(|(r, ())| r.decode()).transpose()?;
+        if let Some(r) = &rec {
+            self.mirror_mut().put(r.clone());
+        }
+        Ok(rec)
     }
 
     pub fn get_by_id(&self, id: &str) -> Result<Option<VmRecord>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM vms WHERE id = ?1");
-        let raw = self.conn().query_row(&sql, [id], row).optional()?;
-        raw.map(|(r, ())| r.decode()).transpose()
+        let m = self.mirror();
+        Ok(m.names.get(id).and_then(|n| m.by_name.get(n)).cloned())
     }
 
     pub fn get_by_name(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM vms WHERE name = ?1");
-        let raw = self.conn().query_row(&sql, [name], row).optional()?;
-        raw.map(|(r, ())| r.decode()).transpose()
+        Ok(self.mirror().by_name.get(name).cloned())
     }
 
+    /// Every VM, sorted by name.
     pub fn list(&self) -> Result<Vec<VmRecord>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM vms ORDER BY name");
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let raws = stmt.query_map([], row)?.collect::<Result<Vec<_>, _>>()?;
-        drop(stmt);
-        drop(conn);
-        raws.into_iter().map(|(r, ())| r.decode()).collect()
+        Ok(self.mirror().by_name.values().cloned().collect())
+    }
+
+    /// `vm list` lines, built under the read lock without copying whole records.
+    pub fn summaries(&self) -> Vec<banger_api::VmSummary> {
+        self.mirror().by_name.values().map(summary).collect()
+    }
+
+    /// (all VMs, running VMs) without copying records.
+    pub fn counts(&self) -> (usize, usize) {
+        let m = self.mirror();
+        (m.by_name.len(), m.by_name.values().filter(|r| r.state == VmState::Running).count())
     }
 
     /// Sets the state and the runtime columns in one statement, so a crash never
@@ -254,11 +321,16 @@ impl Store {
                 now()
             ],
         )?;
+        self.reload(id)?;
         Ok(())
     }
 
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.conn().execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        let mut m = self.mirror_mut();
+        if let Some(name) = m.names.remove(id) {
+            m.by_name.remove(&name);
+        }
         Ok(())
     }
 }
