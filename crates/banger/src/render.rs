@@ -34,7 +34,9 @@ pub fn vm_list(cli: &Cli, vms: &[VmSummary]) {
             ]
         })
         .collect();
-    print!("{}", table(["NAME", "STATE", "CPUS", "MEMORY", "PID", "VMM", "CREATED"], &rows));
+    use std::io::Write;
+    let t = table(["NAME", "STATE", "CPUS", "MEMORY", "PID", "VMM", "CREATED"], &rows);
+    let _ = std::io::stdout().lock().write_all(t.as_bytes());
 }
 
 /// Left-aligned columns separated by two spaces; every cell is ASCII or short, so
@@ -46,17 +48,17 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
             *w = (*w).max(c.chars().count());
         }
     }
-    let mut out = String::with_capacity((rows.len() + 1) * widths.iter().sum::<usize>() * 2);
+    let mut out = String::with_capacity((rows.len() + 1) * (widths.iter().sum::<usize>() + 2 * N));
     let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut l = String::new();
+        let start = out.len();
         for (i, (c, w)) in cells.zip(widths).enumerate() {
-            if i + 1 == N {
-                l.push_str(c);
-            } else {
-                l.push_str(&format!("{c:<w$}  "));
+            out.push_str(c);
+            if i + 1 < N {
+                out.extend(std::iter::repeat_n(' ', w.saturating_sub(c.chars().count()) + 2));
             }
         }
-        out.push_str(l.trim_end());
+        let trimmed = out[start..].trim_end().len();
+        out.truncate(start + trimmed);
         out.push('\n');
     };
     line(&mut header.iter().copied());
