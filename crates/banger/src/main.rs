@@ -3,6 +3,7 @@
 
 mod daemon;
 mod render;
+mod system;
 mod vm;
 
 use std::path::PathBuf;
@@ -46,6 +47,9 @@ pub enum Command {
     /// Manage the banger daemons.
     #[command(subcommand)]
     Daemon(daemon::DaemonCommand),
+    /// Install or remove banger as systemd services (needs root).
+    #[command(subcommand)]
+    System(system::SystemCommand),
     /// Print banger's version.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -91,6 +95,7 @@ async fn run(cli: &Cli) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Vm(c) => vm::run(cli, c).await,
         Command::Daemon(c) => daemon::run(cli, c).await,
+        Command::System(c) => system::run(cli, c).await,
         Command::Version => {
             if cli.json {
                 println!("{}", serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }));

@@ -73,6 +73,19 @@ fn run(args: Args) -> Result<()> {
         Some(u) => u,
         None => std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dirs.state)?),
     };
+    // In system mode the daemon runs as its own user: it must own the state and run
+    // directories (never a systemd RuntimeDirectory=, which is removed with the unit
+    // and would take the VMs' sockets with it).
+    if allow_uid != 0 && nix::unistd::geteuid().is_root() {
+        let gid = nix::unistd::User::from_uid(allow_uid.into())
+            .ok()
+            .flatten()
+            .map(|u| u.gid.as_raw());
+        for d in [&dirs.state, &dirs.run, &dirs.run.join("vms")] {
+            std::os::unix::fs::chown(d, Some(allow_uid), gid)
+                .with_context(|| format!("cannot give {} to uid {allow_uid}", d.display()))?;
+        }
+    }
     let vmm = match args.vmm {
         Some(v) => v,
         None => std::env::current_exe()?.with_file_name("banger-vmm-qemu"),

@@ -140,14 +140,35 @@ impl Helper {
         let stderr = append(&vmm_log)?;
         chown(&console, caller)?;
         chown(&vmm_log, caller)?;
-        let mut cmd = Command::new(&plan.program);
-        cmd.args(&plan.args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-        if plan.chroot.is_none() && caller.uid != 0 {
-            // Least privilege: a direct VMM runs as the daemon's user, so the daemon
-            // can reach its socket and no guest-facing process runs as root. (The
-            // jailer drops privileges itself with --uid/--gid.)
-            cmd.uid(caller.uid).gid(caller.gid);
-        }
+        // Least privilege: a direct VMM runs as the daemon's user, so the daemon can
+        // reach its socket and no guest-facing process runs as root. (The jailer
+        // drops privileges itself with --uid/--gid.)
+        let drop_to = (plan.chroot.is_none() && caller.uid != 0).then_some(caller);
+        let mut cmd = match systemd_run() {
+            // Under systemd, each VMM gets its own transient scope in banger.slice, so
+            // it is outside the helper's cgroup and no stop or restart of the helper's
+            // unit can reach it. systemd-run registers the scope and execs the VMM:
+            // the pid stays the same.
+            Some(systemd_run) => {
+                let mut c = Command::new(systemd_run);
+                c.args(["--scope", "--quiet", "--collect", "--slice=banger.slice"]);
+                c.arg(format!("--unit=banger-vm-{id}-{}", now_millis()));
+                if let Some(u) = drop_to {
+                    c.arg(format!("--uid={}", u.uid)).arg(format!("--gid={}", u.gid));
+                }
+                c.arg("--").arg(&plan.program).args(&plan.args);
+                c
+            }
+            None => {
+                let mut c = Command::new(&plan.program);
+                c.args(&plan.args);
+                if let Some(u) = drop_to {
+                    c.uid(u.uid).gid(u.gid);
+                }
+                c
+            }
+        };
+        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -212,6 +233,21 @@ impl Helper {
             Err(e) => Err(failed(format!("cannot signal pid {p}: {e}"))),
         }
     }
+}
+
+/// `systemd-run`, when systemd is PID 1 and scopes are not disabled
+/// (`BANGER_NO_SCOPE=1`).
+fn systemd_run() -> Option<&'static Path> {
+    let p = Path::new("/usr/bin/systemd-run");
+    let pid1_is_systemd = Path::new("/run/systemd/system").is_dir();
+    (pid1_is_systemd && p.exists() && std::env::var_os("BANGER_NO_SCOPE").is_none()).then_some(p)
+}
+
+fn now_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
 
 /// Who is asking, from SO_PEERCRED.

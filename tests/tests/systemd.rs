@@ -1,0 +1,172 @@
+//! banger under a real systemd (PID 1 of a systemd-nspawn container built by
+//! scripts/nspawn-root): `banger system install`, a VM, then restarts of both units.
+//! The VM keeps its VMM pid and its boot id, and the VMM lives in its own scope under
+//! banger.slice, outside both units' cgroups.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use banger_tests::*;
+
+struct Container {
+    nspawn: Child,
+    init: i32,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("BANGER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
+}
+
+impl Container {
+    fn boot() -> Self {
+        let root = cache().join("nspawn/root");
+        assert!(root.join(".banger-stamp").exists(), "{} missing: run scripts/nspawn-root (scripts/test does)", root.display());
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("nspawn.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let nspawn = Command::new("systemd-nspawn")
+            .args(["--register=no", "--keep-unit", "--quiet", "--boot", "--volatile=overlay"])
+            .arg(format!("--machine=banger-test-{}", std::process::id()))
+            .arg("--directory")
+            .arg(&root)
+            .arg(format!("--bind-ro={}:/opt/banger", bin_dir().display()))
+            .arg(format!("--bind-ro={}:/opt/guest", cache().join("guest").display()))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("systemd-nspawn");
+        let mut c = Container { init: 0, nspawn, log, _dir: dir };
+        // The container's PID 1 is the child of systemd-nspawn.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.init == 0 {
+            assert!(Instant::now() < deadline, "no container init; log:\n{}", c.log_text());
+            assert!(c.nspawn.try_wait().unwrap().is_none(), "nspawn exited:\n{}", c.log_text());
+            c.init = children(c.nspawn.id() as i32).into_iter().next().unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        wait_for(Duration::from_secs(90), "systemd in the container to finish booting", || {
+            let out = c.inside(&["systemctl", "is-system-running"]);
+            let s = String::from_utf8_lossy(&out.stdout);
+            s.starts_with("running") || s.starts_with("degraded")
+        });
+        c
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn inside(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.init.to_string(), "-a", "--"])
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .output()
+            .expect("nsenter")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.inside(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed in the container ({}):\n{}\n{}\n--- journal ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&self.inside(&["journalctl", "-n", "60", "--no-pager"]).stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["banger", "--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    fn boot_ids(&self, vm: &str) -> Vec<String> {
+        self.ok(&["banger", "vm", "logs", vm])
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("BANGER_BOOT_ID=").map(String::from))
+            .collect()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+    }
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn under_systemd_unit_restarts_never_touch_a_vm() {
+    let c = Container::boot();
+    c.ok(&["/opt/banger/banger", "system", "install"]);
+    // Idempotent: a second install refreshes and restarts, and still works.
+    c.ok(&["/opt/banger/banger", "system", "install"]);
+    let status = c.ok(&["banger", "system", "status"]);
+    assert!(status.contains("bangerd.service") && status.contains("active"), "{status}");
+    let info = c.json(&["daemon", "status"]);
+    assert_eq!(info["state_dir"], "/var/lib/banger");
+
+    c.ok(&["install", "-o", "banger", "-g", "banger", "-m", "0644", "/opt/guest/rootfs.ext4", "/var/tmp/sd.ext4"]);
+    let vm = c.json(&[
+        "vm", "create", "sd", "--kernel", "/opt/guest/vmlinuz", "--initrd", "/opt/guest/initrd.img",
+        "--rootfs", "/var/tmp/sd.ext4", "--memory", "256", "--start",
+    ]);
+    let pid = vm["pid"].as_i64().unwrap().to_string();
+    wait_for(Duration::from_secs(90), "the guest to boot", || {
+        c.ok(&["banger", "vm", "logs", "sd"]).contains("BANGER_READY")
+    });
+    let boot_ids = c.boot_ids("sd");
+    assert_eq!(boot_ids.len(), 1);
+
+    // The VMM runs as the banger user, in its own scope under banger.slice.
+    let cgroup = c.ok(&["cat", &format!("/proc/{pid}/cgroup")]);
+    assert!(cgroup.contains("banger.slice/banger-vm-"), "VMM not in its own scope: {cgroup}");
+    let owner = c.ok(&["stat", "-c", "%U", &format!("/proc/{pid}")]);
+    assert_eq!(owner.trim(), "banger");
+
+    for unit in ["bangerd-root.service", "bangerd.service"] {
+        c.ok(&["systemctl", "restart", unit]);
+        c.ok(&["systemctl", "is-active", unit]);
+        let vm = c.json(&["vm", "show", "sd"]);
+        assert_eq!(vm["state"], "running", "after restarting {unit}: {vm}");
+        assert_eq!(vm["pid"].as_i64().unwrap().to_string(), pid, "after restarting {unit}");
+        assert_eq!(c.boot_ids("sd"), boot_ids, "the guest rebooted when {unit} restarted");
+    }
+    // `banger daemon stop` (systemctl stop) leaves the VM running too.
+    c.ok(&["banger", "daemon", "stop"]);
+    c.ok(&["test", "-d", &format!("/proc/{pid}")]);
+    c.ok(&["banger", "daemon", "start"]);
+    assert_eq!(c.json(&["vm", "show", "sd"])["pid"].as_i64().unwrap().to_string(), pid);
+
+    // uninstall refuses while a VM runs.
+    let out = c.inside(&["banger", "system", "uninstall"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("running"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    c.ok(&["banger", "vm", "stop", "sd"]);
+    c.ok(&["banger", "vm", "rm", "sd"]);
+    c.ok(&["banger", "system", "uninstall"]);
+}
