@@ -61,19 +61,39 @@ pub fn guest() -> Guest {
     g
 }
 
-/// A private banger installation: its own state directory and daemons.
+/// A private banger installation: its own state directory, daemons, bridge, subnet
+/// and nftables table, so environments never collide.
 pub struct Env {
     pub dir: tempfile::TempDir,
     /// Extra arguments for bangerd-root (e.g. another --vmm).
     helper_args: Vec<String>,
     started: bool,
+    pub bridge: String,
+    pub gateway: String,
+    pub nft_table: String,
 }
+
+static NEXT_ENV: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Env {
     pub fn new() -> Self {
         // Short paths keep Unix socket paths far below the 108-byte limit.
         let dir = tempfile::Builder::new().prefix("bg").tempdir_in("/tmp").expect("tempdir");
-        Self { dir, helper_args: Vec::new(), started: false }
+        Self::in_dir(dir)
+    }
+
+    /// An environment whose state lives in `dir` (e.g. on a btrfs mount).
+    pub fn in_dir(dir: tempfile::TempDir) -> Self {
+        let n = NEXT_ENV.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::process::id() % 1000;
+        Self {
+            dir,
+            helper_args: Vec::new(),
+            started: false,
+            bridge: format!("bgt{p}x{n}"),
+            gateway: format!("10.{}.{}.1/24", 100 + p % 100, n % 250),
+            nft_table: format!("banger_t{p}_{n}"),
+        }
     }
 
     /// An environment whose helper launches `vmm` instead of banger-vmm-qemu.
@@ -90,13 +110,23 @@ impl Env {
         self.state().join("run")
     }
 
+    /// `banger ARGS` against this environment, not yet run.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("banger"));
+        c.args(args)
+            .env("BANGER_STATE_DIR", self.state())
+            .env("BANGER_BRIDGE", &self.bridge)
+            .env("BANGER_GATEWAY", &self.gateway)
+            .env("BANGER_NFT_TABLE", &self.nft_table)
+            // Keys and known_hosts of the tests stay inside the environment.
+            .env("XDG_CONFIG_HOME", self.state().join("config"))
+            .env("HOME", self.state().join("home"));
+        c
+    }
+
     /// Runs `banger ARGS` against this environment.
     pub fn banger(&self, args: &[&str]) -> Output {
-        Command::new(bin("banger"))
-            .args(args)
-            .env("BANGER_STATE_DIR", self.state())
-            .output()
-            .expect("run banger")
+        self.cmd(args).output().expect("run banger")
     }
 
     /// Runs `banger ARGS`, requiring success; returns stdout.
@@ -127,6 +157,7 @@ impl Env {
             let log = std::fs::File::create(self.state().join("bangerd-root.log")).expect("log");
             let mut c = Command::new(bin("bangerd-root"));
             c.arg("--state-dir").arg(self.state()).args(&self.helper_args);
+            c.env("BANGER_BRIDGE", &self.bridge).env("BANGER_GATEWAY", &self.gateway).env("BANGER_NFT_TABLE", &self.nft_table);
             c.stdout(log.try_clone().expect("log")).stderr(log);
             detach(&mut c);
             c.spawn().expect("spawn helper");
@@ -221,6 +252,11 @@ impl Default for Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // Remove this environment's bridge and nftables table (the helper may be gone).
+        let _ = banger_helper::HelperClient::new(self.run_dir().join("root.sock"))
+            .call(&banger_helper::Request::TeardownNetwork {});
+        let _ = Command::new("nft").args(["delete", "table", "inet", &self.nft_table]).output();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
         // Kill whatever this environment started, VMs included, so a failed test
         // does not leave guests running.
         for (pid, _) in self.processes() {

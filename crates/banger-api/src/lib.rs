@@ -33,6 +33,18 @@ pub enum ValidationError {
     RelativePath { what: &'static str, path: PathBuf },
     #[error("boot arguments are {0} bytes long; the limit is 2048")]
     BootArgsTooLong(usize),
+    #[error("give either an image or a kernel, not both")]
+    ImageAndKernel,
+    #[error("give an image (--image) or a kernel (--kernel)")]
+    NoImageNoKernel,
+    #[error("invalid image name {0:?}: use 1-64 characters of lowercase letters, digits and '-'")]
+    ImageName(String),
+    #[error("invalid SSH public key {0:?}: one line starting with the key type, at most 16 KiB")]
+    SshKey(String),
+    #[error("invalid disk size {0} MiB: at least 256 MiB and at most 16 TiB")]
+    DiskSize(u64),
+    #[error("--disk-size needs an image: a VM with its own rootfs keeps that file as it is")]
+    DiskSizeWithoutImage,
 }
 
 /// A VM name: 1-64 of `[a-z0-9-]`, not starting or ending with `-`.
@@ -70,7 +82,18 @@ impl fmt::Display for VmName {
     }
 }
 
-/// What a user asks for when creating a VM.
+/// The image `vm run` and `vm create` use when given neither an image nor a kernel;
+/// built on first use.
+pub const DEFAULT_IMAGE: &str = "debian-bookworm";
+
+/// Validates an image name (the same alphabet as VM names).
+pub fn validate_image_name(name: &str) -> Result<(), ValidationError> {
+    VmName::new(name).map(|_| ()).map_err(|_| ValidationError::ImageName(name.to_string()))
+}
+
+/// What a user asks for when creating a VM: an image (banger clones its disk and
+/// wires up network and SSH), or a kernel with an optional initrd and rootfs used as
+/// they are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
@@ -79,8 +102,17 @@ pub struct VmSpec {
     pub vcpus: u32,
     #[serde(default = "default_memory")]
     pub memory_mib: u32,
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Grow the VM's disk to this size (images only).
+    #[serde(default)]
+    pub disk_size_mib: Option<u64>,
+    /// Public keys allowed to log in as root (images only).
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
     /// Kernel image: an ELF vmlinux for Firecracker; banger-vmm-qemu also takes a bzImage.
-    pub kernel: PathBuf,
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
     #[serde(default)]
     pub initrd: Option<PathBuf>,
     /// Root disk image attached as the root device (`/dev/vda`).
@@ -112,8 +144,30 @@ impl VmSpec {
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(ValidationError::Memory(self.memory_mib));
         }
+        match (&self.image, &self.kernel) {
+            (Some(_), Some(_)) => return Err(ValidationError::ImageAndKernel),
+            (None, None) => return Err(ValidationError::NoImageNoKernel),
+            (Some(i), None) => validate_image_name(i)?,
+            (None, Some(_)) => {}
+        }
+        if let Some(size) = self.disk_size_mib {
+            if self.image.is_none() {
+                return Err(ValidationError::DiskSizeWithoutImage);
+            }
+            if !(256..=16 * 1024 * 1024).contains(&size) {
+                return Err(ValidationError::DiskSize(size));
+            }
+        }
+        for k in &self.ssh_keys {
+            let ok = k.len() <= 16 * 1024
+                && !k.contains(['\n', '\r', '\0'])
+                && (k.starts_with("ssh-") || k.starts_with("ecdsa-") || k.starts_with("sk-"));
+            if !ok {
+                return Err(ValidationError::SshKey(k.chars().take(40).collect()));
+            }
+        }
         let paths = [
-            ("kernel", Some(&self.kernel)),
+            ("kernel", self.kernel.as_ref()),
             ("initrd", self.initrd.as_ref()),
             ("rootfs", self.rootfs.as_ref()),
         ];
@@ -216,6 +270,65 @@ pub struct Vm {
     pub last_error: Option<String>,
     /// Where the guest's serial console is written.
     pub console_log: PathBuf,
+    /// The guest's address on banger's bridge.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// The VM's own disk (a clone of its image), and how it was cloned.
+    #[serde(default)]
+    pub disk: Option<PathBuf>,
+    #[serde(default)]
+    pub disk_method: Option<String>,
+    /// The image's content digest.
+    #[serde(default)]
+    pub image_digest: Option<String>,
+    /// The VM's SSH host public key (`ssh-ed25519 AAAA...`), pinned by `vm ssh`.
+    #[serde(default)]
+    pub host_key: Option<String>,
+}
+
+/// An image: a read-only, content-addressed kernel + initrd + ext4 rootfs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    /// SHA-256 over the image's files.
+    pub digest: String,
+    /// How it was made: `debootstrap bookworm [+packages]` or `import`.
+    pub source: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The ELF kernel Firecracker needs, when one could be extracted.
+    pub vmlinux: Option<PathBuf>,
+    pub rootfs: PathBuf,
+    pub rootfs_bytes: u64,
+    pub created_at: String,
+    /// VMs whose disk was cloned from it.
+    pub used_by: Vec<String>,
+}
+
+/// `POST /v1/images/build`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageBuildRequest {
+    pub name: String,
+    #[serde(default = "default_release")]
+    pub release: String,
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+fn default_release() -> String {
+    "bookworm".into()
+}
+
+/// `POST /v1/images/import`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageImportRequest {
+    pub name: String,
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    pub rootfs: PathBuf,
 }
 
 /// One line of `GET /v1/vms`: what `vm list` shows. `GET /v1/vms/{name}` has the rest.
@@ -229,6 +342,10 @@ pub struct VmSummary {
     pub pid: Option<i32>,
     pub vmm: String,
     pub created_at: String,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 impl From<&Vm> for VmSummary {
@@ -242,6 +359,8 @@ impl From<&Vm> for VmSummary {
             pid: v.pid,
             vmm: v.vmm.clone(),
             created_at: v.created_at.clone(),
+            ip: v.ip.clone(),
+            image: v.spec.image.clone(),
         }
     }
 }
@@ -296,7 +415,10 @@ mod tests {
             name: VmName::new(name).unwrap(),
             vcpus: 1,
             memory_mib: 128,
-            kernel: "/k".into(),
+            image: None,
+            disk_size_mib: None,
+            ssh_keys: Vec::new(),
+            kernel: Some("/k".into()),
             initrd: None,
             rootfs: None,
             boot_args: None,
@@ -338,11 +460,38 @@ mod tests {
     #[test]
     fn relative_paths_and_long_cmdlines_are_refused() {
         let mut s = spec("a");
-        s.kernel = "vmlinux".into();
+        s.kernel = Some("vmlinux".into());
         assert!(matches!(s.validate(), Err(ValidationError::RelativePath { .. })));
         let mut s = spec("a");
         s.boot_args = Some("x".repeat(2049));
         assert_eq!(s.validate(), Err(ValidationError::BootArgsTooLong(2049)));
+    }
+
+    #[test]
+    fn images_kernels_disk_sizes_and_keys_are_checked() {
+        let mut s = spec("a");
+        s.image = Some("debian-bookworm".into());
+        assert_eq!(s.validate(), Err(ValidationError::ImageAndKernel));
+        s.kernel = None;
+        assert!(s.validate().is_ok());
+        s.image = Some("Bad Name".into());
+        assert!(matches!(s.validate(), Err(ValidationError::ImageName(_))));
+        s.image = None;
+        assert_eq!(s.validate(), Err(ValidationError::NoImageNoKernel));
+        let mut s = spec("a");
+        s.disk_size_mib = Some(1024);
+        assert_eq!(s.validate(), Err(ValidationError::DiskSizeWithoutImage));
+        s.kernel = None;
+        s.image = Some("x1".into());
+        s.disk_size_mib = Some(100);
+        assert_eq!(s.validate(), Err(ValidationError::DiskSize(100)));
+        s.disk_size_mib = Some(4096);
+        s.ssh_keys = vec!["ssh-ed25519 AAAA me@host".into()];
+        assert!(s.validate().is_ok());
+        for bad in ["rm -rf /", "ssh-ed25519 AAAA\nssh-rsa BBBB", ""] {
+            s.ssh_keys = vec![bad.into()];
+            assert!(matches!(s.validate(), Err(ValidationError::SshKey(_))), "{bad:?}");
+        }
     }
 
     #[test]

@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use banger_api::{DaemonInfo, ErrorBody, ErrorKind, StopRequest, Vm, VmSpec, VmSummary};
+use banger_api::{
+    DaemonInfo, ErrorBody, ErrorKind, Image, ImageBuildRequest, ImageImportRequest, StopRequest, Vm, VmSpec,
+    VmSummary,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -90,6 +93,27 @@ impl Client {
         let (status, bytes) =
             self.raw(Method::DELETE, &format!("/v1/vms/{}?force={force}", enc(name)), None).await?;
         if status.is_success() { Ok(()) } else { Err(api_error(status, &bytes)) }
+    }
+    pub async fn images(&self) -> Result<Vec<Image>, Error> {
+        self.json(Method::GET, "/v1/images", None).await
+    }
+    pub async fn image(&self, name: &str) -> Result<Image, Error> {
+        self.json(Method::GET, &format!("/v1/images/{}", enc(name)), None).await
+    }
+    pub async fn build_image(&self, req: &ImageBuildRequest) -> Result<Image, Error> {
+        self.json(Method::POST, "/v1/images/build", Some(serde_json::to_vec(req).expect("serializes"))).await
+    }
+    pub async fn import_image(&self, req: &ImageImportRequest) -> Result<Image, Error> {
+        self.json(Method::POST, "/v1/images/import", Some(serde_json::to_vec(req).expect("serializes"))).await
+    }
+    pub async fn remove_image(&self, name: &str) -> Result<(), Error> {
+        let (status, bytes) = self.raw(Method::DELETE, &format!("/v1/images/{}", enc(name)), None).await?;
+        if status.is_success() { Ok(()) } else { Err(api_error(status, &bytes)) }
+    }
+    /// The current step of a build of `name`, if one is running.
+    pub async fn build_progress(&self, name: &str) -> Result<Option<String>, Error> {
+        let v: serde_json::Value = self.json(Method::GET, &format!("/v1/images/{}/progress", enc(name)), None).await?;
+        Ok(v["step"].as_str().map(String::from))
     }
     /// Console bytes from `offset`, and the offset to ask for next.
     pub async fn logs(&self, name: &str, offset: u64) -> Result<(Bytes, u64), Error> {

@@ -6,11 +6,13 @@
 //!   swagger file;
 //! - [`launch`]: the command line for a direct or jailed launch and the jail layout;
 //! - [`pid`]: finding a running VMM's pid from its API socket (`find_pid`);
-//! - [`version`]: parsing `firecracker --version`.
+//! - [`version`]: parsing `firecracker --version`;
+//! - [`kernel`]: extracting an ELF vmlinux from a compressed kernel image.
 //!
 //! Nothing here spawns processes; the root helper does that with what [`launch`] builds.
 
 pub mod client;
+pub mod kernel;
 pub mod launch;
 pub mod models;
 pub mod pid;

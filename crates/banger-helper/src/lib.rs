@@ -50,6 +50,12 @@ impl std::fmt::Display for VmId {
 pub enum ArgError {
     #[error("invalid VM id {0:?}: expected 12 lowercase hex digits")]
     VmId(String),
+    #[error("unknown release {0:?}: use one of bookworm, trixie, bullseye")]
+    Release(String),
+    #[error("invalid package name {0:?}")]
+    Package(String),
+    #[error("address {ip} is not a host address of {network}")]
+    Address { ip: std::net::Ipv4Addr, network: String },
     #[error("path {0} is not absolute")]
     NotAbsolute(PathBuf),
     #[error("path {0} contains '..' or '.' components")]
@@ -110,6 +116,15 @@ impl Dirs {
     pub fn jail_base(&self) -> PathBuf {
         self.run.join("jail")
     }
+    pub fn images(&self) -> PathBuf {
+        self.state.join("images")
+    }
+    pub fn image_build(&self, build_id: &VmId) -> PathBuf {
+        self.images().join(format!(".build-{build_id}"))
+    }
+    pub fn vm_disk(&self, id: &VmId) -> PathBuf {
+        self.vm_state_dir(id).join("rootfs.ext4")
+    }
 
     /// Accepts `path` only if it is absolute, has no `.`/`..` components, lies under
     /// `allowed`, and, for the part that exists, does not leave `allowed` through a
@@ -145,6 +160,72 @@ impl Dirs {
     }
 }
 
+/// A Debian release the image builder accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Release(String);
+
+impl Release {
+    pub const KNOWN: [&'static str; 3] = ["bookworm", "trixie", "bullseye"];
+    pub fn new(s: impl Into<String>) -> Result<Self, ArgError> {
+        let s = s.into();
+        if Self::KNOWN.contains(&s.as_str()) { Ok(Self(s)) } else { Err(ArgError::Release(s)) }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Release {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Release::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A Debian package name (policy 5.6.1): lowercase letters, digits, `+ - .`, at
+/// least two characters, starting with a letter or digit. Never an option.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct PackageName(String);
+
+impl PackageName {
+    pub fn new(s: impl Into<String>) -> Result<Self, ArgError> {
+        let s = s.into();
+        let b = s.as_bytes();
+        let ok = b.len() >= 2
+            && b.len() <= 128
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(c));
+        if ok { Ok(Self(s)) } else { Err(ArgError::Package(s)) }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for PackageName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        PackageName::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The helper's network: one bridge, its subnet and gateway (helper configuration,
+/// never chosen by callers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub bridge: String,
+    pub gateway: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub nft_table: String,
+}
+
+impl NetworkConfig {
+    /// The tap of a VM: `bg` + its id (14 characters, under IFNAMSIZ).
+    pub fn tap_name(id: &VmId) -> String {
+        format!("bg{}", id.as_str())
+    }
+}
+
 /// A signal the helper may send to a VMM it has identified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -173,12 +254,28 @@ pub enum Request {
     RemoveVmRuntime { vm_id: VmId },
     /// Remove `<state>/vms/<id>` (logs). Idempotent.
     RemoveVmState { vm_id: VmId },
+    /// Build a Debian image with debootstrap into `<state>/images/.build-<id>/`
+    /// (rootfs.ext4, vmlinuz, vmlinux when extractable, initrd.img, build.log), owned
+    /// by the caller. Progress lines go to `progress` in that directory. On failure
+    /// the directory is removed.
+    BuildImage { build_id: VmId, release: Release, packages: Vec<PackageName> },
+    /// Create the bridge with the gateway address, enable forwarding and install
+    /// banger's nftables table (NAT for the subnet). Idempotent.
+    SetupNetwork {},
+    /// Create the VM's tap (owned by the caller, attached to the bridge, up) and the
+    /// nftables rule that only lets `guest_ip` out of it. Idempotent.
+    CreateTap { vm_id: VmId, guest_ip: std::net::Ipv4Addr },
+    /// Delete the VM's tap and its nftables rules. Idempotent.
+    DeleteTap { vm_id: VmId },
+    /// Delete the bridge and banger's nftables table. Idempotent.
+    TeardownNetwork {},
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
-    Pong { version: String, vmm: String },
+    Pong { version: String, vmm: String, network: NetworkConfig },
+    ImageBuilt { dir: PathBuf },
     Done,
     Launched(Launched),
     Signalled { was_alive: bool },
@@ -248,7 +345,12 @@ impl HelperClient {
     pub fn call(&self, req: &Request) -> Result<Reply, ClientError> {
         let mut stream = UnixStream::connect(&self.socket)
             .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        // Image builds run for minutes; everything else is quick.
+        let limit = match req {
+            Request::BuildImage { .. } => Duration::from_secs(1800),
+            _ => Duration::from_secs(60),
+        };
+        stream.set_read_timeout(Some(limit))?;
         let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
         stream.write_all(&line)?;
@@ -316,6 +418,25 @@ mod tests {
             Dirs::confine(&root.join("evil/passwd"), &root),
             Err(ArgError::Escapes { .. })
         ));
+    }
+
+    #[test]
+    fn releases_and_package_names_are_allow_listed() {
+        assert!(Release::new("bookworm").is_ok());
+        assert!(Release::new("sid; rm -rf /").is_err());
+        for ok in ["vim", "g++", "libc6-dev", "python3.11"] {
+            assert!(PackageName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a", "--include=x", "Vim", "a b", "x/../y", "pkg;ls"] {
+            assert!(PackageName::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tap_names_fit_ifnamsiz() {
+        let t = NetworkConfig::tap_name(&VmId::new("0123456789ab").unwrap());
+        assert_eq!(t, "bg0123456789ab");
+        assert!(t.len() < 16);
     }
 
     #[test]

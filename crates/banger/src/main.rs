@@ -2,7 +2,9 @@
 //! here, as a chain, with an exit code that means something (docs/cli.md).
 
 mod daemon;
+mod image;
 mod render;
+mod ssh;
 mod system;
 mod vm;
 
@@ -44,6 +46,9 @@ pub enum Command {
     /// Create, start, stop and inspect VMs.
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Build, import and manage images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Manage the banger daemons.
     #[command(subcommand)]
     Daemon(daemon::DaemonCommand),
@@ -95,6 +100,7 @@ async fn run(cli: &Cli) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Vm(c) => vm::run(cli, c).await,
         Command::Daemon(c) => daemon::run(cli, c).await,
+        Command::Image(c) => image::run(cli, c).await,
         Command::System(c) => system::run(cli, c).await,
         Command::Version => {
             if cli.json {

@@ -1,6 +1,6 @@
 //! Output: tables and sentences for people, JSON for scripts (`--json`).
 
-use banger_api::{Vm, VmSummary};
+use banger_api::{Image, Vm, VmSummary};
 
 use crate::Cli;
 
@@ -20,7 +20,7 @@ pub fn vm_list(cli: &Cli, vms: &[VmSummary]) {
         println!("{}", serde_json::to_string_pretty(vms).expect("vms serialize"));
         return;
     }
-    let rows: Vec<[String; 7]> = vms
+    let rows: Vec<[String; 8]> = vms
         .iter()
         .map(|vm| {
             [
@@ -28,14 +28,15 @@ pub fn vm_list(cli: &Cli, vms: &[VmSummary]) {
                 vm.state.to_string(),
                 vm.vcpus.to_string(),
                 format!("{} MiB", vm.memory_mib),
+                vm.ip.clone().unwrap_or_else(|| "-".into()),
+                vm.image.clone().unwrap_or_else(|| "-".into()),
                 vm.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                if vm.vmm.is_empty() { "-".into() } else { vm.vmm.clone() },
                 vm.created_at.clone(),
             ]
         })
         .collect();
     use std::io::Write;
-    let t = table(["NAME", "STATE", "CPUS", "MEMORY", "PID", "VMM", "CREATED"], &rows);
+    let t = table(["NAME", "STATE", "CPUS", "MEMORY", "IP", "IMAGE", "PID", "CREATED"], &rows);
     let _ = std::io::stdout().lock().write_all(t.as_bytes());
 }
 
@@ -91,7 +92,13 @@ pub fn vm_show(cli: &Cli, vm: &Vm) {
         ("vmm", if vm.vmm.is_empty() { "-".into() } else { vm.vmm.clone() }),
         ("cpus", vm.spec.vcpus.to_string()),
         ("memory", format!("{} MiB", vm.spec.memory_mib)),
-        ("kernel", vm.spec.kernel.display().to_string()),
+        ("ip", vm.ip.clone().unwrap_or_else(|| "-".into())),
+        ("image", vm.spec.image.clone().unwrap_or_else(|| "-".into())),
+        ("disk", match (&vm.disk, &vm.disk_method) {
+            (Some(d), Some(m)) => format!("{} ({m})", d.display()),
+            _ => "-".into(),
+        }),
+        ("kernel", opt(&vm.spec.kernel)),
         ("initrd", opt(&vm.spec.initrd)),
         ("rootfs", opt(&vm.spec.rootfs)),
         ("boot args", vm.spec.boot_args.clone().unwrap_or_else(|| format!("{} (default)", banger_api::DEFAULT_BOOT_ARGS))),
@@ -102,5 +109,54 @@ pub fn vm_show(cli: &Cli, vm: &Vm) {
     ];
     for (k, v) in rows {
         println!("{k:<12} {v}");
+    }
+}
+
+pub fn image_done(cli: &Cli, img: &Image, what: &str) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(img).expect("image serializes"));
+    } else {
+        println!("{what} image {} ({})", img.name, &img.digest[..12.min(img.digest.len())]);
+    }
+}
+
+pub fn image_list(cli: &Cli, imgs: &[Image]) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(imgs).expect("images serialize"));
+        return;
+    }
+    let rows: Vec<[String; 5]> = imgs
+        .iter()
+        .map(|i| {
+            [
+                i.name.clone(),
+                i.digest[..12.min(i.digest.len())].to_string(),
+                format!("{} MiB", i.rootfs_bytes >> 20),
+                i.source.clone(),
+                i.used_by.len().to_string(),
+            ]
+        })
+        .collect();
+    print!("{}", table(["NAME", "DIGEST", "SIZE", "SOURCE", "VMS"], &rows));
+}
+
+pub fn image_show(cli: &Cli, i: &Image) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(i).expect("image serializes"));
+        return;
+    }
+    let opt = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
+    for (k, v) in [
+        ("name", i.name.clone()),
+        ("digest", i.digest.clone()),
+        ("source", i.source.clone()),
+        ("kernel", i.kernel.display().to_string()),
+        ("vmlinux", opt(&i.vmlinux)),
+        ("initrd", opt(&i.initrd)),
+        ("rootfs", format!("{} ({} MiB)", i.rootfs.display(), i.rootfs_bytes >> 20)),
+        ("created", i.created_at.clone()),
+        ("used by", if i.used_by.is_empty() { "-".into() } else { i.used_by.join(", ") }),
+    ] {
+        println!("{k:<9} {v}");
     }
 }

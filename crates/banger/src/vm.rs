@@ -39,6 +39,16 @@ pub enum VmCommand {
     /// Show one VM.
     #[command(alias = "inspect")]
     Show { name: String },
+    /// Create, start and wait until SSH answers; then run CMD (or a shell) in it.
+    Run(RunArgs),
+    /// Open a shell in the VM, or run CMD there (its exit code is banger's).
+    Ssh {
+        name: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Print the VM's address.
+    Ip { name: String },
     /// Print the VM's serial console.
     Logs {
         name: String,
@@ -49,12 +59,48 @@ pub enum VmCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The VM's name (default: run-<random>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image to boot (default: debian-bookworm, built on first use).
+    #[arg(long)]
+    pub image: Option<String>,
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u32,
+    /// Grow the VM's disk to this many MiB.
+    #[arg(long)]
+    pub disk_size: Option<u64>,
+    /// Remove the VM when the command or shell ends.
+    #[arg(long)]
+    pub rm: bool,
+    /// Seconds to wait for SSH.
+    #[arg(long, default_value_t = 180)]
+    pub ssh_timeout: u64,
+    /// No progress display.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// The command to run (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct CreateArgs {
     /// 1-64 characters of a-z, 0-9 and '-'.
     pub name: String,
-    /// Kernel image (ELF vmlinux; banger-vmm-qemu also boots a bzImage).
+    /// Image to clone the VM's disk from (default when no --kernel: debian-bookworm).
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "rootfs"])]
+    pub image: Option<String>,
+    /// Grow the VM's disk to this many MiB (images only).
     #[arg(long)]
-    pub kernel: PathBuf,
+    pub disk_size: Option<u64>,
+    /// Kernel image (ELF vmlinux; banger-vmm-qemu also boots a bzImage), used as is.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
     #[arg(long)]
     pub initrd: Option<PathBuf>,
     /// Root disk image (attached as /dev/vda).
@@ -84,16 +130,31 @@ pub async fn run(cli: &Cli, cmd: &VmCommand) -> Result<u8> {
     let client = banger_client::Client::new(cli.dirs().daemon_socket());
     match cmd {
         VmCommand::Create(a) => {
+            let image = match (&a.image, &a.kernel) {
+                (Some(i), _) => Some(i.clone()),
+                (None, None) => Some(banger_api::DEFAULT_IMAGE.to_string()),
+                (None, Some(_)) => None,
+            };
+            let ssh_keys = match &image {
+                Some(_) => vec![crate::ssh::user_key()?.0],
+                None => Vec::new(),
+            };
             let spec = VmSpec {
                 name: VmName::new(a.name.clone())?,
                 vcpus: a.cpus,
                 memory_mib: a.memory,
-                kernel: absolute(&a.kernel)?,
+                image: image.clone(),
+                disk_size_mib: a.disk_size,
+                ssh_keys,
+                kernel: a.kernel.as_deref().map(absolute).transpose()?,
                 initrd: a.initrd.as_deref().map(absolute).transpose()?,
                 rootfs: a.rootfs.as_deref().map(absolute).transpose()?,
                 boot_args: a.boot_args.clone(),
             };
             spec.validate()?;
+            if let Some(i) = &image {
+                crate::image::ensure(&client, i, cli.json).await?;
+            }
             let mut vm = client.create(&spec).await?;
             if a.start {
                 vm = client.start(&a.name).await?;
@@ -118,6 +179,24 @@ pub async fn run(cli: &Cli, cmd: &VmCommand) -> Result<u8> {
                 println!("{}", serde_json::json!({ "removed": name }));
             } else {
                 println!("removed {name}");
+            }
+        }
+        VmCommand::Run(a) => return run_vm(cli, &client, a).await,
+        VmCommand::Ssh { name, command } => {
+            let vm = client.get(name).await?;
+            let mut c = crate::ssh::command(&vm)?;
+            c.args(command);
+            // Become ssh: its exit code, signals and terminal are the user's.
+            let err = std::os::unix::process::CommandExt::exec(&mut c);
+            return Err(anyhow::Error::new(err).context("cannot run ssh (install openssh-client)"));
+        }
+        VmCommand::Ip { name } => {
+            let vm = client.get(name).await?;
+            let ip = vm.ip.clone().with_context(|| format!("VM {name} has no address"))?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "name": name, "ip": ip }));
+            } else {
+                println!("{ip}");
             }
         }
         VmCommand::List if cli.json => {
@@ -151,4 +230,72 @@ pub async fn run(cli: &Cli, cmd: &VmCommand) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// `vm run`: create + start + wait for SSH + command or shell, `--rm` to clean up.
+async fn run_vm(cli: &Cli, client: &banger_client::Client, a: &RunArgs) -> Result<u8> {
+    use rand::Rng;
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => format!("run-{:06x}", rand::rng().random::<u32>() & 0xff_ffff),
+    };
+    let image = a.image.clone().unwrap_or_else(|| banger_api::DEFAULT_IMAGE.to_string());
+    let quiet = a.quiet || cli.json;
+    let spec = VmSpec {
+        name: VmName::new(name.clone())?,
+        vcpus: a.cpus,
+        memory_mib: a.memory,
+        image: Some(image.clone()),
+        disk_size_mib: a.disk_size,
+        ssh_keys: vec![crate::ssh::user_key()?.0],
+        kernel: None,
+        initrd: None,
+        rootfs: None,
+        boot_args: None,
+    };
+    spec.validate()?;
+    crate::image::ensure(client, &image, quiet).await?;
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("template"));
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    };
+    bar.set_message(format!("creating {name}"));
+    client.create(&spec).await?;
+    let result = async {
+        bar.set_message(format!("starting {name}"));
+        let vm = client.start(&name).await?;
+        bar.set_message(format!("waiting for SSH on {name} ({})", vm.ip.as_deref().unwrap_or("-")));
+        let waited = crate::ssh::wait(&vm, Duration::from_secs(a.ssh_timeout), async || {
+            client.get(&name).await.is_ok_and(|v| v.state == VmState::Running)
+        })
+        .await;
+        if let Err(e) = waited {
+            let console = client.logs(&name, 0).await.map(|(b, _)| b).unwrap_or_default();
+            let text = String::from_utf8_lossy(&console);
+            let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            anyhow::bail!(
+                "VM {name} did not answer SSH ({e}) within {} s; last lines of its console:\n{}",
+                a.ssh_timeout,
+                tail.join("\n")
+            );
+        }
+        bar.finish_and_clear();
+        if !quiet {
+            eprintln!("{name} is ready at {} (banger vm ssh {name})", vm.ip.as_deref().unwrap_or("-"));
+        }
+        let mut c = crate::ssh::command(&vm)?;
+        c.args(&a.command);
+        let status = c.status().context("cannot run ssh")?;
+        Ok::<u8, anyhow::Error>(status.code().map(|c| c as u8).unwrap_or(exit::FAILURE))
+    }
+    .await;
+    bar.finish_and_clear();
+    if a.rm {
+        client.remove(&name, true).await.with_context(|| format!("cannot remove {name}"))?;
+    }
+    result
 }

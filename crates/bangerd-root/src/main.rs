@@ -8,6 +8,8 @@
 //! Signals: the helper keeps the default dispositions, so SIGTERM ends it at once. VMMs
 //! it launched are in their own sessions with their own files and outlive it.
 
+mod image;
+mod net;
 mod ops;
 
 use std::io::{BufRead, BufReader, Write};
@@ -39,6 +41,18 @@ struct Args {
     /// Launch VMMs through this jailer binary.
     #[arg(long, env = "BANGER_JAILER")]
     jailer: Option<PathBuf>,
+    /// The VM bridge.
+    #[arg(long, env = "BANGER_BRIDGE", default_value = "banger0")]
+    bridge: String,
+    /// The bridge's (gateway) address and the VM subnet's prefix length.
+    #[arg(long, env = "BANGER_GATEWAY", default_value = "172.30.0.1/24")]
+    gateway: String,
+    /// The nftables table banger owns (family inet).
+    #[arg(long, env = "BANGER_NFT_TABLE", default_value = "banger")]
+    nft_table: String,
+    /// Debian mirror for image builds.
+    #[arg(long, env = "BANGER_MIRROR", default_value = "http://deb.debian.org/debian")]
+    mirror: String,
 }
 
 fn main() {
@@ -90,7 +104,31 @@ fn run(args: Args) -> Result<()> {
         Some(v) => v,
         None => std::env::current_exe()?.with_file_name("banger-vmm-qemu"),
     };
-    let helper = ops::Helper::new(dirs.clone(), vmm, args.jailer)?;
+    let (gw, prefix) = args
+        .gateway
+        .split_once('/')
+        .and_then(|(a, p)| Some((a.parse::<std::net::Ipv4Addr>().ok()?, p.parse::<u8>().ok()?)))
+        .filter(|(_, p)| (8..=30).contains(p))
+        .with_context(|| format!("--gateway {} is not ADDRESS/PREFIX with a prefix of 8-30", args.gateway))?;
+    let valid_name = |s: &str| !s.is_empty() && s.len() < 16 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    anyhow::ensure!(valid_name(&args.bridge), "invalid --bridge {:?}", args.bridge);
+    anyhow::ensure!(valid_name(&args.nft_table), "invalid --nft-table {:?}", args.nft_table);
+    let network = banger_helper::NetworkConfig {
+        bridge: args.bridge.clone(),
+        gateway: gw,
+        prefix_len: prefix,
+        nft_table: args.nft_table.clone(),
+    };
+    // Builds that a crash interrupted are never finished; remove them.
+    if let Ok(rd) = std::fs::read_dir(dirs.images()) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".build-") {
+                tracing::info!("removing interrupted image build {}", e.path().display());
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let helper = ops::Helper::new(dirs.clone(), vmm, args.jailer, network, args.mirror.clone())?;
 
     let sock = dirs.helper_socket();
     let listener = bind(&sock)?;

@@ -22,6 +22,8 @@ pub struct Helper {
     vmm: PathBuf,
     vmm_name: String,
     jailer: Option<PathBuf>,
+    network: banger_helper::NetworkConfig,
+    mirror: String,
 }
 
 fn bad(e: ArgError) -> Failure {
@@ -37,13 +39,19 @@ fn io_failed(what: impl std::fmt::Display, e: io::Error) -> Failure {
 }
 
 impl Helper {
-    pub fn new(dirs: Dirs, vmm: PathBuf, jailer: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub fn new(
+        dirs: Dirs,
+        vmm: PathBuf,
+        jailer: Option<PathBuf>,
+        network: banger_helper::NetworkConfig,
+        mirror: String,
+    ) -> anyhow::Result<Self> {
         let vmm_name = vmm
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| anyhow::anyhow!("VMM path {} has no file name", vmm.display()))?
             .to_string();
-        Ok(Self { dirs, vmm, vmm_name, jailer })
+        Ok(Self { dirs, vmm, vmm_name, jailer, network, mirror })
     }
 
     pub fn vmm(&self) -> &Path {
@@ -57,7 +65,30 @@ impl Helper {
             Request::Ping {} => Ok(Reply::Pong {
                 version: env!("CARGO_PKG_VERSION").into(),
                 vmm: self.vmm_name.clone(),
+                network: self.network.clone(),
             }),
+            Request::BuildImage { build_id, release, packages } => {
+                self.build_image(build_id, release, packages, caller)
+            }
+            Request::SetupNetwork {} => {
+                self.net().setup().map_err(|e| failed(e.to_string()))?;
+                Ok(Reply::Done)
+            }
+            Request::TeardownNetwork {} => {
+                self.net().teardown().map_err(|e| failed(e.to_string()))?;
+                Ok(Reply::Done)
+            }
+            Request::CreateTap { vm_id, guest_ip } => {
+                self.check_guest_ip(*guest_ip)?;
+                self.net()
+                    .create_tap(vm_id, *guest_ip, caller.uid, caller.gid)
+                    .map_err(|e| failed(e.to_string()))?;
+                Ok(Reply::Done)
+            }
+            Request::DeleteTap { vm_id } => {
+                self.net().delete_tap(vm_id).map_err(|e| failed(e.to_string()))?;
+                Ok(Reply::Done)
+            }
             Request::CreateVmDirs { vm_id } => self.create_vm_dirs(vm_id, caller),
             Request::LaunchVmm { vm_id, api_sock, console_log, vmm_log } => {
                 self.launch(vm_id, api_sock, console_log, vmm_log, caller)
@@ -75,6 +106,48 @@ impl Helper {
                 Ok(Reply::Done)
             }
         }
+    }
+
+    fn net(&self) -> crate::net::Net {
+        crate::net::Net { cfg: self.network.clone() }
+    }
+
+    /// A guest address must be a host address of the subnet, not the gateway.
+    fn check_guest_ip(&self, ip: std::net::Ipv4Addr) -> Result<(), Failure> {
+        let n = &self.network;
+        let mask = u32::MAX.checked_shl(32 - n.prefix_len as u32).unwrap_or(0);
+        let (net, host) = (u32::from(ip) & mask, u32::from(ip) & !mask);
+        let ok = net == u32::from(n.gateway) & mask && host != 0 && host != !mask && ip != n.gateway;
+        if ok {
+            Ok(())
+        } else {
+            Err(bad(ArgError::Address { ip, network: format!("{}/{}", n.gateway, n.prefix_len) }))
+        }
+    }
+
+    fn build_image(
+        &self,
+        id: &VmId,
+        release: &banger_helper::Release,
+        packages: &[banger_helper::PackageName],
+        caller: Caller,
+    ) -> Response {
+        let dir = self.dirs.image_build(id);
+        if dir.exists() {
+            return Err(failed(format!("build {id} already exists")));
+        }
+        fs::create_dir_all(&dir).map_err(|e| io_failed(format!("cannot create {}", dir.display()), e))?;
+        chown(&self.dirs.images(), caller)?;
+        let build = crate::image::Build { dir: &dir, release, packages, mirror: &self.mirror };
+        if let Err(e) = build.run_all() {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(failed(e.to_string()));
+        }
+        for e in fs::read_dir(&dir).map_err(|e| io_failed("cannot list the build", e))?.flatten() {
+            chown(&e.path(), caller)?;
+        }
+        chown(&dir, caller)?;
+        Ok(Reply::ImageBuilt { dir })
     }
 
     fn create_vm_dirs(&self, id: &VmId, caller: Caller) -> Response {
@@ -298,7 +371,13 @@ mod tests {
 
     fn helper(dir: &Path) -> Helper {
         let dirs = Dirs::under(fs::canonicalize(dir).unwrap());
-        Helper::new(dirs, "/bin/sleep".into(), None).unwrap()
+        let network = banger_helper::NetworkConfig {
+            bridge: "bgtest0".into(),
+            gateway: "10.200.0.1".parse().unwrap(),
+            prefix_len: 24,
+            nft_table: "banger_test".into(),
+        };
+        Helper::new(dirs, "/bin/sleep".into(), None, network, "http://deb.debian.org/debian".into()).unwrap()
     }
 
     const ROOT: Caller = Caller { uid: 0, gid: 0 };
@@ -354,6 +433,17 @@ mod tests {
             .handle(ROOT, &Request::SignalVmm { vm_id: id(), pid: me, start_time: st + 1, signal: VmmSignal::Kill })
             .unwrap();
         assert_eq!(r, Reply::Signalled { was_alive: false });
+    }
+
+    #[test]
+    fn guest_addresses_must_be_hosts_of_the_subnet() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = helper(dir.path());
+        assert!(h.check_guest_ip("10.200.0.2".parse().unwrap()).is_ok());
+        assert!(h.check_guest_ip("10.200.0.254".parse().unwrap()).is_ok());
+        for bad in ["10.200.0.1", "10.200.0.0", "10.200.0.255", "10.201.0.2", "8.8.8.8"] {
+            assert!(h.check_guest_ip(bad.parse().unwrap()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use banger_api::{DaemonInfo, ErrorBody, ErrorKind, StopRequest, VmSpec};
+use banger_api::{DaemonInfo, ErrorBody, ErrorKind, ImageBuildRequest, ImageImportRequest, StopRequest, VmSpec};
 use serde::Deserialize;
 
 use crate::service::{DEFAULT_STOP_TIMEOUT, Service, ServiceError, chain};
@@ -31,6 +31,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/vms/{name}/stop", post(stop_vm))
         .route("/v1/vms/{name}/kill", post(kill_vm))
         .route("/v1/vms/{name}/logs", get(vm_logs))
+        .route("/v1/images", get(list_images))
+        .route("/v1/images/build", post(build_image))
+        .route("/v1/images/import", post(import_image))
+        .route("/v1/images/{name}", get(show_image).delete(remove_image))
+        .route("/v1/images/{name}/progress", get(image_progress))
         .fallback(|| async {
             ApiError::new(ErrorKind::NotFound, "no such API route; this daemon serves /v1".into())
         })
@@ -155,4 +160,39 @@ async fn vm_logs(
     headers.insert("content-type", HeaderValue::from_static("application/octet-stream"));
     headers.insert("x-banger-next-offset", HeaderValue::from(next));
     Ok((headers, bytes))
+}
+
+async fn list_images(State(s): State<Arc<AppState>>) -> AppResult<impl IntoResponse> {
+    Ok(Json(s.service.images()?))
+}
+
+async fn show_image(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult<impl IntoResponse> {
+    Ok(Json(s.service.image(&name)?))
+}
+
+async fn remove_image(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult<impl IntoResponse> {
+    s.service.remove_image(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn build_image(
+    State(s): State<Arc<AppState>>,
+    body: Result<Json<ImageBuildRequest>, JsonRejection>,
+) -> AppResult<impl IntoResponse> {
+    let Json(req) = body?;
+    Ok((StatusCode::CREATED, Json(s.service.build_image(req).await?)))
+}
+
+async fn import_image(
+    State(s): State<Arc<AppState>>,
+    body: Result<Json<ImageImportRequest>, JsonRejection>,
+) -> AppResult<impl IntoResponse> {
+    let Json(req) = body?;
+    Ok((StatusCode::CREATED, Json(s.service.import_image(req).await?)))
+}
+
+/// `{"building": bool, "step": "..."}` for a build in flight.
+async fn image_progress(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> impl IntoResponse {
+    let step = s.service.build_progress(&name);
+    Json(serde_json::json!({ "building": step.is_some(), "step": step }))
 }

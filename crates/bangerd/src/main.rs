@@ -3,7 +3,9 @@
 //! Shutting down never touches running VMs.
 
 mod api;
+mod disk;
 mod handles;
+mod images;
 mod service;
 mod store;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use banger_api::{DEFAULT_BOOT_ARGS, ErrorKind, ValidationError, Vm, VmSpec, VmState, VmSummary};
 use banger_fc::models::{BootSource, Drive, MachineConfiguration};
 use banger_fc::pid;
-use banger_helper::{ClientError, Dirs, HelperClient, Launched, Reply, Request, VmId, VmmSignal};
+use banger_helper::{ClientError, Dirs, HelperClient, Launched, NetworkConfig, Reply, Request, VmId, VmmSignal};
 use rand::Rng;
 
 use crate::handles::{self, Handles};
@@ -31,10 +31,22 @@ pub enum ServiceError {
     NotFound(String),
     #[error("a VM named {0} already exists")]
     NameTaken(String),
+    #[error("no free guest address left in {0}; remove a VM or configure a larger subnet")]
+    PoolExhausted(String),
     #[error("VM {name} is {state}; cannot {action} it{hint}")]
     InvalidState { name: String, state: VmState, action: &'static str, hint: &'static str },
     #[error("VM {name} failed to start: {reason}")]
     StartFailed { name: String, reason: String },
+    #[error("no image named {0:?}; build one with `banger image build` or list them with `banger image ls`")]
+    ImageNotFound(String),
+    #[error("image {name} is used by {users}; remove those VMs first")]
+    ImageInUse { name: String, users: String },
+    #[error("cannot import {path}: {reason}")]
+    ImportRefused { path: String, reason: String },
+    #[error("image build failed: {0}")]
+    BuildFailed(String),
+    #[error("cannot prepare the disk of {name}: {reason}")]
+    Disk { name: String, reason: String },
     #[error("the root helper failed")]
     Helper(#[from] ClientError),
     #[error("state store failed")]
@@ -51,6 +63,8 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NameTaken(n) => ServiceError::NameTaken(n.to_string()),
+            StoreError::ImageTaken(n) => ServiceError::NameTaken(format!("image {n}")),
+            StoreError::PoolExhausted(net) => ServiceError::PoolExhausted(net),
             other => ServiceError::Store(other),
         }
     }
@@ -60,10 +74,15 @@ impl ServiceError {
     /// The one place errors become kinds (and so HTTP statuses and exit codes).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ServiceError::Invalid(_) => ErrorKind::BadRequest,
-            ServiceError::NotFound(_) => ErrorKind::NotFound,
-            ServiceError::NameTaken(_) | ServiceError::InvalidState { .. } => ErrorKind::Conflict,
+            ServiceError::Invalid(_) | ServiceError::ImportRefused { .. } => ErrorKind::BadRequest,
+            ServiceError::NotFound(_) | ServiceError::ImageNotFound(_) => ErrorKind::NotFound,
+            ServiceError::NameTaken(_)
+            | ServiceError::InvalidState { .. }
+            | ServiceError::PoolExhausted(_)
+            | ServiceError::ImageInUse { .. } => ErrorKind::Conflict,
             ServiceError::StartFailed { .. }
+            | ServiceError::BuildFailed(_)
+            | ServiceError::Disk { .. }
             | ServiceError::Helper(_)
             | ServiceError::Store(_)
             | ServiceError::Console { .. } => ErrorKind::Internal,
@@ -74,11 +93,15 @@ impl ServiceError {
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
 pub struct Service {
-    dirs: Dirs,
-    store: Store,
+    pub(crate) dirs: Dirs,
+    pub(crate) store: Store,
     helper: HelperClient,
     /// One lock per VM id: verbs on one VM are serialized, different VMs run in parallel.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The helper's network (bridge, gateway, prefix), learnt at start.
+    network: std::sync::OnceLock<NetworkConfig>,
+    /// Image builds in progress: image name -> build directory (for progress).
+    pub(crate) builds: Mutex<HashMap<String, PathBuf>>,
 }
 
 /// What reconcile did with one VM, for the log.
@@ -91,7 +114,14 @@ pub enum Reconciled {
 
 impl Service {
     pub fn new(dirs: Dirs, store: Store, helper: HelperClient) -> Self {
-        Self { dirs, store, helper, locks: Mutex::new(HashMap::new()) }
+        Self {
+            dirs,
+            store,
+            helper,
+            locks: Mutex::new(HashMap::new()),
+            network: std::sync::OnceLock::new(),
+            builds: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn dirs(&self) -> &Dirs {
@@ -102,7 +132,7 @@ impl Service {
         self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_default().clone()
     }
 
-    async fn helper(&self, req: Request) -> Result<Reply> {
+    pub(crate) async fn helper(&self, req: Request) -> Result<Reply> {
         let client = self.helper.clone();
         tokio::task::spawn_blocking(move || client.call(&req))
             .await
@@ -110,9 +140,13 @@ impl Service {
             .map_err(ServiceError::Helper)
     }
 
+    /// Checks the helper answers; learns its VMM and network.
     pub async fn helper_ping(&self) -> Result<String> {
         match self.helper(Request::Ping {}).await? {
-            Reply::Pong { vmm, .. } => Ok(vmm),
+            Reply::Pong { vmm, network, .. } => {
+                let _ = self.network.set(network);
+                Ok(vmm)
+            }
             other => Err(ServiceError::Helper(ClientError::UnexpectedReply(other))),
         }
     }
@@ -134,15 +168,72 @@ impl Service {
             vmm: r.vmm.clone(),
             last_error: r.last_error.clone(),
             console_log: self.dirs.console_log(&id),
+            ip: r.ip.clone(),
+            disk: r.image_digest.as_ref().map(|_| self.dirs.vm_disk(&id)),
+            disk_method: r.disk_method.clone(),
+            image_digest: r.image_digest.clone(),
+            host_key: std::fs::read_to_string(self.dirs.vm_state_dir(&id).join("ssh_host_ed25519_key.pub"))
+                .ok()
+                .map(|k| k.trim().to_string()),
         }
     }
 
+    fn network(&self) -> &NetworkConfig {
+        self.network.get().expect("helper_ping ran before serving")
+    }
+
+    /// Records the VM, gives it an address and, for an image, its own disk with its
+    /// SSH keys written in. A failure at any step removes everything the create made.
     pub async fn create(&self, spec: VmSpec) -> Result<Vm> {
         spec.validate()?;
+        if let Some(name) = &spec.image
+            && self.store.image(name)?.is_none()
+        {
+            return Err(ServiceError::ImageNotFound(name.clone()));
+        }
         let id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
         let rec = self.store.insert(&id, &spec)?;
-        tracing::info!(vm = %rec.name, id = %rec.id, "created");
+        let lock = self.lock_for(&rec.id);
+        let _g = lock.lock().await;
+        if let Err(e) = self.provision(&rec).await {
+            let vm_id = VmId::new(rec.id.clone()).expect("fresh id is valid");
+            let _ = self.helper(Request::RemoveVmState { vm_id: vm_id.clone() }).await;
+            let _ = self.helper(Request::RemoveVmRuntime { vm_id }).await;
+            self.store.delete(&rec.id)?;
+            return Err(e);
+        }
+        let rec = self.store.get_by_id(&id)?.expect("row exists");
+        tracing::info!(vm = %rec.name, id = %rec.id, ip = ?rec.ip, disk = ?rec.disk_method, "created");
         Ok(self.to_api(&rec))
+    }
+
+    async fn provision(&self, rec: &VmRecord) -> Result<()> {
+        let net = self.network().clone();
+        self.store.allocate_address(&rec.id, net.gateway, net.prefix_len)?;
+        let Some(image_name) = &rec.spec.image else { return Ok(()) };
+        let image = self.store.image(image_name)?.ok_or_else(|| ServiceError::ImageNotFound(image_name.clone()))?;
+        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        self.helper(Request::CreateVmDirs { vm_id: vm_id.clone() }).await?;
+        let src = self.dirs.images().join(&image.digest).join("rootfs.ext4");
+        let dst = self.dirs.vm_disk(&vm_id);
+        let state_dir = self.dirs.vm_state_dir(&vm_id);
+        let spec = rec.spec.clone();
+        let name = rec.name.to_string();
+        let method = tokio::task::spawn_blocking(move || -> Result<crate::disk::CloneMethod> {
+            let disk_err = |e: crate::disk::DiskError| ServiceError::Disk { name: name.clone(), reason: chain(&e) };
+            let method = crate::disk::clone(&src, &dst).map_err(disk_err)?;
+            if let Some(mib) = spec.disk_size_mib {
+                crate::disk::grow(&dst, mib << 20).map_err(disk_err)?;
+            }
+            let files = ssh_files(&state_dir, &name, &spec.ssh_keys)
+                .map_err(|e| ServiceError::Disk { name: name.clone(), reason: e })?;
+            crate::disk::inject(&dst, &files, &state_dir).map_err(disk_err)?;
+            Ok(method)
+        })
+        .await
+        .expect("disk work does not panic")?;
+        self.store.set_disk(&rec.id, &image.digest, method.as_str())?;
+        Ok(())
     }
 
     pub async fn get(&self, name: &str) -> Result<Vm> {
@@ -196,8 +287,11 @@ impl Service {
         Ok(self.store.get_by_id(&rec.id)?.expect("row exists"))
     }
 
+    /// Releases what only a running VM holds: its tap and its run directory. The
+    /// address and disk stay until `rm`, so a VM keeps its address across restarts.
     async fn release_runtime(&self, id: &str) -> Result<()> {
         let vm_id = VmId::new(id).expect("stored ids are valid");
+        self.helper(Request::DeleteTap { vm_id: vm_id.clone() }).await?;
         self.helper(Request::RemoveVmRuntime { vm_id }).await?;
         Ok(())
     }
@@ -272,8 +366,48 @@ impl Service {
         self.store
             .set_state(&rec.id, VmState::Starting, Some(&l.vmm_name), Some((l.pid, l.start_time)), None)
             .map_err(|e| fail(Some(&l), chain(&e)))?;
-        configure(&l, &rec.spec).await.map_err(|e| fail(Some(&l), e))?;
+        let plan = self.boot_plan(vm_id, rec).map_err(|e| fail(Some(&l), e))?;
+        if let Some((tap, _)) = &plan.nic {
+            let ip = rec.ip.as_deref().unwrap_or_default().parse().map_err(|_| fail(Some(&l), "no address".into()))?;
+            self.helper(Request::CreateTap { vm_id: vm_id.clone(), guest_ip: ip })
+                .await
+                .map_err(|e| fail(Some(&l), format!("{tap}: {}", chain(&e))))?;
+        }
+        configure(&l, &plan).await.map_err(|e| fail(Some(&l), e))?;
         Ok(l)
+    }
+
+    /// What the VMM is given: kernel, initrd and root disk (from the image or the
+    /// spec), the command line with the guest's network, and the NIC.
+    fn boot_plan(&self, vm_id: &VmId, rec: &VmRecord) -> std::result::Result<BootPlan, String> {
+        let spec = &rec.spec;
+        let net = self.network();
+        let (kernel, initrd, rootfs) = match &rec.image_digest {
+            Some(digest) => {
+                let dir = self.dirs.images().join(digest);
+                (dir.join("vmlinuz"), Some(dir.join("initrd.img")), Some(self.dirs.vm_disk(vm_id)))
+            }
+            None => (
+                spec.kernel.clone().ok_or("the VM has neither an image nor a kernel")?,
+                spec.initrd.clone(),
+                spec.rootfs.clone(),
+            ),
+        };
+        let mut args = spec.boot_args.clone().unwrap_or_else(|| DEFAULT_BOOT_ARGS.into());
+        let nic = match &rec.ip {
+            Some(ip) => {
+                let addr: std::net::Ipv4Addr = ip.parse().map_err(|_| format!("bad stored address {ip}"))?;
+                args.push_str(&format!(
+                    " net.ifnames=0 banger.ip={ip}/{} banger.gw={} banger.hostname={}",
+                    net.prefix_len, net.gateway, rec.name
+                ));
+                let o = addr.octets();
+                let mac = format!("06:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+                Some((NetworkConfig::tap_name(vm_id), mac))
+            }
+            None => None,
+        };
+        Ok(BootPlan { vcpus: spec.vcpus, memory_mib: spec.memory_mib, kernel, initrd, rootfs, boot_args: args, nic })
     }
 
     pub async fn stop(&self, name: &str, timeout: Duration) -> Result<Vm> {
@@ -361,7 +495,7 @@ impl Service {
             self.kill_locked(&rec).await?;
         }
         let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
-        self.helper(Request::RemoveVmRuntime { vm_id: vm_id.clone() }).await?;
+        self.release_runtime(&rec.id).await?;
         self.helper(Request::RemoveVmState { vm_id }).await?;
         self.store.delete(&rec.id)?;
         self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.id);
@@ -482,8 +616,51 @@ impl Service {
     }
 }
 
+/// Everything the VMM is configured with.
+#[derive(Debug, Clone)]
+struct BootPlan {
+    vcpus: u32,
+    memory_mib: u32,
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    rootfs: Option<PathBuf>,
+    boot_args: String,
+    /// (tap, guest MAC)
+    nic: Option<(String, String)>,
+}
+
+/// The guest's SSH files: a fresh ed25519 host key (kept in the VM's state dir, so
+/// `vm ssh` can pin its public half) and the authorized keys.
+fn ssh_files(state_dir: &Path, name: &str, keys: &[String]) -> std::result::Result<Vec<crate::disk::Inject>, String> {
+    let key = state_dir.join("ssh_host_ed25519_key");
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(key.with_extension("pub"));
+    let out = std::process::Command::new(crate::disk::tool("ssh-keygen"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+        .arg(format!("root@{name}"))
+        .arg("-f")
+        .arg(&key)
+        .output()
+        .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let private = std::fs::read(&key).map_err(|e| e.to_string())?;
+    let public = std::fs::read(state_dir.join("ssh_host_ed25519_key.pub")).map_err(|e| e.to_string())?;
+    // The daemon keeps only the public half.
+    let _ = std::fs::remove_file(&key);
+    let mut authorized = keys.join("\n");
+    authorized.push('\n');
+    Ok(vec![
+        crate::disk::Inject { guest_path: "/etc/ssh/ssh_host_ed25519_key", content: private, mode: 0o100600 },
+        crate::disk::Inject { guest_path: "/etc/ssh/ssh_host_ed25519_key.pub", content: public, mode: 0o100644 },
+        crate::disk::Inject { guest_path: "/root/.ssh/authorized_keys", content: authorized.into_bytes(), mode: 0o100600 },
+        crate::disk::Inject { guest_path: "/etc/hostname", content: format!("{name}\n").into_bytes(), mode: 0o100644 },
+    ])
+}
+
 /// Waits until the VMM is ready, then configures and starts it.
-async fn configure(l: &Launched, spec: &VmSpec) -> std::result::Result<(), String> {
+async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Result<(), String> {
     let client = banger_fc::Client::new(&l.api_sock);
     let deadline = Instant::now() + API_READY_TIMEOUT;
     loop {
@@ -512,8 +689,8 @@ async fn configure(l: &Launched, spec: &VmSpec) -> std::result::Result<(), Strin
     let e = |e: banger_fc::ClientError| chain(&e);
     client
         .put_machine_config(&MachineConfiguration {
-            vcpu_count: spec.vcpus,
-            mem_size_mib: spec.memory_mib,
+            vcpu_count: plan.vcpus,
+            mem_size_mib: plan.memory_mib,
             smt: None,
             track_dirty_pages: None,
             huge_pages: None,
@@ -522,13 +699,23 @@ async fn configure(l: &Launched, spec: &VmSpec) -> std::result::Result<(), Strin
         .map_err(e)?;
     client
         .put_boot_source(&BootSource {
-            kernel_image_path: place(&spec.kernel, "kernel")?,
-            initrd_path: spec.initrd.as_deref().map(|p| place(p, "initrd")).transpose()?,
-            boot_args: Some(spec.boot_args.clone().unwrap_or_else(|| DEFAULT_BOOT_ARGS.into())),
+            kernel_image_path: place(&plan.kernel, "kernel")?,
+            initrd_path: plan.initrd.as_deref().map(|p| place(p, "initrd")).transpose()?,
+            boot_args: Some(plan.boot_args.clone()),
         })
         .await
         .map_err(e)?;
-    if let Some(rootfs) = &spec.rootfs {
+    if let Some((tap, mac)) = &plan.nic {
+        client
+            .put_network_interface(&banger_fc::models::NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: tap.clone(),
+                guest_mac: Some(mac.clone()),
+            })
+            .await
+            .map_err(e)?;
+    }
+    if let Some(rootfs) = &plan.rootfs {
         client
             .put_drive(&Drive {
                 drive_id: "rootfs".into(),

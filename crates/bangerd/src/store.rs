@@ -11,7 +11,8 @@ use rusqlite_migration::{M, Migrations};
 
 /// Every schema change, in order. Never edit a released entry; append a new one.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
+    Migrations::new(vec![
+        M::up(
         "CREATE TABLE vms (
             id              TEXT PRIMARY KEY,
             name            TEXT NOT NULL UNIQUE,
@@ -24,12 +25,30 @@ fn migrations() -> Migrations<'static> {
             created_at      TEXT NOT NULL,
             updated_at      TEXT NOT NULL
         );",
-    )])
+        ),
+        // v2: images, guest addresses, per-VM disks.
+        M::up(
+            "CREATE TABLE images (
+                name        TEXT PRIMARY KEY,
+                digest      TEXT NOT NULL,
+                source      TEXT NOT NULL,
+                created_at  TEXT NOT NULL
+            );
+            -- One row per allocated address: the primary key is what makes an address
+            -- impossible to hand out twice.
+            CREATE TABLE addresses (
+                ip      TEXT PRIMARY KEY,
+                vm_id   TEXT NOT NULL UNIQUE
+            );
+            ALTER TABLE vms ADD COLUMN image_digest TEXT;
+            ALTER TABLE vms ADD COLUMN disk_method TEXT;",
+        ),
+    ])
 }
 
 /// The schema version this binary writes.
 pub fn schema_version() -> u32 {
-    1
+    2
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +69,10 @@ pub enum StoreError {
     TooNew { path: String, found: u32, ours: u32 },
     #[error("a VM named {0} already exists")]
     NameTaken(VmName),
+    #[error("an image named {0} already exists")]
+    ImageTaken(String),
+    #[error("no free address left in {0}; remove a VM or use a larger subnet")]
+    PoolExhausted(String),
     #[error("database query failed")]
     Sql(#[from] rusqlite::Error),
     #[error("stored VM {id} has an unreadable {what}: {detail}")]
@@ -69,6 +92,18 @@ pub struct VmRecord {
     pub last_error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    pub image_digest: Option<String>,
+    pub disk_method: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// One row of `images`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub name: String,
+    pub digest: String,
+    pub source: String,
+    pub created_at: String,
 }
 
 /// The database, plus an in-memory mirror of the `vms` table. SQLite is the truth
@@ -141,6 +176,8 @@ pub fn summary(r: &VmRecord) -> banger_api::VmSummary {
         pid: if r.state.has_vmm() { r.pid } else { None },
         vmm: r.vmm.clone(),
         created_at: r.created_at.clone(),
+        ip: r.ip.clone(),
+        image: r.spec.image.clone(),
     }
 }
 
@@ -151,8 +188,8 @@ fn load_all(conn: &Connection) -> Result<Vec<VmRecord>, StoreError> {
     raws.into_iter().map(|(r, ())| r.decode()).collect()
 }
 
-const COLUMNS: &str =
-    "id, name, state, spec, vmm, pid, pid_start_time, last_error, created_at, updated_at";
+const COLUMNS: &str = "id, name, state, spec, vmm, pid, pid_start_time, last_error, created_at, updated_at, \
+     image_digest, disk_method, (SELECT ip FROM addresses WHERE addresses.vm_id = vms.id)";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(VmRecordRaw, ())> {
     Ok((
@@ -167,6 +204,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(VmRecordRaw, ())> {
             last_error: r.get(7)?,
             created_at: r.get(8)?,
             updated_at: r.get(9)?,
+            image_digest: r.get(10)?,
+            disk_method: r.get(11)?,
+            ip: r.get(12)?,
         },
         (),
     ))
@@ -183,6 +223,9 @@ struct VmRecordRaw {
     last_error: Option<String>,
     created_at: String,
     updated_at: String,
+    image_digest: Option<String>,
+    disk_method: Option<String>,
+    ip: Option<String>,
 }
 
 impl VmRecordRaw {
@@ -202,6 +245,9 @@ impl VmRecordRaw {
             last_error: self.last_error,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            image_digest: self.image_digest,
+            disk_method: self.disk_method,
+            ip: self.ip,
         })
     }
 }
@@ -325,8 +371,94 @@ impl Store {
         Ok(())
     }
 
+    /// Records the VM's disk: which image it was cloned from and how.
+    pub fn set_disk(&self, id: &str, digest: &str, method: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE vms SET image_digest = ?2, disk_method = ?3 WHERE id = ?1",
+            params![id, digest, method],
+        )?;
+        self.reload(id)?;
+        Ok(())
+    }
+
+    /// Gives the VM the lowest free host address of the subnet (`gateway`/`prefix`),
+    /// or its existing one. The primary key on `addresses.ip` makes a double
+    /// allocation impossible even across daemons.
+    pub fn allocate_address(
+        &self,
+        vm_id: &str,
+        gateway: std::net::Ipv4Addr,
+        prefix: u8,
+    ) -> Result<std::net::Ipv4Addr, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if let Some(ip) = tx
+            .query_row("SELECT ip FROM addresses WHERE vm_id = ?1", [vm_id], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            return ip.parse().map_err(|_| StoreError::Corrupt { id: vm_id.into(), what: "address", detail: ip });
+        }
+        let used: std::collections::HashSet<String> = {
+            let mut st = tx.prepare("SELECT ip FROM addresses")?;
+            st.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?
+        };
+        let mask = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
+        let net = u32::from(gateway) & mask;
+        let broadcast = net | !mask;
+        let free = (net + 1..broadcast)
+            .map(std::net::Ipv4Addr::from)
+            .find(|ip| *ip != gateway && !used.contains(&ip.to_string()))
+            .ok_or_else(|| StoreError::PoolExhausted(format!("{}/{prefix}", std::net::Ipv4Addr::from(net))))?;
+        tx.execute("INSERT INTO addresses (ip, vm_id) VALUES (?1, ?2)", params![free.to_string(), vm_id])?;
+        tx.commit()?;
+        drop(conn);
+        self.reload(vm_id)?;
+        Ok(free)
+    }
+
+    pub fn insert_image(&self, name: &str, digest: &str, source: &str) -> Result<ImageRecord, StoreError> {
+        let t = now();
+        let r = self.conn().execute(
+            "INSERT INTO images (name, digest, source, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, digest, source, t],
+        );
+        match r {
+            Ok(_) => Ok(ImageRecord { name: name.into(), digest: digest.into(), source: source.into(), created_at: t }),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(StoreError::ImageTaken(name.into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT name, digest, source, created_at FROM images ORDER BY name")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ImageRecord { name: r.get(0)?, digest: r.get(1)?, source: r.get(2)?, created_at: r.get(3)? })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        Ok(self.images()?.into_iter().find(|i| i.name == name))
+    }
+
+    pub fn delete_image(&self, name: &str) -> Result<(), StoreError> {
+        self.conn().execute("DELETE FROM images WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
-        self.conn().execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM addresses WHERE vm_id = ?1", [id])?;
+            tx.execute("DELETE FROM vms WHERE id = ?1", [id])?;
+            tx.commit()?;
+        }
         let mut m = self.mirror_mut();
         if let Some(name) = m.names.remove(id) {
             m.by_name.remove(&name);
@@ -344,7 +476,10 @@ mod tests {
             name: VmName::new(name).unwrap(),
             vcpus: 2,
             memory_mib: 512,
-            kernel: "/k".into(),
+            image: None,
+            disk_size_mib: None,
+            ssh_keys: Vec::new(),
+            kernel: Some("/k".into()),
             initrd: None,
             rootfs: None,
             boot_args: None,
@@ -367,6 +502,39 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_unique_stable_released_and_run_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let gw: std::net::Ipv4Addr = "10.9.0.1".parse().unwrap();
+        // A /29 has six host addresses; the gateway takes one.
+        let mut got = Vec::new();
+        for i in 0..5 {
+            let id = format!("00000000000{i}");
+            s.insert(&id, &spec(&format!("v{i}"))).unwrap();
+            got.push(s.allocate_address(&id, gw, 29).unwrap());
+        }
+        let want: Vec<std::net::Ipv4Addr> = (2..=6).map(|h| std::net::Ipv4Addr::new(10, 9, 0, h)).collect();
+        assert_eq!(got, want);
+        assert_eq!(s.allocate_address("000000000002", gw, 29).unwrap(), want[2], "stable per VM");
+        assert_eq!(s.get_by_id("000000000002").unwrap().unwrap().ip.as_deref(), Some("10.9.0.4"));
+        s.insert("00000000000f", &spec("extra")).unwrap();
+        assert!(matches!(s.allocate_address("00000000000f", gw, 29), Err(StoreError::PoolExhausted(_))));
+        s.delete("000000000002").unwrap();
+        assert_eq!(s.allocate_address("00000000000f", gw, 29).unwrap(), want[2], "released on delete");
+    }
+
+    #[test]
+    fn images_are_named_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.insert_image("deb", "abc", "import").unwrap();
+        assert!(matches!(s.insert_image("deb", "def", "import"), Err(StoreError::ImageTaken(_))));
+        assert_eq!(s.image("deb").unwrap().unwrap().digest, "abc");
+        s.delete_image("deb").unwrap();
+        assert!(s.image("deb").unwrap().is_none());
+    }
+
+    #[test]
     fn state_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
@@ -384,10 +552,13 @@ mod tests {
         // An empty database at version 0 would be migrated.
         Connection::open(&path).unwrap().execute_batch("CREATE TABLE x (a);").unwrap();
         let before = std::fs::read(&path).unwrap();
-        assert_eq!(check_migrations(&path).unwrap(), MigrationCheck::WillMigrate { from: 0, to: 1 });
+        assert_eq!(
+            check_migrations(&path).unwrap(),
+            MigrationCheck::WillMigrate { from: 0, to: schema_version() }
+        );
         assert_eq!(std::fs::read(&path).unwrap(), before);
         Store::open(&path).unwrap();
-        assert_eq!(check_migrations(&path).unwrap(), MigrationCheck::UpToDate(1));
+        assert_eq!(check_migrations(&path).unwrap(), MigrationCheck::UpToDate(schema_version()));
     }
 
     #[test]

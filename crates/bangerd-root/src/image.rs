@@ -1,0 +1,222 @@
+//! Building a Debian image with debootstrap, as one linear sequence:
+//!
+//! 1. debootstrap (minbase + systemd, udev, openssh-server, iproute2, the cloud kernel
+//!    and initramfs-tools, whose hook writes an initrd with the virtio drivers);
+//! 2. customise: the `banger-net` unit (guest address from the kernel command line,
+//!    since this kernel family has no `ip=`), no SSH host keys (each VM gets its own),
+//!    an empty /root/.ssh;
+//! 3. take out the kernel (bzImage for QEMU, ELF vmlinux for Firecracker) and initrd;
+//! 4. `mkfs.ext4 -d` the tree into a sparse image sized to its content.
+//!
+//! Everything happens in `<state>/images/.build-<id>/`, which is removed on failure;
+//! the daemon hashes and renames a finished build, so no half-made image is ever seen.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use banger_helper::{PackageName, Release};
+
+pub const BASE_PACKAGES: &str =
+    "systemd,systemd-sysv,dbus,udev,openssh-server,iproute2,linux-image-cloud-amd64,initramfs-tools";
+
+const NET_SCRIPT: &str = r#"#!/bin/sh
+# Installed by banger: configures eth0 from banger.ip=, banger.gw= and banger.hostname=
+# on the kernel command line (Debian's cloud kernel has no ip= support).
+ip=""; gw=""; hn=""
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    banger.ip=*) ip="${arg#banger.ip=}" ;;
+    banger.gw=*) gw="${arg#banger.gw=}" ;;
+    banger.hostname=*) hn="${arg#banger.hostname=}" ;;
+  esac
+done
+[ -n "$hn" ] && hostname "$hn"
+ip link set lo up
+[ -z "$ip" ] && exit 0
+ip addr add "$ip" dev eth0
+ip link set eth0 up
+[ -n "$gw" ] && ip route add default via "$gw"
+exit 0
+"#;
+
+const NET_UNIT: &str = "[Unit]
+Description=banger guest network from the kernel command line
+DefaultDependencies=no
+Wants=network.target
+BindsTo=sys-subsystem-net-devices-eth0.device
+After=sys-subsystem-net-devices-eth0.device
+Before=network.target ssh.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/banger-net
+
+[Install]
+WantedBy=multi-user.target
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{step} failed: {detail}")]
+    Step { step: &'static str, detail: String },
+}
+
+fn step_err(step: &'static str) -> impl Fn(std::io::Error) -> BuildError {
+    move |e| BuildError::Step { step, detail: e.to_string() }
+}
+
+pub struct Build<'a> {
+    pub dir: &'a Path,
+    pub release: &'a Release,
+    pub packages: &'a [PackageName],
+    pub mirror: &'a str,
+}
+
+impl Build<'_> {
+    fn progress(&self, msg: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("progress")) {
+            let _ = writeln!(f, "{msg}");
+        }
+        tracing::info!(dir = %self.dir.display(), "image build: {msg}");
+    }
+
+    fn run(&self, step: &'static str, cmd: &mut Command) -> Result<(), BuildError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("build.log"))
+            .map_err(step_err(step))?;
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(step_err(step))?)
+            .stderr(log)
+            .status()
+            .map_err(step_err(step))?;
+        if status.success() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(self.dir.join("build.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+        Err(BuildError::Step { step, detail: format!("{status}; last lines of build.log:\n{}", tail.join("\n")) })
+    }
+
+    pub fn run_all(&self) -> Result<(), BuildError> {
+        let root = self.dir.join("root");
+        // 1. debootstrap
+        self.progress(&format!("debootstrap {} from {}", self.release.as_str(), self.mirror));
+        let mut include = BASE_PACKAGES.to_string();
+        for p in self.packages {
+            include.push(',');
+            include.push_str(p.as_str());
+        }
+        self.run(
+            "debootstrap",
+            Command::new(tool("debootstrap"))
+                .arg("--variant=minbase")
+                .arg(format!("--include={include}"))
+                .arg(self.release.as_str())
+                .arg(&root)
+                .arg(self.mirror),
+        )?;
+
+        // 2. customise
+        self.progress("configuring the guest");
+        let w = |rel: &str, content: &str, mode: u32| -> Result<(), BuildError> {
+            let p = root.join(rel);
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d).map_err(step_err("customise"))?;
+            }
+            std::fs::write(&p, content).map_err(step_err("customise"))?;
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(step_err("customise"))
+        };
+        w("usr/local/sbin/banger-net", NET_SCRIPT, 0o755)?;
+        w("etc/systemd/system/banger-net.service", NET_UNIT, 0o644)?;
+        let wants = root.join("etc/systemd/system/multi-user.target.wants");
+        std::fs::create_dir_all(&wants).map_err(step_err("customise"))?;
+        let _ = std::fs::remove_file(wants.join("banger-net.service"));
+        std::os::unix::fs::symlink("/etc/systemd/system/banger-net.service", wants.join("banger-net.service"))
+            .map_err(step_err("customise"))?;
+        w("etc/hostname", "banger\n", 0o644)?;
+        w("etc/fstab", "/dev/vda / ext4 rw,relatime 0 1\n", 0o644)?;
+        std::fs::create_dir_all(root.join("root/.ssh")).map_err(step_err("customise"))?;
+        std::fs::set_permissions(root.join("root/.ssh"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(step_err("customise"))?;
+        for e in std::fs::read_dir(root.join("etc/ssh")).map_err(step_err("customise"))?.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                std::fs::remove_file(e.path()).map_err(step_err("customise"))?;
+            }
+        }
+        // An image is a template: no machine id (systemd makes one per boot), no
+        // cached package lists.
+        w("etc/machine-id", "", 0o444)?;
+        let _ = std::fs::remove_dir_all(root.join("var/lib/apt/lists"));
+        let _ = std::fs::remove_dir_all(root.join("var/cache/apt/archives"));
+
+        // 3. kernel and initrd
+        self.progress("extracting the kernel and initrd");
+        let boot = root.join("boot");
+        let find = |prefix: &str| -> Result<PathBuf, BuildError> {
+            std::fs::read_dir(&boot)
+                .map_err(step_err("kernel"))?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+                .ok_or(BuildError::Step { step: "kernel", detail: format!("no {prefix}* in /boot") })
+        };
+        let vmlinuz = find("vmlinuz-")?;
+        let initrd = find("initrd.img-")?;
+        std::fs::copy(&vmlinuz, self.dir.join("vmlinuz")).map_err(step_err("kernel"))?;
+        std::fs::copy(&initrd, self.dir.join("initrd.img")).map_err(step_err("kernel"))?;
+        let bz = std::fs::read(&vmlinuz).map_err(step_err("kernel"))?;
+        match banger_fc::kernel::extract_vmlinux(&bz) {
+            Ok(elf) => std::fs::write(self.dir.join("vmlinux"), elf).map_err(step_err("kernel"))?,
+            Err(e) => self.progress(&format!("no ELF vmlinux (Firecracker needs one): {e}")),
+        }
+
+        // 4. the ext4 image: content plus half again, at least 1 GiB, sparse.
+        self.progress("making the ext4 root filesystem");
+        let used = du(&root);
+        let size = (used + used / 2).max(1 << 30).div_ceil(1 << 20) << 20;
+        let img = self.dir.join("rootfs.ext4");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(size))
+            .map_err(step_err("mkfs"))?;
+        self.run("mkfs.ext4", Command::new(tool("mkfs.ext4")).args(["-q", "-F", "-L", "banger-root", "-d"]).arg(&root).arg(&img))?;
+        self.progress("cleaning up");
+        std::fs::remove_dir_all(&root).map_err(step_err("cleanup"))?;
+        Ok(())
+    }
+}
+
+/// Bytes used by a tree (regular files and directories, hard links counted once).
+fn du(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            if seen.insert((m.dev(), m.ino())) {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// System tools by absolute path.
+pub fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}

@@ -1,0 +1,235 @@
+//! Images: read-only, content-addressed directories `<state>/images/<digest>/` with
+//! `vmlinuz`, `initrd.img`, `rootfs.ext4` and, when extractable, `vmlinux`. Names map to
+//! digests in the database. A build or import happens in a hidden directory and is
+//! renamed into place only when complete, so a failed or interrupted one leaves
+//! nothing behind.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use banger_api::{Image, ImageBuildRequest, ImageImportRequest, validate_image_name};
+use banger_helper::{PackageName, Release, Reply, Request, VmId};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::service::{Service, ServiceError, chain};
+use crate::store::ImageRecord;
+
+type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+const FILES: [&str; 4] = ["vmlinuz", "initrd.img", "rootfs.ext4", "vmlinux"];
+
+fn new_id() -> VmId {
+    VmId::new(format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff)).expect("12 hex digits")
+}
+
+/// SHA-256 over each present file's name, length and content, in a fixed order.
+fn digest_dir(dir: &Path) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for name in FILES {
+        let p = dir.join(name);
+        let Ok(mut f) = std::fs::File::open(&p) else { continue };
+        h.update(name.as_bytes());
+        h.update(f.metadata()?.len().to_le_bytes());
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+impl Service {
+    fn image_api(&self, r: &ImageRecord) -> Image {
+        let dir = self.dirs.images().join(&r.digest);
+        let opt = |n: &str| Some(dir.join(n)).filter(|p| p.exists());
+        let used_by = self
+            .store
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| v.spec.image.as_deref() == Some(&r.name))
+            .map(|v| v.name.to_string())
+            .collect();
+        Image {
+            name: r.name.clone(),
+            digest: r.digest.clone(),
+            source: r.source.clone(),
+            kernel: dir.join("vmlinuz"),
+            initrd: opt("initrd.img"),
+            vmlinux: opt("vmlinux"),
+            rootfs: dir.join("rootfs.ext4"),
+            rootfs_bytes: std::fs::metadata(dir.join("rootfs.ext4")).map(|m| m.len()).unwrap_or(0),
+            created_at: r.created_at.clone(),
+            used_by,
+        }
+    }
+
+    pub fn images(&self) -> Result<Vec<Image>> {
+        Ok(self.store.images()?.iter().map(|r| self.image_api(r)).collect())
+    }
+
+    pub fn image(&self, name: &str) -> Result<Image> {
+        let r = self.store.image(name)?.ok_or_else(|| ServiceError::ImageNotFound(name.into()))?;
+        Ok(self.image_api(&r))
+    }
+
+    /// The last progress line of a build in flight (None when none runs).
+    pub fn build_progress(&self, name: &str) -> Option<String> {
+        let dir = self.builds.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()?;
+        let text = std::fs::read_to_string(dir.join("progress")).unwrap_or_default();
+        Some(text.lines().last().unwrap_or("starting").to_string())
+    }
+
+    /// Moves a finished build or import directory to `<images>/<digest>`, makes it
+    /// read-only and names it.
+    async fn publish(&self, name: &str, dir: PathBuf, source: String) -> Result<Image> {
+        let images = self.dirs.images();
+        let name_owned = name.to_string();
+        let digest = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let _ = std::fs::remove_file(dir.join("progress"));
+            let _ = std::fs::remove_file(dir.join("build.log"));
+            let digest = digest_dir(&dir)?;
+            let target = images.join(&digest);
+            if target.exists() {
+                // Same content already stored under another name.
+                std::fs::remove_dir_all(&dir)?;
+            } else {
+                for f in FILES {
+                    let p = dir.join(f);
+                    if p.exists() {
+                        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
+                    }
+                }
+                std::fs::rename(&dir, &target)?;
+            }
+            Ok(digest)
+        })
+        .await
+        .expect("publish does not panic")
+        .map_err(|e| ServiceError::BuildFailed(format!("cannot store image {name_owned}: {e}")))?;
+        let rec = self.store.insert_image(name, &digest, &source)?;
+        tracing::info!(image = name, digest = %digest, "image ready");
+        Ok(self.image_api(&rec))
+    }
+
+    pub async fn build_image(&self, req: ImageBuildRequest) -> Result<Image> {
+        validate_image_name(&req.name)?;
+        let release = Release::new(req.release.clone())
+            .map_err(|e| ServiceError::Invalid(banger_api::ValidationError::ImageName(e.to_string())))?;
+        let packages = req
+            .packages
+            .iter()
+            .map(|p| PackageName::new(p.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| ServiceError::Invalid(banger_api::ValidationError::ImageName(e.to_string())))?;
+        if self.store.image(&req.name)?.is_some() {
+            return Err(ServiceError::NameTaken(format!("image {}", req.name)));
+        }
+        let id = new_id();
+        let dir = self.dirs.image_build(&id);
+        {
+            let mut b = self.builds.lock().unwrap_or_else(|e| e.into_inner());
+            if b.contains_key(&req.name) {
+                return Err(ServiceError::NameTaken(format!("image {} (a build is running)", req.name)));
+            }
+            b.insert(req.name.clone(), dir.clone());
+        }
+        let result = self.helper(Request::BuildImage { build_id: id, release, packages }).await;
+        self.builds.lock().unwrap_or_else(|e| e.into_inner()).remove(&req.name);
+        let dir = match result {
+            Ok(Reply::ImageBuilt { dir }) => dir,
+            Ok(other) => return Err(ServiceError::BuildFailed(format!("unexpected helper reply {other:?}"))),
+            Err(ServiceError::Helper(banger_helper::ClientError::Refused(f))) => {
+                return Err(ServiceError::BuildFailed(f.message));
+            }
+            Err(e) => return Err(ServiceError::BuildFailed(chain(&e))),
+        };
+        let mut source = format!("debootstrap {}", req.release);
+        if !req.packages.is_empty() {
+            source.push_str(&format!(" +{}", req.packages.join(",")));
+        }
+        self.publish(&req.name, dir, source).await
+    }
+
+    pub async fn import_image(&self, req: ImageImportRequest) -> Result<Image> {
+        validate_image_name(&req.name)?;
+        for p in [Some(&req.kernel), req.initrd.as_ref(), Some(&req.rootfs)].into_iter().flatten() {
+            if !p.is_absolute() {
+                return Err(ServiceError::ImportRefused { path: p.display().to_string(), reason: "the path must be absolute".into() });
+            }
+        }
+        match crate::disk::is_ext4(&req.rootfs) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ServiceError::ImportRefused {
+                    path: req.rootfs.display().to_string(),
+                    reason: "it is not an ext4 filesystem".into(),
+                });
+            }
+            Err(e) => return Err(ServiceError::ImportRefused { path: req.rootfs.display().to_string(), reason: e.to_string() }),
+        }
+        if self.store.image(&req.name)?.is_some() {
+            return Err(ServiceError::NameTaken(format!("image {}", req.name)));
+        }
+        let dir = self.dirs.images().join(format!(".import-{}", new_id()));
+        let r = req.clone();
+        let d = dir.clone();
+        let copied = tokio::task::spawn_blocking(move || -> std::result::Result<(), (PathBuf, String)> {
+            std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e.to_string()))?;
+            let copy = |src: &Path, name: &str| -> std::result::Result<(), (PathBuf, String)> {
+                crate::disk::clone(src, &d.join(name)).map(|_| ()).map_err(|e| (src.to_path_buf(), chain(&e)))
+            };
+            copy(&r.kernel, "vmlinuz")?;
+            if let Some(i) = &r.initrd {
+                copy(i, "initrd.img")?;
+            }
+            copy(&r.rootfs, "rootfs.ext4")?;
+            if let Ok(bz) = std::fs::read(&r.kernel)
+                && let Ok(elf) = banger_fc::kernel::extract_vmlinux(&bz)
+            {
+                let _ = std::fs::write(d.join("vmlinux"), elf);
+            }
+            Ok(())
+        })
+        .await
+        .expect("import does not panic");
+        if let Err((path, reason)) = copied {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ServiceError::ImportRefused { path: path.display().to_string(), reason });
+        }
+        match self.publish(&req.name, dir.clone(), "import".into()).await {
+            Ok(i) => Ok(i),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        let img = self.image(name)?;
+        if !img.used_by.is_empty() {
+            return Err(ServiceError::ImageInUse { name: name.into(), users: img.used_by.join(", ") });
+        }
+        self.store.delete_image(name)?;
+        // Another name may share the content.
+        let shared = self.store.images()?.iter().any(|i| i.digest == img.digest);
+        if !shared {
+            let dir = self.dirs.images().join(&img.digest);
+            let _ = tokio::task::spawn_blocking(move || {
+                for f in FILES {
+                    let _ = std::fs::set_permissions(dir.join(f), std::os::unix::fs::PermissionsExt::from_mode(0o644));
+                }
+                std::fs::remove_dir_all(&dir)
+            })
+            .await;
+        }
+        tracing::info!(image = name, "image removed");
+        Ok(())
+    }
+}
