@@ -90,10 +90,17 @@ impl Env {
             dir,
             helper_args: Vec::new(),
             started: false,
-            bridge: format!("bgt{p}x{n}"),
+            bridge: format!("btst{p}x{n}"),
             gateway: format!("10.{}.{}.1/24", 100 + p % 100, n % 250),
             nft_table: format!("banger_t{p}_{n}"),
         }
+    }
+
+    /// An environment with its own gateway/prefix (e.g. a tiny subnet).
+    pub fn with_gateway(gateway: &str) -> Self {
+        let mut e = Self::new();
+        e.gateway = gateway.to_string();
+        e
     }
 
     /// An environment whose helper launches `vmm` instead of banger-vmm-qemu.
@@ -292,4 +299,66 @@ pub fn alive(pid: i32) -> bool {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The Debian image the guest tests share, built once per machine with
+/// `banger image build` (through a throwaway environment) and cached in
+/// `.cache/test-image/` keyed by the image builder's source, so an image built by an
+/// older builder is never reused. Returns (vmlinuz, initrd.img, rootfs.ext4).
+pub fn debian_image() -> (PathBuf, PathBuf, PathBuf) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let root = std::env::var_os("BANGER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
+        .join("test-image");
+    let stamp = format!("{:x}", {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        include_str!("../../crates/bangerd-root/src/image.rs").hash(&mut h);
+        h.finish()
+    });
+    let files = (root.join("vmlinuz"), root.join("initrd.img"), root.join("rootfs.ext4"));
+    if std::fs::read_to_string(root.join("stamp")).is_ok_and(|s| s == stamp) {
+        return files;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    let mut env = Env::new();
+    env.start();
+    let img = env.json(&["image", "build", "debian", "--quiet"]);
+    assert_eq!(img["name"], "debian-bookworm");
+    let tmp = root.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    for (key, name) in [("kernel", "vmlinuz"), ("initrd", "initrd.img"), ("rootfs", "rootfs.ext4")] {
+        let src = PathBuf::from(img[key].as_str().unwrap());
+        let st = Command::new("cp").arg("--sparse=always").arg(&src).arg(tmp.join(name)).status().unwrap();
+        assert!(st.success());
+    }
+    std::fs::write(tmp.join("stamp"), &stamp).unwrap();
+    std::fs::rename(&tmp, &root).unwrap();
+    files
+}
+
+impl Env {
+    /// Imports the shared Debian image as `debian-bookworm`.
+    pub fn import_debian(&self) {
+        let (k, i, r) = debian_image();
+        self.ok(&[
+            "image", "import", "--name", "debian-bookworm",
+            "--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap(), "--rootfs", r.to_str().unwrap(),
+        ]);
+    }
+
+    /// Waits until `vm ssh NAME -- true` succeeds.
+    pub fn wait_ssh(&self, name: &str) {
+        wait_for(Duration::from_secs(240), &format!("SSH on {name}"), || {
+            self.banger(&["vm", "ssh", name, "--", "true"]).status.success()
+        });
+    }
+
+    /// `vm ssh NAME -- CMD`, requiring success; returns stdout trimmed.
+    pub fn ssh(&self, name: &str, cmd: &str) -> String {
+        self.ok(&["vm", "ssh", name, "--", cmd]).trim().to_string()
+    }
 }

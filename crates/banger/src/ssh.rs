@@ -29,16 +29,30 @@ pub fn user_key() -> Result<(String, Option<PathBuf>)> {
             return Ok((k.trim().to_string(), None));
         }
     }
-    let key = config_dir()?.join("id_ed25519");
+    let dir = config_dir()?;
+    let key = dir.join("id_ed25519");
     if !key.exists() {
+        // Generated under a private name and published with link(2), which never
+        // overwrites: two first-time `vm run`s at once end up with the same key.
+        let tmp = dir.join(format!(".id_ed25519.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp.with_extension(format!("{}.pub", std::process::id())));
         let out = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", "banger", "-f"])
-            .arg(&key)
+            .arg(&tmp)
             .output()
             .context("cannot run ssh-keygen (install openssh-client)")?;
         if !out.status.success() {
             bail!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
+        let tmp_pub = PathBuf::from(format!("{}.pub", tmp.display()));
+        // Public half first: whoever sees the private key may rely on the public one.
+        let _ = std::fs::hard_link(&tmp_pub, key.with_extension("pub"));
+        if std::fs::hard_link(&tmp, &key).is_err() && !key.exists() {
+            bail!("cannot store banger's SSH key in {}", dir.display());
+        }
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&tmp_pub);
     }
     let public = std::fs::read_to_string(key.with_extension("pub")).context("cannot read banger's SSH key")?;
     Ok((public.trim().to_string(), Some(key)))

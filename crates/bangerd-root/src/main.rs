@@ -112,6 +112,8 @@ fn run(args: Args) -> Result<()> {
         .with_context(|| format!("--gateway {} is not ADDRESS/PREFIX with a prefix of 8-30", args.gateway))?;
     let valid_name = |s: &str| !s.is_empty() && s.len() < 16 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     anyhow::ensure!(valid_name(&args.bridge), "invalid --bridge {:?}", args.bridge);
+    // Taps are named bg<id>; a bridge with that prefix would match the tap rules.
+    anyhow::ensure!(!args.bridge.starts_with("bg"), "--bridge must not start with \"bg\" (the tap prefix)");
     anyhow::ensure!(valid_name(&args.nft_table), "invalid --nft-table {:?}", args.nft_table);
     let network = banger_helper::NetworkConfig {
         bridge: args.bridge.clone(),

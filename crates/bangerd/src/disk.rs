@@ -99,7 +99,13 @@ pub fn sparse_copy(from: &File, to: &File) -> io::Result<()> {
             // SAFETY: offsets are valid pointers to i64s; fds are open.
             let n = unsafe { libc::copy_file_range(fd_in, &mut off_in, fd_out, &mut off_out, left, 0) };
             if n < 0 {
-                return Err(io::Error::last_os_error());
+                let e = io::Error::last_os_error();
+                // Across filesystems (EXDEV) or where unsupported: plain reads and writes.
+                if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) {
+                    copy_range(from, to, off_in as u64, left)?;
+                    break;
+                }
+                return Err(e);
             }
             if n == 0 {
                 break;
@@ -109,6 +115,22 @@ pub fn sparse_copy(from: &File, to: &File) -> io::Result<()> {
         pos = hole;
     }
     to.sync_all()
+}
+
+fn copy_range(from: &File, to: &File, mut off: u64, mut left: usize) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let want = left.min(buf.len());
+        let n = from.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        to.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+        left -= n;
+    }
+    Ok(())
 }
 
 /// Grows an ext4 image to `size` bytes (a no-op if it is that size).

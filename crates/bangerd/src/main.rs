@@ -111,6 +111,11 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!(service::chain(&e)))
         .context("the root helper must be running before bangerd")?;
+    // The bridge and NAT exist while banger runs, so the host side of the VM network
+    // is there before the first VM (and after a host reboot).
+    if let Err(e) = service.helper(banger_helper::Request::SetupNetwork {}).await {
+        tracing::warn!("cannot set up the VM network: {}", service::chain(&e));
+    }
     let report = service.reconcile().await.map_err(|e| anyhow::anyhow!(service::chain(&e)))?;
     tracing::info!(vms = report.len(), "reconcile done");
 
