@@ -218,3 +218,90 @@ fn a_kernel_the_vmm_cannot_boot_fails_the_start_with_the_vmm_s_reason() {
         env.processes().iter().all(|(_, c)| !c.contains(&id))
     });
 }
+
+#[test]
+fn the_address_pool_runs_out_with_a_clear_error_and_rm_frees_an_address() {
+    // A /29: six host addresses, one of them the gateway.
+    let mut env = Env::with_gateway(&format!("10.{}.{}.1/29", 90 + std::process::id() % 9, std::process::id() % 250));
+    env.start();
+    let k = guest().kernel;
+    let k = k.to_str().unwrap();
+    let mut ips = Vec::new();
+    for i in 0..5 {
+        let vm = env.json(&create_args(&format!("p{i}"), k, &[]));
+        ips.push(vm["ip"].as_str().unwrap().to_string());
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 5, "addresses handed out twice: {ips:?}");
+    let out = env.banger(&create_args("p5", k, &[]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no free guest address"), "{}", stderr(&out));
+    assert!(env.banger(&["vm", "show", "p5"]).status.code() == Some(4), "a refused create leaves no VM");
+    env.ok(&["vm", "rm", "p2"]);
+    env.ok(&create_args("p5", k, &[]));
+}
+
+#[test]
+fn importing_a_rootfs_that_is_not_ext4_is_refused() {
+    let mut env = Env::new();
+    env.start();
+    let g = guest();
+    let junk = env.state().join("junk.img");
+    std::fs::write(&junk, vec![0u8; 1 << 20]).unwrap();
+    for rootfs in [junk.to_str().unwrap(), "/etc/hostname", "/nonexistent.ext4"] {
+        let out = env.banger(&[
+            "image", "import", "--name", "bad", "--kernel", g.kernel.to_str().unwrap(), "--rootfs", rootfs,
+        ]);
+        assert_eq!(out.status.code(), Some(7), "{rootfs}: {}", stderr(&out));
+        assert!(stderr(&out).contains("cannot import"), "{}", stderr(&out));
+    }
+    assert_eq!(env.json(&["image", "ls"]).as_array().unwrap().len(), 0);
+    let leftovers: Vec<_> = std::fs::read_dir(env.state().join("images"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A valid import works, and the same name twice is a conflict.
+    let args = ["image", "import", "--name", "tiny", "--kernel", g.kernel.to_str().unwrap(), "--initrd",
+        g.initrd.to_str().unwrap(), "--rootfs", g.rootfs.to_str().unwrap()];
+    env.ok(&args);
+    assert_eq!(env.banger(&args).status.code(), Some(5));
+}
+
+#[test]
+fn a_guest_that_never_opens_ssh_makes_vm_run_give_up_with_its_console() {
+    let mut env = Env::new();
+    env.start();
+    let g = guest();
+    // The busybox test guest boots but runs no sshd.
+    env.ok(&["image", "import", "--name", "nossh", "--kernel", g.kernel.to_str().unwrap(), "--initrd",
+        g.initrd.to_str().unwrap(), "--rootfs", g.rootfs.to_str().unwrap()]);
+    let out = env.banger(&["vm", "run", "--name", "mute", "--image", "nossh", "--memory", "256",
+        "--ssh-timeout", "15", "--rm", "--quiet", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("did not answer SSH") && err.contains("within 15 s"), "{err}");
+    assert!(err.contains("BANGER_BOOT_ID="), "the console tail is shown: {err}");
+    // --rm cleaned up even though the run failed.
+    assert_eq!(env.json(&["vm", "list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn an_image_build_that_fails_midway_leaves_no_image() {
+    let mut env = Env::new();
+    env.start();
+    let out = env.banger(&["image", "build", "debian", "--name", "broken", "--package", "no-such-package-banger", "--quiet"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("debootstrap failed"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-such-package-banger"), "the reason is shown: {}", stderr(&out));
+    assert_eq!(env.json(&["image", "ls"]).as_array().unwrap().len(), 0);
+    let leftovers: Vec<_> = std::fs::read_dir(env.state().join("images")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(leftovers.is_empty(), "half-made image left: {leftovers:?}");
+    // Bad arguments never reach debootstrap.
+    for args in [&["--release", "sid;rm"][..], &["--package=--include=evil"], &["--package", "Bad Name"]] {
+        let mut a = vec!["image", "build", "debian", "--quiet"];
+        a.extend_from_slice(args);
+        let out = env.banger(&a);
+        assert_eq!(out.status.code(), Some(7), "{args:?}: {}", stderr(&out));
+    }
+}

@@ -163,7 +163,8 @@ pub struct Inject {
 }
 
 /// Writes files into an unmounted ext4 image with `debugfs` (no mount, no root):
-/// each file is replaced and given root ownership and its mode.
+/// missing parent directories are made (root-owned, 0755), each file is replaced and
+/// given root ownership and its mode.
 pub fn inject(disk: &Path, files: &[Inject], scratch: &Path) -> Result<(), DiskError> {
     let mut script = String::new();
     for (i, f) in files.iter().enumerate() {
@@ -171,6 +172,12 @@ pub fn inject(disk: &Path, files: &[Inject], scratch: &Path) -> Result<(), DiskE
         std::fs::write(&local, &f.content)
             .map_err(|e| DiskError::Tool { tool: "debugfs", disk: disk.into(), detail: e.to_string() })?;
         let g = f.guest_path;
+        let mut parent = String::new();
+        for part in g.trim_start_matches('/').split('/').rev().skip(1).collect::<Vec<_>>().into_iter().rev() {
+            parent.push('/');
+            parent.push_str(part);
+            script.push_str(&format!("mkdir {parent}\n"));
+        }
         script.push_str(&format!(
             "rm {g}\nwrite {} {g}\nset_inode_field {g} mode 0{:o}\nset_inode_field {g} uid 0\nset_inode_field {g} gid 0\n",
             local.display(),
@@ -194,8 +201,9 @@ pub fn inject(disk: &Path, files: &[Inject], scratch: &Path) -> Result<(), DiskE
     let stderr = String::from_utf8_lossy(&out.stderr);
     let bad: Vec<&str> = stderr
         .lines()
-        // The `rm` of a file that is not there yet is expected to fail.
-        .filter(|l| !l.starts_with("debugfs ") && !l.starts_with("rm: "))
+        // The `rm` of a file not there yet, and the `mkdir` of a directory already
+        // there, are expected to fail.
+        .filter(|l| !l.starts_with("debugfs ") && !l.starts_with("rm: ") && !l.contains("directory already exists"))
         .filter(|l| !l.trim().is_empty())
         .collect();
     if !out.status.success() || !bad.is_empty() {
@@ -339,9 +347,14 @@ mod tests {
         let stat = Command::new(tool("debugfs")).args(["-R", "stat /etc/secret"]).arg(&img).output().unwrap();
         let s = String::from_utf8_lossy(&stat.stdout);
         assert!(s.contains("Mode:  0600") && s.contains("User:     0"), "{s}");
-        // Into a directory that does not exist: refused, not silently skipped.
-        let bad = [Inject { guest_path: "/nope/file", content: b"x".to_vec(), mode: 0o100644 }];
-        assert!(inject(&img, &bad, d.path()).is_err());
+        // Into directories that do not exist yet: they are made.
+        let deep = [Inject { guest_path: "/new/dir/file", content: b"x\n".to_vec(), mode: 0o100644 }];
+        inject(&img, &deep, d.path()).unwrap();
+        assert_eq!(debugfs_cat(&img, "/new/dir/file"), "x\n");
+        // A disk that is not ext4 is refused with debugfs's reason.
+        let junk = d.path().join("junk");
+        std::fs::write(&junk, vec![0u8; 1 << 20]).unwrap();
+        assert!(inject(&junk, &deep, d.path()).is_err());
     }
 
     #[test]
