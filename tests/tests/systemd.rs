@@ -36,6 +36,9 @@ impl Container {
             .arg(&root)
             .arg(format!("--bind-ro={}:/opt/banger", bin_dir().display()))
             .arg(format!("--bind-ro={}:/opt/guest", cache().join("guest").display()))
+            // Taps and the bridge: the container shares the host's network namespace,
+            // so the test gives banger a bridge, subnet and table of its own.
+            .args(["--bind=/dev/net/tun", "--capability=CAP_NET_ADMIN", "--property=DeviceAllow=/dev/net/tun rwm"])
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -103,7 +106,16 @@ impl Drop for Container {
     fn drop(&mut self) {
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
+        // The container shared our network namespace: remove what banger made there.
+        let _ = Command::new("nft").args(["delete", "table", "inet", &net_names().2]).output();
+        let _ = Command::new("ip").args(["link", "del", &net_names().0]).output();
     }
+}
+
+/// (bridge, gateway, nftables table) for the container's banger.
+fn net_names() -> (String, String, String) {
+    let p = std::process::id() % 1000;
+    (format!("bsd{p}"), format!("10.99.{}.1/24", p % 250), format!("banger_sd{p}"))
 }
 
 fn children(pid: i32) -> Vec<i32> {
@@ -121,6 +133,10 @@ fn children(pid: i32) -> Vec<i32> {
 #[test]
 fn under_systemd_unit_restarts_never_touch_a_vm() {
     let c = Container::boot();
+    let (bridge, gateway, table) = net_names();
+    c.ok(&["sh", "-c", &format!(
+        "printf 'BANGER_BRIDGE={bridge}\\nBANGER_GATEWAY={gateway}\\nBANGER_NFT_TABLE={table}\\n' > /etc/default/banger"
+    )]);
     c.ok(&["/opt/banger/banger", "system", "install"]);
     // Idempotent: a second install refreshes and restarts, and still works.
     c.ok(&["/opt/banger/banger", "system", "install"]);
@@ -128,6 +144,7 @@ fn under_systemd_unit_restarts_never_touch_a_vm() {
     assert!(status.contains("bangerd.service") && status.contains("active"), "{status}");
     let info = c.json(&["daemon", "status"]);
     assert_eq!(info["state_dir"], "/var/lib/banger");
+    assert!(std::path::Path::new("/sys/class/net").join(&bridge).exists(), "the helper used /etc/default/banger");
 
     c.ok(&["install", "-o", "banger", "-g", "banger", "-m", "0644", "/opt/guest/rootfs.ext4", "/var/tmp/sd.ext4"]);
     let vm = c.json(&[
@@ -142,6 +159,8 @@ fn under_systemd_unit_restarts_never_touch_a_vm() {
     assert_eq!(boot_ids.len(), 1);
 
     // The VMM runs as the banger user, in its own scope under banger.slice.
+    let tap = format!("bg{}", vm["id"].as_str().unwrap());
+    assert!(std::path::Path::new("/sys/class/net").join(&tap).exists(), "tap {tap} missing");
     let cgroup = c.ok(&["cat", &format!("/proc/{pid}/cgroup")]);
     assert!(cgroup.contains("banger.slice/banger-vm-"), "VMM not in its own scope: {cgroup}");
     let owner = c.ok(&["stat", "-c", "%U", &format!("/proc/{pid}")]);

@@ -100,6 +100,21 @@ fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("cannot give {} to uid {allow_uid}", d.display()))?;
         }
     }
+    // A VMM running as the daemon's user opens its tap through /dev/net/tun. Debian's
+    // udev rules make that node 0666 (taps stay private: a persistent tap can only be
+    // attached by its owner); where it is tighter, restore that default.
+    if allow_uid != 0 && nix::unistd::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let tun = std::path::Path::new("/dev/net/tun");
+        if let Ok(m) = std::fs::metadata(tun)
+            && m.permissions().mode() & 0o777 != 0o666
+        {
+            tracing::info!("making /dev/net/tun 0666 (Debian's default) so VMMs can open their taps");
+            if let Err(e) = std::fs::set_permissions(tun, std::fs::Permissions::from_mode(0o666)) {
+                tracing::warn!("cannot chmod /dev/net/tun: {e}; VMs with a network will fail to start");
+            }
+        }
+    }
     let vmm = match args.vmm {
         Some(v) => v,
         None => std::env::current_exe()?.with_file_name("banger-vmm-qemu"),

@@ -106,7 +106,14 @@ impl Net {
             h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(nl)?;
             Ok(())
         })?;
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetError::Forwarding)?;
+        // Outbound NAT needs forwarding; VM-to-VM and VM-to-host traffic does not. Where
+        // /proc/sys is read-only (a container), say so and carry on.
+        let fwd = "/proc/sys/net/ipv4/ip_forward";
+        if std::fs::read_to_string(fwd).map(|v| v.trim() != "1").unwrap_or(true)
+            && let Err(e) = std::fs::write(fwd, "1")
+        {
+            tracing::warn!("{}; guests will not reach beyond this host", NetError::Forwarding(e));
+        }
         self.nft(json!({"nftables": [
             {"add": {"table": {"family": "inet", "name": self.cfg.nft_table}}},
             {"add": {"set": {"family": "inet", "table": self.cfg.nft_table, "name": "guests",

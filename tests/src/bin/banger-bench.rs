@@ -6,7 +6,13 @@
 //!    noisy machine hits both sides alike; medians and the ratio are printed.
 //! 2. `vm list` with 1,000 VMs in the store against `vm list` with 1.
 //!
-//! Usage: banger-bench [--runs N] [--list-vms N]   (needs root and scripts/guest-assets)
+//! 3. Disk clones of a 1 GiB and an 8 GiB image, per method (reflink on a
+//!    loop-mounted btrfs, sparse copy on ext4), through `vm create`, beside `cp`.
+//! 4. `vm run` to SSH-ready, split into banger's steps and the guest's boot.
+//! 5. Daemon start to ready with 0, 10 and 30 running VMs (reconcile cost).
+//!
+//! Usage: banger-bench [--runs N] [--list-vms N] [--only start,list,disk,run,reconcile]
+//! (needs root, scripts/guest-assets, and for `run` the cached Debian test image)
 
 use std::path::Path;
 use std::process::Command;
@@ -32,9 +38,35 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+fn only(part: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)) {
+        Some(list) => list.split(',').any(|p| p == part),
+        None => true,
+    }
+}
+
 fn main() {
     let runs = arg("--runs", 20);
     let list_vms = arg("--list-vms", 1000);
+    if only("start") {
+        bench_start(runs);
+    }
+    if only("list") {
+        bench_list(runs, list_vms);
+    }
+    if only("disk") {
+        bench_disk();
+    }
+    if only("run") {
+        bench_run();
+    }
+    if only("reconcile") {
+        bench_reconcile();
+    }
+}
+
+fn bench_start(runs: usize) {
     let g = guest();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
 
@@ -85,7 +117,10 @@ fn main() {
         ms(*floor.iter().max().unwrap())
     );
     drop(env);
+}
 
+fn bench_list(runs: usize, list_vms: usize) {
+    let g = guest();
     // --- 2. vm list with 1 and with N VMs ---
     let time_list = |env: &Env, args: &[&str]| {
         let mut v = Vec::new();
@@ -116,6 +151,129 @@ fn main() {
         println!("list: {label} with {list_vms} VMs (median of {runs}): {:.1} ms", ms(tn));
         println!("list: {label} ratio: {:.2}", tn.as_secs_f64() / t1.as_secs_f64());
     }
+}
+
+/// Writes `size` bytes of non-zero data, then makes it an ext4 filesystem (mkfs writes
+/// metadata only, so every block stays allocated, as in a full image).
+fn full_ext4(path: &Path, size: u64) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block: Vec<u8> = (0..(4usize << 20)).map(|i| (i * 7 % 251) as u8 + 1).collect();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.sync_all().unwrap();
+    let st = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(path).status().unwrap();
+    assert!(st.success());
+}
+
+fn time_cmd(c: &mut Command) -> Duration {
+    let t = Instant::now();
+    let st = c.status().unwrap();
+    assert!(st.success(), "{c:?} failed");
+    t.elapsed()
+}
+
+fn bench_disk() {
+    let g = guest();
+    // A btrfs file system on a loop device, for reflink clones.
+    let backing = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
+    backing.as_file().set_len(40 << 30).unwrap();
+    assert!(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(backing.path()).status().unwrap().success());
+    let mnt = tempfile::Builder::new().prefix("bgbench").tempdir_in("/tmp").unwrap();
+    assert!(Command::new("mount").args(["-o", "loop"]).arg(backing.path()).arg(mnt.path()).status().unwrap().success());
+    {
+        let btrfs_state = tempfile::Builder::new().prefix("bg").tempdir_in(mnt.path()).unwrap();
+        let fs_envs = [("reflink (btrfs)", Env::in_dir(btrfs_state)), ("copy (ext4)", Env::new())];
+        for (label, mut env) in fs_envs {
+            env.start();
+            for gib in [1u64, 8] {
+                let img = env.state().join(format!("img{gib}.ext4"));
+                full_ext4(&img, gib << 30);
+                let name = format!("img{gib}g");
+                env.ok(&["image", "import", "--name", &name, "--kernel", g.kernel.to_str().unwrap(), "--initrd",
+                    g.initrd.to_str().unwrap(), "--rootfs", img.to_str().unwrap()]);
+                let mut creates = Vec::new();
+                for i in 0..3 {
+                    let vm = format!("c{gib}x{i}");
+                    let mut c = env.cmd(&["vm", "create", &vm, "--image", &name]);
+                    creates.push(time_cmd(c.stdout(std::process::Stdio::null())));
+                    env.ok(&["vm", "rm", &vm]);
+                }
+                let copy = env.state().join("cp-copy");
+                let cp = time_cmd(Command::new("cp").arg("--reflink=never").arg(&img).arg(&copy));
+                let _ = std::fs::remove_file(&copy);
+                let _ = std::fs::remove_file(&img);
+                println!(
+                    "disk: {label}: {gib} GiB image: vm create (clone + keys) median of 3: {:.0} ms; cp --reflink=never: {:.0} ms",
+                    ms(median(creates)),
+                    ms(cp)
+                );
+                env.ok(&["image", "rm", &name]);
+            }
+        }
+    }
+    let _ = Command::new("umount").arg(mnt.path()).status();
+}
+
+fn bench_run() {
+    let mut env = Env::new();
+    env.start();
+    env.import_debian();
+    let mut rows = Vec::new();
+    for i in 0..3 {
+        let name = format!("r{i}");
+        let t0 = Instant::now();
+        env.ok(&["vm", "create", &name, "--image", "debian-bookworm"]);
+        let t1 = Instant::now();
+        env.ok(&["vm", "start", &name]);
+        let t2 = Instant::now();
+        env.wait_ssh(&name);
+        let t3 = Instant::now();
+        rows.push((t1 - t0, t2 - t1, t3 - t2));
+        env.ok(&["vm", "rm", "-f", &name]);
+    }
+    let m = |f: fn(&(Duration, Duration, Duration)) -> Duration| median(rows.iter().map(f).collect());
+    let (create, start, boot) = (m(|r| r.0), m(|r| r.1), m(|r| r.2));
+    let total = create + start + boot;
+    println!("run: vm create (address, disk clone, SSH keys) median of 3: {:.0} ms", ms(create));
+    println!("run: vm start (tap, VMM launch, API calls, InstanceStart) median of 3: {:.0} ms", ms(start));
+    println!("run: guest boot until SSH answers, median of 3: {:.0} ms", ms(boot));
+    println!("run: banger's share of vm run to SSH-ready: {:.1} %", 100.0 * (create + start).as_secs_f64() / total.as_secs_f64());
+}
+
+fn bench_reconcile() {
+    let g = guest();
+    let mut env = Env::new();
+    env.start();
+    let mut booted = 0;
+    let mut medians = Vec::new();
+    for target in [0usize, 10, 30] {
+        while booted < target {
+            let disk = env.state().join(format!("r{booted}.ext4"));
+            std::fs::copy(&g.rootfs, &disk).unwrap();
+            env.ok(&["vm", "create", &format!("r{booted}"), "--kernel", g.kernel.to_str().unwrap(), "--initrd",
+                g.initrd.to_str().unwrap(), "--rootfs", disk.to_str().unwrap(), "--memory", "128", "--start"]);
+            booted += 1;
+        }
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            env.ok(&["daemon", "stop"]);
+            let t = Instant::now();
+            env.ok(&["daemon", "start"]);
+            times.push(t.elapsed());
+        }
+        let running = env.json(&["daemon", "status"])["running"].as_u64().unwrap();
+        assert_eq!(running as usize, target, "all VMs re-adopted");
+        let m = median(times);
+        medians.push(m);
+        println!("reconcile: daemon start to ready with {target} running VMs (median of 5): {:.1} ms", ms(m));
+    }
+    println!("reconcile: ratio 30 VMs / none: {:.2}", medians[2].as_secs_f64() / medians[0].as_secs_f64());
+    println!("reconcile: per-VM cost: {:.2} ms", ms(medians[2].saturating_sub(medians[0])) / 30.0);
 }
 
 /// Creating 1,000 records through the CLI would time process start-up 1,000 times;
