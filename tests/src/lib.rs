@@ -71,6 +71,9 @@ pub struct Env {
     pub bridge: String,
     pub gateway: String,
     pub nft_table: String,
+    /// Run banger from here instead of the build's target directory (update tests
+    /// replace the binaries they run).
+    pub bin_dir: Option<PathBuf>,
 }
 
 static NEXT_ENV: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -93,6 +96,7 @@ impl Env {
             bridge: format!("btst{p}x{n}"),
             gateway: format!("10.{}.{}.1/24", 100 + p % 100, n % 250),
             nft_table: format!("banger_t{p}_{n}"),
+            bin_dir: None,
         }
     }
 
@@ -119,7 +123,11 @@ impl Env {
 
     /// `banger ARGS` against this environment, not yet run.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin("banger"));
+        let banger = match &self.bin_dir {
+            Some(d) => d.join("banger"),
+            None => bin("banger"),
+        };
+        let mut c = Command::new(banger);
         c.args(args)
             .env("BANGER_STATE_DIR", self.state())
             .env("BANGER_BRIDGE", &self.bridge)

@@ -34,6 +34,18 @@ fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
     assert!(env.ssh("dev", "cat /etc/os-release").contains("Debian GNU/Linux 12"));
     env.ssh("dev", "echo persisted > /root/marker && sync");
 
+    // Daemons restart (SIGTERM, then SIGKILL, each daemon in turn): the same guest,
+    // same boot, still answers SSH.
+    for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
+        for pid in [env.daemon_pid(), env.helper_pid()] {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+            wait_for(Duration::from_secs(10), "the daemon to exit", || !alive(pid));
+            env.ok(&["daemon", "start"]);
+            assert_eq!(env.ssh("dev", "cat /proc/sys/kernel/random/boot_id"), boot1, "after {sig} to pid {pid}");
+            assert_eq!(env.json(&["vm", "show", "dev"])["state"], "running");
+        }
+    }
+
     let vm = env.json(&["vm", "show", "dev"]);
     let (id, ip) = (vm["id"].as_str().unwrap().to_string(), vm["ip"].as_str().unwrap().to_string());
     assert_eq!(env.ok(&["vm", "ip", "dev"]).trim(), ip);

@@ -7,6 +7,13 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// banger's version: `BANGER_VERSION` at build time (what `scripts/release` sets),
+/// else the crate version.
+pub const VERSION: &str = match option_env!("BANGER_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// API version prefix; every route lives under it.
 pub const API_PREFIX: &str = "/v1";
 

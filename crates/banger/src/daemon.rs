@@ -57,7 +57,7 @@ pub async fn run(cli: &Cli, cmd: &DaemonCommand) -> Result<u8> {
     }
 }
 
-fn systemd_manages_banger(cli: &Cli) -> bool {
+pub(crate) fn systemd_manages_banger(cli: &Cli) -> bool {
     cli.state_dir.is_none()
         && Path::new("/run/systemd/system").exists()
         && Path::new("/etc/systemd/system/bangerd.service").exists()
@@ -72,6 +72,17 @@ fn helper_answers(dirs: &Dirs) -> bool {
 }
 
 async fn start(cli: &Cli, dirs: &Dirs) -> Result<u8> {
+    start_quietly(cli, dirs).await?;
+    if cli.json {
+        println!("{}", serde_json::json!({ "socket": dirs.daemon_socket(), "running": true }));
+    } else {
+        println!("bangerd is running; socket {}", dirs.daemon_socket().display());
+    }
+    Ok(exit::OK)
+}
+
+/// Starts whatever of the two daemons does not answer, and waits until both do.
+pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
     if systemd_manages_banger(cli) {
         let st = Command::new("systemctl").args(["start", "bangerd-root.service", "bangerd.service"]).status()?;
         if !st.success() {
@@ -95,12 +106,7 @@ async fn start(cli: &Cli, dirs: &Dirs) -> Result<u8> {
             wait_until(Duration::from_secs(20), &log, "bangerd", || daemon_answers(dirs)).await?;
         }
     }
-    if cli.json {
-        println!("{}", serde_json::json!({ "socket": dirs.daemon_socket(), "running": true }));
-    } else {
-        println!("bangerd is running; socket {}", dirs.daemon_socket().display());
-    }
-    Ok(exit::OK)
+    Ok(())
 }
 
 /// Starts `bin` in its own session with output appended to `log`: it must not die
@@ -138,6 +144,17 @@ where
     Ok(())
 }
 
+/// Stops detached daemons (not systemd's) through their pidfiles.
+pub(crate) async fn stop_quietly(dirs: &Dirs) -> Result<()> {
+    for (name, pidfile) in [
+        ("bangerd", dirs.run.join("bangerd.lock")),
+        ("bangerd-root", dirs.run.join("bangerd-root.pid")),
+    ] {
+        stop_pidfile(name, &pidfile).await?;
+    }
+    Ok(())
+}
+
 async fn stop(cli: &Cli, dirs: &Dirs) -> Result<u8> {
     if systemd_manages_banger(cli) {
         let st = Command::new("systemctl").args(["stop", "bangerd.service", "bangerd-root.service"]).status()?;
@@ -145,12 +162,7 @@ async fn stop(cli: &Cli, dirs: &Dirs) -> Result<u8> {
             bail!("systemctl stop failed ({st})");
         }
     } else {
-        for (name, pidfile) in [
-            ("bangerd", dirs.run.join("bangerd.lock")),
-            ("bangerd-root", dirs.run.join("bangerd-root.pid")),
-        ] {
-            stop_pidfile(name, &pidfile).await?;
-        }
+        stop_quietly(dirs).await?;
     }
     if cli.json {
         println!("{}", serde_json::json!({ "running": false }));
@@ -161,6 +173,15 @@ async fn stop(cli: &Cli, dirs: &Dirs) -> Result<u8> {
 }
 
 /// SIGTERM the process named in `pidfile` if it is `name`, and wait for it to go.
+/// Alive and not a zombie (a daemon this process started and has not reaped yet is
+/// a zombie once it exits).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 async fn stop_pidfile(name: &str, pidfile: &PathBuf) -> Result<()> {
     let Some(pid) = std::fs::read_to_string(pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
         return Ok(());
@@ -172,7 +193,7 @@ async fn stop_pidfile(name: &str, pidfile: &PathBuf) -> Result<()> {
     kill(Pid::from_raw(pid), Signal::SIGTERM)
         .with_context(|| format!("cannot signal {name} (pid {pid}); try sudo"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() {
+    while running(pid) {
         if Instant::now() > deadline {
             bail!("{name} (pid {pid}) did not exit within 10 s");
         }

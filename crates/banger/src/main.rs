@@ -6,6 +6,7 @@ mod image;
 mod render;
 mod ssh;
 mod system;
+mod update;
 mod vm;
 
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub enum Command {
     /// Install or remove banger as systemd services (needs root).
     #[command(subcommand)]
     System(system::SystemCommand),
+    /// Update banger from a signed release (sudo; `--check` needs no root).
+    Update(update::UpdateArgs),
     /// Print banger's version.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -102,11 +105,12 @@ async fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::Daemon(c) => daemon::run(cli, c).await,
         Command::Image(c) => image::run(cli, c).await,
         Command::System(c) => system::run(cli, c).await,
+        Command::Update(a) => update::run(cli, a).await,
         Command::Version => {
             if cli.json {
-                println!("{}", serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }));
+                println!("{}", serde_json::json!({ "version": banger_api::VERSION }));
             } else {
-                println!("banger {}", env!("CARGO_PKG_VERSION"));
+                println!("banger {}", banger_api::VERSION);
             }
             Ok(exit::OK)
         }

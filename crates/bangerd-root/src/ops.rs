@@ -63,7 +63,7 @@ impl Helper {
     pub fn handle(&self, caller: Caller, req: &Request) -> Response {
         match req {
             Request::Ping {} => Ok(Reply::Pong {
-                version: env!("CARGO_PKG_VERSION").into(),
+                version: option_env!("BANGER_VERSION").unwrap_or(env!("CARGO_PKG_VERSION")).into(),
                 vmm: self.vmm_name.clone(),
                 network: self.network.clone(),
             }),

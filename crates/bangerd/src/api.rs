@@ -78,7 +78,7 @@ impl IntoResponse for ApiError {
 async fn daemon_info(State(s): State<Arc<AppState>>) -> AppResult<Json<DaemonInfo>> {
     let (vms, running) = s.service.counts()?;
     Ok(Json(DaemonInfo {
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: banger_api::VERSION.into(),
         pid: std::process::id(),
         state_dir: s.service.dirs().state.clone(),
         run_dir: s.service.dirs().run.clone(),

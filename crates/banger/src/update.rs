@@ -1,0 +1,253 @@
+//! `banger update`: verify, stage, swap, restart, confirm; roll back by itself.
+//!
+//! Order (each step before the next, nothing changed until the swap):
+//! root check (except `--check`) → fetch and verify (signature, hashes, sizes) →
+//! refuse expired, not-newer (unless `--to`) and replayed releases → stage beside the
+//! installed binaries → the staged `bangerd --check-migrations` → keep `.previous`
+//! copies → atomic swap (fsync, rename), with a journal → restart helper → restart
+//! daemon → wait until it answers. If a restart or the wait fails: restore `.previous`
+//! and restart both again, then report. An interrupted update is finished or undone
+//! by the next run (the journal says which).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use banger_update::{PublicKeys, Version, fetch_verified};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::{Cli, exit};
+
+/// Where releases are published; `--manifest-url` (hidden) points elsewhere for tests.
+const DEFAULT_MANIFEST_URL: &str = "https://releases.banger.dev/stable/latest/manifest.json";
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Only say whether a newer release exists (no root needed).
+    #[arg(long)]
+    check: bool,
+    /// Install this version (newer or older) instead of the latest.
+    #[arg(long, value_name = "VERSION")]
+    to: Option<String>,
+    /// Download, verify and stage; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, hide = true, env = "BANGER_MANIFEST_URL")]
+    manifest_url: Option<String>,
+    #[arg(long, hide = true)]
+    pubkey_file: Option<PathBuf>,
+}
+
+/// What survives between updates: the highest version ever accepted (replay guard).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct UpdateState {
+    highest_accepted: Option<String>,
+}
+
+/// Written before the swap, removed after a confirmed restart.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    from: String,
+    to: String,
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(d) = path.parent() {
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
+    if !a.check && !nix::unistd::geteuid().is_root() {
+        bail!("banger update needs root (sudo banger update); nothing was changed");
+    }
+    let keys = match &a.pubkey_file {
+        Some(f) => PublicKeys::from_pems([std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?.as_str()])?,
+        None => PublicKeys::embedded(),
+    };
+    let latest = a.manifest_url.clone().unwrap_or_else(|| DEFAULT_MANIFEST_URL.to_string());
+    let url = match &a.to {
+        Some(v) => {
+            let v = Version::parse(v).with_context(|| format!("{v:?} is not a version like 1.2.3"))?;
+            // <base>/<channel-dir>/manifest.json -> <base>/v<version>/manifest.json
+            let mut parts: Vec<&str> = latest.rsplitn(3, '/').collect();
+            parts.reverse();
+            format!("{}/v{v}/manifest.json", parts[0])
+        }
+        None => latest.clone(),
+    };
+    let installed = Version::parse(banger_api::VERSION).context("this binary's version is malformed")?;
+    let check_only = a.check;
+    let u = url.clone();
+    let fetched = tokio::task::spawn_blocking(move || fetch_verified(&u, &keys, check_only))
+        .await
+        .expect("fetch does not panic")
+        .with_context(|| format!("release {url} refused; nothing was changed"))?;
+    let m = &fetched.manifest;
+    let offered = m.version()?;
+    m.check_not_expired(time::OffsetDateTime::now_utc()).context("nothing was changed")?;
+
+    let dirs = cli.dirs();
+    let state_path = dirs.state.join("update-state.json");
+    let state: UpdateState = std::fs::read(&state_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let highest = state.highest_accepted.as_deref().and_then(Version::parse).unwrap_or(installed).max(installed);
+
+    if a.check {
+        let newer = offered > installed;
+        if cli.json {
+            println!("{}", serde_json::json!({ "installed": installed.to_string(), "available": offered.to_string(), "newer": newer }));
+        } else if newer {
+            println!("banger {offered} is available (installed: {installed}); run: sudo banger update");
+        } else {
+            println!("banger {installed} is up to date (latest: {offered})");
+        }
+        return Ok(exit::OK);
+    }
+    if a.to.is_none() {
+        if offered < highest {
+            bail!("release {offered} is older than {highest}, already accepted: refusing a replayed release; nothing was changed");
+        }
+        if offered <= installed {
+            println!("banger {installed} is up to date");
+            return Ok(exit::OK);
+        }
+    }
+
+    // Stage beside the installed binaries, so the swap is a rename on one filesystem.
+    let install_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).context("no install directory")?;
+    recover(&install_dir, cli, &dirs).await?;
+    let stage = install_dir.join(format!(".banger-stage-{offered}"));
+    let _ = std::fs::remove_dir_all(&stage);
+    let staged = (|| -> std::io::Result<()> {
+        std::fs::create_dir(&stage)?;
+        for (name, bytes) in &fetched.artefacts {
+            let p = stage.join(name);
+            let mut f = std::fs::File::create(&p)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+        std::fs::File::open(&stage)?.sync_all()
+    })();
+    if let Err(e) = staged {
+        let _ = std::fs::remove_dir_all(&stage);
+        bail!("cannot stage {offered} in {} ({e}); nothing was changed", install_dir.display());
+    }
+    // The staged daemon must be able to migrate the database.
+    let mut check = std::process::Command::new(stage.join("bangerd"));
+    check.arg("--check-migrations");
+    match &cli.state_dir {
+        Some(_) => check.arg("--state-dir").arg(&dirs.state),
+        None => check.arg("--system"),
+    };
+    let out = check.output().context("cannot run the staged bangerd")?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&stage);
+        bail!("the staged bangerd {offered} cannot migrate this installation: {}; nothing was changed", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    if a.dry_run {
+        let _ = std::fs::remove_dir_all(&stage);
+        println!("banger {offered}: downloaded, verified and staged; nothing was changed (--dry-run)");
+        return Ok(exit::OK);
+    }
+
+    // Swap: journal, .previous copies (hard links keep the old files), renames.
+    let journal = install_dir.join(".banger-update.json");
+    write_synced(&journal, &serde_json::to_vec(&Journal { from: installed.to_string(), to: offered.to_string() })?)?;
+    for (name, _) in &fetched.artefacts {
+        let dst = install_dir.join(name);
+        let prev = install_dir.join(format!("{name}.previous"));
+        if dst.exists() {
+            let _ = std::fs::remove_file(&prev);
+            std::fs::hard_link(&dst, &prev).with_context(|| format!("cannot keep {}", prev.display()))?;
+        }
+        std::fs::rename(stage.join(name), &dst).with_context(|| format!("cannot install {}", dst.display()))?;
+    }
+    std::fs::File::open(&install_dir)?.sync_all()?;
+    let _ = std::fs::remove_dir_all(&stage);
+
+    match restart_and_wait(cli, &dirs).await {
+        Ok(()) => {
+            std::fs::remove_file(&journal)?;
+            let st = UpdateState { highest_accepted: Some(offered.max(highest).to_string()) };
+            let _ = write_synced(&state_path, &serde_json::to_vec(&st)?);
+            println!("banger updated {installed} -> {offered}; the daemons restarted and running VMs kept running");
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            rollback(&install_dir)?;
+            let again = restart_and_wait(cli, &dirs).await;
+            std::fs::remove_file(&journal)?;
+            match again {
+                Ok(()) => bail!("update to {offered} failed ({e:#}); rolled back to {installed} and restarted it"),
+                Err(e2) => bail!("update to {offered} failed ({e:#}); rolled back to {installed}, but restarting it failed too: {e2:#}"),
+            }
+        }
+    }
+}
+
+/// Puts every `.previous` back.
+fn rollback(install_dir: &Path) -> Result<()> {
+    for name in banger_update::manifest::ARTEFACTS {
+        let prev = install_dir.join(format!("{name}.previous"));
+        if prev.exists() {
+            std::fs::rename(&prev, install_dir.join(name)).with_context(|| format!("cannot restore {}", prev.display()))?;
+        }
+    }
+    std::fs::File::open(install_dir)?.sync_all()?;
+    Ok(())
+}
+
+/// A previous run was interrupted: stale stages are removed; a swap that never got
+/// confirmed is undone, so the install is the old one, whole.
+async fn recover(install_dir: &Path, cli: &Cli, dirs: &banger_helper::Dirs) -> Result<()> {
+    for e in std::fs::read_dir(install_dir)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".banger-stage-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let journal = install_dir.join(".banger-update.json");
+    if journal.exists() {
+        eprintln!("an earlier update was interrupted; restoring the previous binaries first");
+        rollback(install_dir)?;
+        restart_and_wait(cli, dirs).await.context("restarting the restored binaries failed")?;
+        std::fs::remove_file(&journal)?;
+    }
+    Ok(())
+}
+
+/// Restarts the helper, then the daemon, and waits until the daemon answers.
+async fn restart_and_wait(cli: &Cli, dirs: &banger_helper::Dirs) -> Result<()> {
+    if crate::daemon::systemd_manages_banger(cli) {
+        for unit in ["bangerd-root.service", "bangerd.service"] {
+            let st = std::process::Command::new("systemctl").args(["restart", unit]).status()?;
+            if !st.success() {
+                bail!("systemctl restart {unit} failed ({st})");
+            }
+        }
+    } else {
+        crate::daemon::stop_quietly(dirs).await?;
+        crate::daemon::start_quietly(cli, dirs).await?;
+    }
+    let client = banger_client::Client::new(dirs.daemon_socket());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if client.daemon_info().await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("bangerd did not answer within 30 s after the restart");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
