@@ -49,13 +49,15 @@ pub fn read(path: &Path) -> Result<Handles, HandlesError> {
     serde_json::from_slice(&bytes).map_err(|source| HandlesError::Corrupt { path: path.into(), source })
 }
 
-/// Write to a temporary file, fsync, rename over the old one.
+/// Write to a temporary file and rename it over the old one: readers see the old or
+/// the new file, never half of one. No fsync: the file lives on /run (tmpfs) and is a
+/// cache of the database, and after a power loss reconcile treats a damaged file as
+/// missing.
 pub fn write(path: &Path, h: &Handles) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(h).expect("handles serialize"))?;
-        f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
 }

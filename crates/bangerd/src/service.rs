@@ -533,12 +533,14 @@ impl Service {
     /// start time, the VMM's comm, API answering), otherwise marked stopped. Nothing
     /// that cannot be identified is ever killed.
     pub async fn reconcile(&self) -> Result<Vec<(String, Reconciled)>> {
+        // VMs are independent: look at all of them at once, so start-up time does not
+        // grow with the number of running VMs (each check is mostly waiting on /proc
+        // and on a VMM's API).
+        let recs: Vec<VmRecord> = self.store.list()?.into_iter().filter(|r| r.state.has_vmm()).collect();
+        let results = futures_util::future::join_all(recs.iter().map(|r| self.reconcile_one(r))).await;
         let mut out = Vec::new();
-        for rec in self.store.list()? {
-            if !rec.state.has_vmm() {
-                continue;
-            }
-            let result = self.reconcile_one(&rec).await?;
+        for (rec, result) in recs.into_iter().zip(results) {
+            let result = result?;
             match &result {
                 Reconciled::Adopted { pid } => tracing::info!(vm = %rec.name, pid, "reconcile: adopted"),
                 Reconciled::Cleaned { reason } => tracing::info!(vm = %rec.name, "reconcile: cleaned: {reason}"),
