@@ -5,6 +5,7 @@
 //! Binaries are taken from the cargo target directory this test binary lives in (or
 //! `BANGER_BIN_DIR`); `scripts/test` builds them before running the tests.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -370,3 +371,86 @@ impl Env {
         self.ok(&["vm", "ssh", name, "--", cmd]).trim().to_string()
     }
 }
+
+/// Signed releases made with `scripts/release` and openssl keys, served by
+/// `python3 -m http.server` on loopback: `latest` and `v9.1.0` (9.1.0), `v9.0.0`.
+pub struct Releases {
+    pub dir: tempfile::TempDir,
+    server: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for Releases {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let st = Command::new("openssl").args(args).current_dir(dir).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap();
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// `scripts/release` of the built binaries (or `bins`) as `root/name`.
+pub fn release(root: &Path, name: &str, version: &str, key: &str, extra: &[&str]) -> PathBuf {
+    let out = root.join(name);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release");
+    let st = Command::new(script)
+        .args(["--version", version, "--key", key, "--out"])
+        .arg(&out)
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    out
+}
+
+impl Releases {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "key.pem"]);
+        openssl(d, &["ec", "-in", "key.pem", "-pubout", "-out", "pub.pem"]);
+        openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "other.pem"]);
+        let key = d.join("key.pem");
+        let k = key.to_str().unwrap();
+        release(d, "latest", "9.1.0", k, &[]);
+        release(d, "v9.1.0", "9.1.0", k, &[]);
+        release(d, "v9.0.0", "9.0.0", k, &[]);
+        let mut server = Command::new("python3")
+            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
+            .current_dir(d)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let port = line.split_whitespace().skip_while(|w| *w != "port").nth(1).unwrap().parse().unwrap();
+        Releases { dir, server, port }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}/manifest.json", self.port)
+    }
+
+    /// A copy of the good release with `tamper` applied, served as `name`.
+    pub fn variant(&self, name: &str, tamper: impl FnOnce(&Path)) -> String {
+        let dst = self.dir.path().join(name);
+        let st = Command::new("cp").arg("-r").arg(self.dir.path().join("latest")).arg(&dst).status().unwrap();
+        assert!(st.success());
+        tamper(&dst);
+        self.url(name)
+    }
+
+    pub fn resign(&self, rel: &Path, key: &str) {
+        openssl(rel, &["dgst", "-sha256", "-sign", &self.dir.path().join(key).display().to_string(), "-out", "s.der", "SHA256SUMS"]);
+        openssl(rel, &["base64", "-A", "-in", "s.der", "-out", "SHA256SUMS.sig"]);
+    }
+}
+

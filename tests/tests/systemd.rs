@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use banger_tests::*;
 
+
 struct Container {
+    net: u32,
     nspawn: Child,
     init: i32,
     log: PathBuf,
@@ -23,7 +25,12 @@ fn cache() -> PathBuf {
 }
 
 impl Container {
-    fn boot() -> Self {
+    fn boot(net: u32) -> Self {
+        Self::boot_with(net, &[])
+    }
+
+    /// Boots with extra `--bind-ro=HOST:GUEST` mounts.
+    fn boot_with(net: u32, extra_ro: &[(&Path, &str)]) -> Self {
         let root = cache().join("nspawn/root");
         assert!(root.join(".banger-stamp").exists(), "{} missing: run scripts/nspawn-root (scripts/test does)", root.display());
         let dir = tempfile::tempdir().unwrap();
@@ -31,7 +38,7 @@ impl Container {
         let out = std::fs::File::create(&log).unwrap();
         let nspawn = Command::new("systemd-nspawn")
             .args(["--register=no", "--keep-unit", "--quiet", "--boot", "--volatile=overlay"])
-            .arg(format!("--machine=banger-test-{}", std::process::id()))
+            .arg(format!("--machine=banger-test-{}-{net}", std::process::id()))
             .arg("--directory")
             .arg(&root)
             .arg(format!("--bind-ro={}:/opt/banger", bin_dir().display()))
@@ -39,12 +46,13 @@ impl Container {
             // Taps and the bridge: the container shares the host's network namespace,
             // so the test gives banger a bridge, subnet and table of its own.
             .args(["--bind=/dev/net/tun", "--capability=CAP_NET_ADMIN", "--property=DeviceAllow=/dev/net/tun rwm"])
+            .args(extra_ro.iter().map(|(h, g)| format!("--bind-ro={}:{g}", h.display())))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .expect("systemd-nspawn");
-        let mut c = Container { init: 0, nspawn, log, _dir: dir };
+        let mut c = Container { net, init: 0, nspawn, log, _dir: dir };
         // The container's PID 1 is the child of systemd-nspawn.
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.init == 0 {
@@ -107,15 +115,17 @@ impl Drop for Container {
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
         // The container shared our network namespace: remove what banger made there.
-        let _ = Command::new("nft").args(["delete", "table", "inet", &net_names().2]).output();
-        let _ = Command::new("ip").args(["link", "del", &net_names().0]).output();
+        let (bridge, _, table) = net_names_n(self.net);
+        let _ = Command::new("nft").args(["delete", "table", "inet", &table]).output();
+        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
     }
 }
 
-/// (bridge, gateway, nftables table) for the container's banger.
-fn net_names() -> (String, String, String) {
+/// (bridge, gateway, nftables table) for a container's banger; `n` tells the tests
+/// of one run apart.
+fn net_names_n(n: u32) -> (String, String, String) {
     let p = std::process::id() % 1000;
-    (format!("bsd{p}"), format!("10.99.{}.1/24", p % 250), format!("banger_sd{p}"))
+    (format!("bsd{p}x{n}"), format!("10.{}.{}.1/24", 97 + n, p % 250), format!("banger_sd{p}_{n}"))
 }
 
 fn children(pid: i32) -> Vec<i32> {
@@ -132,8 +142,8 @@ fn children(pid: i32) -> Vec<i32> {
 
 #[test]
 fn under_systemd_unit_restarts_never_touch_a_vm() {
-    let c = Container::boot();
-    let (bridge, gateway, table) = net_names();
+    let c = Container::boot(0);
+    let (bridge, gateway, table) = net_names_n(0);
     c.ok(&["sh", "-c", &format!(
         "printf 'BANGER_BRIDGE={bridge}\\nBANGER_GATEWAY={gateway}\\nBANGER_NFT_TABLE={table}\\n' > /etc/default/banger"
     )]);
@@ -188,4 +198,98 @@ fn under_systemd_unit_restarts_never_touch_a_vm() {
     c.ok(&["banger", "vm", "stop", "sd"]);
     c.ok(&["banger", "vm", "rm", "sd"]);
     c.ok(&["banger", "system", "uninstall"]);
+}
+
+/// The update smoke scenarios under systemd, with releases signed by `openssl` and
+/// served by `python3 -m http.server` on the (shared) loopback: check, unknown
+/// version, dry run, a real swap that keeps the VM, a release whose daemon fails to
+/// start (rolled back and restarted), and the daemon admin commands.
+#[test]
+fn under_systemd_updates_swap_restart_and_roll_back_with_the_vm_alive() {
+    let r = Releases::new();
+    // A release whose bangerd passes --check-migrations but exits 1 as the daemon.
+    let bad_bins = r.dir.path().join("bad-bins");
+    std::fs::create_dir(&bad_bins).unwrap();
+    for b in ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"] {
+        std::fs::copy(bin(b), bad_bins.join(b)).unwrap();
+    }
+    std::fs::write(bad_bins.join("bangerd"),
+        "#!/bin/sh\nfor a; do [ \"$a\" = --check-migrations ] && exec /opt/banger/bangerd \"$@\"; done\necho 'bangerd: simulated startup failure' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(bad_bins.join("bangerd"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let key = r.dir.path().join("key.pem");
+    let st = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release"))
+        .args(["--version", "9.5.0", "--key", key.to_str().unwrap(), "--out"])
+        .arg(r.dir.path().join("bad"))
+        .arg("--bin-dir")
+        .arg(&bad_bins)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let c = Container::boot_with(1, &[(r.dir.path(), "/opt/rel")]);
+    let (bridge, gateway, table) = net_names_n(1);
+    c.ok(&["sh", "-c", &format!(
+        "printf 'BANGER_BRIDGE={bridge}\\nBANGER_GATEWAY={gateway}\\nBANGER_NFT_TABLE={table}\\n' > /etc/default/banger"
+    )]);
+    c.ok(&["/opt/banger/banger", "system", "install"]);
+    let update = |name: &str, extra: &[&str]| {
+        let url = r.url(name);
+        let mut a = vec!["banger", "update", "--manifest-url", url.as_str(), "--pubkey-file", "/opt/rel/pub.pem"];
+        a.extend_from_slice(extra);
+        c.inside(&a)
+    };
+    let sums = || c.ok(&["sh", "-c", "sha256sum /usr/local/bin/banger /usr/local/bin/bangerd /usr/local/bin/bangerd-root /usr/local/bin/banger-vmm-qemu"]);
+    let installed = sums();
+
+    // daemon_admin
+    assert_eq!(c.ok(&["banger", "daemon", "socket"]).trim(), "/run/banger/bangerd.sock");
+    c.ok(&["bangerd", "--check-migrations", "--system"]);
+
+    c.ok(&["install", "-o", "banger", "-g", "banger", "-m", "0644", "/opt/guest/rootfs.ext4", "/var/tmp/up.ext4"]);
+    let vm = c.json(&["vm", "create", "up", "--kernel", "/opt/guest/vmlinuz", "--initrd", "/opt/guest/initrd.img",
+        "--rootfs", "/var/tmp/up.ext4", "--memory", "256", "--start"]);
+    let pid = vm["pid"].as_i64().unwrap();
+    wait_for(Duration::from_secs(90), "the guest to boot", || c.ok(&["banger", "vm", "logs", "up"]).contains("BANGER_READY"));
+    let alive_and_same = |what: &str| {
+        let v = c.json(&["vm", "show", "up"]);
+        assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)), "{what}");
+        assert_eq!(c.boot_ids("up").len(), 1, "{what}: the guest rebooted");
+    };
+
+    // update_check, update_to_unknown, update_dry_run
+    let out = update("latest", &["--check"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("9.1.0 is available"), "{out:?}");
+    let out = update("latest", &["--to", "9.9.9"]);
+    assert!(!out.status.success());
+    assert_eq!(sums(), installed, "unknown version changed the install");
+    let out = update("latest", &["--dry-run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sums(), installed, "dry run changed the install");
+
+    // update_rollback_keeps_vm_alive
+    let out = update("bad", &[]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains("rolled back") && err.contains("restarted it"), "{err}");
+    assert_eq!(sums(), installed, "rollback restored the binaries");
+    c.ok(&["systemctl", "is-active", "bangerd.service", "bangerd-root.service"]);
+    alive_and_same("after the rollback");
+
+    // update_keeps_vm_alive
+    let out = update("latest", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The releases carry this tree's binaries, so the proof of the swap is the kept
+    // .previous copies and the finished journal.
+    c.ok(&["test", "-f", "/usr/local/bin/bangerd.previous"]);
+    c.ok(&["test", "!", "-e", "/usr/local/bin/.banger-update.json"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-> 9.1.0"), "{out:?}");
+    c.ok(&["systemctl", "is-active", "bangerd.service", "bangerd-root.service"]);
+    alive_and_same("after the update");
+
+    // daemon_admin: stopping the daemons leaves the VM running.
+    c.ok(&["banger", "daemon", "stop"]);
+    c.ok(&["test", "-d", &format!("/proc/{pid}")]);
+    c.ok(&["banger", "daemon", "start"]);
+    alive_and_same("after daemon stop/start");
+    c.ok(&["banger", "vm", "kill", "up"]);
 }

@@ -10,8 +10,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use banger_tests::*;
 use sha2_free::digest_file;
@@ -23,85 +23,6 @@ mod sha2_free {
     pub fn digest_file(p: &std::path::Path) -> String {
         let out = std::process::Command::new("sha256sum").arg(p).output().unwrap();
         String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
-    }
-}
-
-struct Releases {
-    dir: tempfile::TempDir,
-    server: Child,
-    port: u16,
-}
-
-impl Drop for Releases {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let st = Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
-    assert!(st.success(), "openssl {args:?}");
-}
-
-fn release(root: &Path, name: &str, version: &str, key: &str, extra: &[&str]) -> PathBuf {
-    let out = root.join(name);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release");
-    let st = Command::new(script)
-        .args(["--version", version, "--key", key, "--out"])
-        .arg(&out)
-        .arg("--bin-dir")
-        .arg(bin_dir())
-        .args(extra)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    out
-}
-
-impl Releases {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "key.pem"]);
-        openssl(d, &["ec", "-in", "key.pem", "-pubout", "-out", "pub.pem"]);
-        openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "other.pem"]);
-        let key = d.join("key.pem");
-        let k = key.to_str().unwrap();
-        release(d, "latest", "9.1.0", k, &[]);
-        release(d, "v9.1.0", "9.1.0", k, &[]);
-        release(d, "v9.0.0", "9.0.0", k, &[]);
-        let mut server = Command::new("python3")
-            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
-            .current_dir(d)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
-        let port = line.split_whitespace().skip_while(|w| *w != "port").nth(1).unwrap().parse().unwrap();
-        Releases { dir, server, port }
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/{name}/manifest.json", self.port)
-    }
-
-    /// A copy of the good release with `tamper` applied, served as `name`.
-    fn variant(&self, name: &str, tamper: impl FnOnce(&Path)) -> String {
-        let dst = self.dir.path().join(name);
-        let st = Command::new("cp").arg("-r").arg(self.dir.path().join("latest")).arg(&dst).status().unwrap();
-        assert!(st.success());
-        tamper(&dst);
-        self.url(name)
-    }
-
-    fn resign(&self, rel: &Path, key: &str) {
-        openssl(rel, &["dgst", "-sha256", "-sign", &self.dir.path().join(key).display().to_string(), "-out", "s.der", "SHA256SUMS"]);
-        openssl(rel, &["base64", "-A", "-in", "s.der", "-out", "SHA256SUMS.sig"]);
     }
 }
 
