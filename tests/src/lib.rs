@@ -392,7 +392,15 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     assert!(st.success(), "openssl {args:?}");
 }
 
-/// `scripts/release` of the built binaries (or `bins`) as `root/name`.
+/// The same tree built with BANGER_VERSION=9.1.0 (scripts/test makes it).
+pub fn next_bin_dir() -> PathBuf {
+    let d = bin_dir().parent().expect("target dir").join("next-bin");
+    assert!(d.join("bangerd").exists(), "{} is missing: scripts/test builds it (BANGER_VERSION=9.1.0)", d.display());
+    d
+}
+
+/// `scripts/release` of the built binaries as `root/name`; version 9.1.0 uses the
+/// 9.1.0 build, so the installed binaries really change and report it.
 pub fn release(root: &Path, name: &str, version: &str, key: &str, extra: &[&str]) -> PathBuf {
     let out = root.join(name);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release");
@@ -400,7 +408,7 @@ pub fn release(root: &Path, name: &str, version: &str, key: &str, extra: &[&str]
         .args(["--version", version, "--key", key, "--out"])
         .arg(&out)
         .arg("--bin-dir")
-        .arg(bin_dir())
+        .arg(if version == "9.1.0" { next_bin_dir() } else { bin_dir() })
         .args(extra)
         .stdout(std::process::Stdio::null())
         .status()

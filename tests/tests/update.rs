@@ -239,6 +239,7 @@ fn an_update_swaps_and_restarts_with_the_vm_alive_and_a_failing_daemon_rolls_bac
     let err = stderr(&out);
     assert!(err.contains("rolled back") && err.contains("restarted it"), "{err}");
     assert_eq!(hashes(bins.path()), before, "the previous binaries are back");
+    assert_eq!(env.json(&["version"])["version"], banger_api::VERSION);
     env.ok(&["daemon", "status"]);
     let v = env.json(&["vm", "show", "up"]);
     assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)));
@@ -248,10 +249,26 @@ fn an_update_swaps_and_restarts_with_the_vm_alive_and_a_failing_daemon_rolls_bac
     assert!(out.status.success(), "{}", stderr(&out));
     let release_hashes: Vec<String> = BINS.iter().map(|b| digest_file(&r.dir.path().join("latest").join(b))).collect();
     assert_eq!(hashes(bins.path()), release_hashes, "the release's binaries are installed");
+    assert_ne!(hashes(bins.path()), before);
+    assert_eq!(env.json(&["version"])["version"], "9.1.0");
+    assert_eq!(env.json(&["daemon", "status"])["version"], "9.1.0", "the restarted daemon is the new one");
     assert!(bins.path().join("bangerd.previous").exists());
     let v = env.json(&["vm", "show", "up"]);
     assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)));
     assert_eq!(env.boot_ids("up").len(), 1, "the guest did not reboot");
+
+    // Killed mid-swap: a journal and a half-written stage are left. The next update
+    // undoes the unconfirmed swap, cleans up, and continues.
+    std::fs::write(bins.path().join(".banger-update.json"), r#"{"from":"0.1.0","to":"9.1.0"}"#).unwrap();
+    std::fs::create_dir(bins.path().join(".banger-stage-9.1.0")).unwrap();
+    std::fs::write(bins.path().join(".banger-stage-9.1.0/bangerd"), b"half").unwrap();
+    let out = update(&env, &r, &r.url("latest"), &["--to", "9.1.0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert_eq!(hashes(bins.path()), release_hashes);
+    assert!(!bins.path().join(".banger-update.json").exists() && !bins.path().join(".banger-stage-9.1.0").exists());
+    let v = env.json(&["vm", "show", "up"]);
+    assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)));
 
     // An older signed release is now a replay.
     let out = update(&env, &r, &r.url("v9.0.0"), &[]);
