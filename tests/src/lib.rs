@@ -456,6 +456,31 @@ impl Releases {
         self.url(name)
     }
 
+    /// Release `bad` (9.5.0): this tree's binaries, except a `bangerd` that passes
+    /// `--check-migrations` (by running `real_bangerd`) and exits 1 as a daemon.
+    pub fn failing_daemon_release(&self, real_bangerd: &str) -> String {
+        let bad_bins = self.dir.path().join("bad-bins");
+        std::fs::create_dir_all(&bad_bins).unwrap();
+        for b in ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"] {
+            std::fs::copy(bin(b), bad_bins.join(b)).unwrap();
+        }
+        std::fs::write(bad_bins.join("bangerd"), format!(
+            "#!/bin/sh\nfor a; do [ \"$a\" = --check-migrations ] && exec {real_bangerd} \"$@\"; done\necho 'bangerd: simulated startup failure' >&2\nexit 1\n"
+        )).unwrap();
+        std::fs::set_permissions(bad_bins.join("bangerd"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let key = self.dir.path().join("key.pem");
+        let st = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release"))
+            .args(["--version", "9.5.0", "--key", key.to_str().unwrap(), "--out"])
+            .arg(self.dir.path().join("bad"))
+            .arg("--bin-dir")
+            .arg(&bad_bins)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        self.url("bad")
+    }
+
     pub fn resign(&self, rel: &Path, key: &str) {
         openssl(rel, &["dgst", "-sha256", "-sign", &self.dir.path().join(key).display().to_string(), "-out", "s.der", "SHA256SUMS"]);
         openssl(rel, &["base64", "-A", "-in", "s.der", "-out", "SHA256SUMS.sig"]);

@@ -209,24 +209,7 @@ fn under_systemd_unit_restarts_never_touch_a_vm() {
 fn under_systemd_updates_swap_restart_and_roll_back_with_the_vm_alive() {
     let r = Releases::new();
     // A release whose bangerd passes --check-migrations but exits 1 as the daemon.
-    let bad_bins = r.dir.path().join("bad-bins");
-    std::fs::create_dir(&bad_bins).unwrap();
-    for b in ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"] {
-        std::fs::copy(bin(b), bad_bins.join(b)).unwrap();
-    }
-    std::fs::write(bad_bins.join("bangerd"),
-        "#!/bin/sh\nfor a; do [ \"$a\" = --check-migrations ] && exec /opt/banger/bangerd \"$@\"; done\necho 'bangerd: simulated startup failure' >&2\nexit 1\n").unwrap();
-    std::fs::set_permissions(bad_bins.join("bangerd"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let key = r.dir.path().join("key.pem");
-    let st = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release"))
-        .args(["--version", "9.5.0", "--key", key.to_str().unwrap(), "--out"])
-        .arg(r.dir.path().join("bad"))
-        .arg("--bin-dir")
-        .arg(&bad_bins)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    r.failing_daemon_release("/opt/banger/bangerd");
 
     let (kernel, _, _) = debian_image();
     let image_dir = kernel.parent().unwrap().to_path_buf();

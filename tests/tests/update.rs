@@ -11,7 +11,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use banger_tests::*;
 use sha2_free::digest_file;
@@ -212,29 +212,10 @@ fn an_update_swaps_and_restarts_with_the_vm_alive_and_a_failing_daemon_rolls_bac
     let before = hashes(bins.path());
 
     // A release whose bangerd passes --check-migrations but exits 1 as a daemon.
-    let key = r.dir.path().join("key.pem");
     let real = r.dir.path().join("real-bangerd");
     std::fs::copy(bin("bangerd"), &real).unwrap();
-    let bad_bins = r.dir.path().join("bad-bins");
-    std::fs::create_dir(&bad_bins).unwrap();
-    for b in BINS {
-        std::fs::copy(bin(b), bad_bins.join(b)).unwrap();
-    }
-    std::fs::write(bad_bins.join("bangerd"), format!(
-        "#!/bin/sh\nfor a; do [ \"$a\" = --check-migrations ] && exec {} \"$@\"; done\necho 'bangerd: simulated startup failure' >&2\nexit 1\n",
-        real.display()
-    )).unwrap();
-    std::fs::set_permissions(bad_bins.join("bangerd"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let st = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release"))
-        .args(["--version", "9.5.0", "--key", key.to_str().unwrap(), "--out"])
-        .arg(r.dir.path().join("bad"))
-        .arg("--bin-dir")
-        .arg(&bad_bins)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = update(&env, &r, &r.url("bad"), &[]);
+    let bad = r.failing_daemon_release(real.to_str().unwrap());
+    let out = update(&env, &r, &bad, &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("rolled back") && err.contains("restarted it"), "{err}");

@@ -226,6 +226,17 @@ impl NetworkConfig {
     }
 }
 
+/// A system tool by absolute path (banger never relies on `PATH` for what it runs).
+pub fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}
+
 /// A signal the helper may send to a VMM it has identified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

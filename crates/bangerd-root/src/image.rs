@@ -210,13 +210,4 @@ fn du(root: &Path) -> u64 {
     total
 }
 
-/// System tools by absolute path.
-pub fn tool(name: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    PathBuf::from(name)
-}
+pub use banger_helper::tool;

@@ -280,15 +280,7 @@ fn run(tool_name: &'static str, cmd: &mut Command, disk: &Path, ok_codes: &[i32]
     }
 }
 
-pub fn tool(name: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    PathBuf::from(name)
-}
+pub use banger_helper::tool;
 
 #[cfg(test)]
 mod tests {
