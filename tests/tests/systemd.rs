@@ -113,6 +113,11 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
+        // SIGKILL to the container's PID 1 ends its whole PID namespace (VMs
+        // included); killing only systemd-nspawn would orphan the container.
+        if self.init > 0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.init), nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
         // The container shared our network namespace: remove what banger made there.
