@@ -273,6 +273,15 @@ impl Drop for Env {
             .call(&banger_helper::Request::TeardownNetwork {});
         let _ = Command::new("nft").args(["delete", "table", "inet", &self.nft_table]).output();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        // Persistent taps outlive their VMMs; remove those of this environment's VMs.
+        for sub in ["vms", "run/vms"] {
+            for e in std::fs::read_dir(self.state().join(sub)).into_iter().flatten().flatten() {
+                let tap = format!("bg{}", e.file_name().to_string_lossy());
+                if tap.len() == 14 {
+                    let _ = Command::new("ip").args(["link", "del", &tap]).output();
+                }
+            }
+        }
         // Kill whatever this environment started, VMs included, so a failed test
         // does not leave guests running.
         for (pid, _) in self.processes() {
