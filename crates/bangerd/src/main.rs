@@ -73,6 +73,8 @@ fn main() {
 }
 
 async fn run(args: Args, dirs: Dirs) -> Result<()> {
+    let started = std::time::Instant::now();
+    tracing::info!(version = banger_api::VERSION, state = %dirs.state.display(), "bangerd starting");
     for d in [&dirs.state, &dirs.run] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
@@ -116,8 +118,9 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
     if let Err(e) = service.helper(banger_helper::Request::SetupNetwork {}).await {
         tracing::warn!("cannot set up the VM network: {}", service::chain(&e));
     }
+    let reconcile_start = std::time::Instant::now();
     let report = service.reconcile().await.map_err(|e| anyhow::anyhow!(service::chain(&e)))?;
-    tracing::info!(vms = report.len(), "reconcile done");
+    tracing::info!(vms = report.len(), ms = reconcile_start.elapsed().as_millis() as u64, "reconcile done");
 
     let socket = dirs.daemon_socket();
     if socket.exists() {
@@ -129,7 +132,7 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
 
     let state = Arc::new(api::AppState { service, vmm, socket: socket.clone() });
     let app = api::router(state);
-    tracing::info!(socket = %socket.display(), "bangerd ready");
+    tracing::info!(socket = %socket.display(), ms = started.elapsed().as_millis() as u64, "bangerd ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
