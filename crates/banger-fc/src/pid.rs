@@ -128,15 +128,14 @@ mod tests {
     }
 
     fn sleeper(extra: &[&str]) -> Reaped {
-        // `sh -c 'exec sleep 60' sh ARGS...`: ARGS stay on sh's command line until exec;
-        // use a plain sleep when no args are needed so comm is "sleep".
-        if extra.is_empty() {
-            Reaped(Command::new("sleep").arg("60").spawn().unwrap())
-        } else {
-            let mut c = Command::new("sh");
-            c.args(["-c", "sleep 60", "sh"]).args(extra);
-            Reaped(c.spawn().unwrap())
+        // A single `sleep` (it never forks), with ARGS in its argv[0] so they show on
+        // its command line like a VMM's flags; comm stays "sleep".
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new("sleep");
+        if !extra.is_empty() {
+            c.arg0(format!("vmm {}", extra.join(" ")));
         }
+        Reaped(c.arg("60").spawn().unwrap())
     }
 
     /// A jail: `<dir>/api.sock -> <dir>/jail/root/firecracker.socket` with the pidfile beside it.
@@ -157,7 +156,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("vm1.sock");
         let child = sleeper(&["--api-sock", sock.to_str().unwrap()]);
-        // The child may not have exec'd sh yet; wait until its cmdline shows the path.
+        // The child may not have exec'd yet; wait until its cmdline shows the path.
         let pid = child.0.id() as i32;
         let found = (0..500)
             .find_map(|_| {
