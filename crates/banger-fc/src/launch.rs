@@ -5,13 +5,12 @@
 //! This module only computes; the root helper spawns what [`LaunchPlan`] describes.
 
 use std::ffi::OsString;
-use std::fs;
-use std::io;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The API socket path inside a jail (chroot-relative), as the jailer docs use.
 pub const JAIL_API_SOCK: &str = "/firecracker.socket";
+/// The VMM's log inside a jail (chroot-relative).
+pub const JAIL_LOG: &str = "/vmm.log";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JailerConfig {
@@ -30,7 +29,8 @@ pub struct LaunchConfig {
     /// Host-side API socket path. With the jailer this becomes a symlink to the
     /// socket inside the chroot.
     pub api_sock: PathBuf,
-    /// VMM log file (`--log-path`); serial output stays on stdout.
+    /// VMM log file (`--log-path`); serial output stays on stdout. A jailed VMM is
+    /// given [`JAIL_LOG`], where the launcher must make this file visible.
     pub log_path: Option<PathBuf>,
     pub jailer: Option<JailerConfig>,
 }
@@ -52,13 +52,6 @@ pub struct LaunchPlan {
 pub enum LaunchError {
     #[error("VMM executable {0} has no file name")]
     NoFileName(PathBuf),
-    #[error("cannot place {src} into the jail at {dst}")]
-    Jail {
-        src: PathBuf,
-        dst: PathBuf,
-        #[source]
-        source: io::Error,
-    },
 }
 
 impl LaunchConfig {
@@ -91,7 +84,7 @@ impl LaunchConfig {
                 let chroot = j.chroot_base.join(&exec_name).join(&self.id).join("root");
                 let mut pidfile_name = exec_name.clone();
                 pidfile_name.push(".pid");
-                let args: Vec<OsString> = vec![
+                let mut args: Vec<OsString> = vec![
                     "--id".into(),
                     self.id.clone().into(),
                     "--exec-file".into(),
@@ -106,6 +99,9 @@ impl LaunchConfig {
                     "--api-sock".into(),
                     JAIL_API_SOCK.into(),
                 ];
+                if self.log_path.is_some() {
+                    args.extend(["--log-path".into(), JAIL_LOG.into()]);
+                }
                 Ok(LaunchPlan {
                     program: j.jailer.clone(),
                     args,
@@ -118,46 +114,10 @@ impl LaunchConfig {
     }
 }
 
-/// Makes `src` visible inside the jail as `/<name>`: a hard link when on the same
-/// filesystem, else a copy; then owned by `uid:gid` (Firecracker opens drives
-/// read-write as that user). Returns the in-jail path to give the API. Idempotent:
-/// an existing destination with the same inode is reused.
-pub fn place_in_jail(
-    chroot: &Path,
-    src: &Path,
-    name: &str,
-    uid: u32,
-    gid: u32,
-) -> Result<String, LaunchError> {
-    let dst = chroot.join(name);
-    let err = |source| LaunchError::Jail { src: src.to_path_buf(), dst: dst.clone(), source };
-    let src_meta = fs::metadata(src).map_err(err)?;
-    match fs::symlink_metadata(&dst) {
-        Ok(m) if m.ino() == src_meta.ino() && m.dev() == src_meta.dev() => {}
-        Ok(_) => {
-            fs::remove_file(&dst).map_err(err)?;
-            link_or_copy(src, &dst, &src_meta).map_err(err)?;
-        }
-        Err(_) => link_or_copy(src, &dst, &src_meta).map_err(err)?,
-    }
-    std::os::unix::fs::chown(&dst, Some(uid), Some(gid)).map_err(err)?;
-    Ok(format!("/{name}"))
-}
-
-fn link_or_copy(src: &Path, dst: &Path, src_meta: &fs::Metadata) -> io::Result<()> {
-    let same_dev = dst
-        .parent()
-        .and_then(|p| fs::metadata(p).ok())
-        .is_some_and(|m| m.dev() == src_meta.dev());
-    if same_dev && fs::hard_link(src, dst).is_ok() {
-        return Ok(());
-    }
-    fs::copy(src, dst).map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn cfg(jailer: Option<JailerConfig>) -> LaunchConfig {
         LaunchConfig {
@@ -215,7 +175,9 @@ mod tests {
                 "/srv/jailer",
                 "--",
                 "--api-sock",
-                "/firecracker.socket"
+                "/firecracker.socket",
+                "--log-path",
+                "/vmm.log"
             ]
         );
         assert_eq!(p.chroot.as_deref(), Some(Path::new("/srv/jailer/firecracker/vm-abc/root")));
@@ -227,41 +189,5 @@ mod tests {
             p.pidfile.as_deref(),
             Some(Path::new("/srv/jailer/firecracker/vm-abc/root/firecracker.pid"))
         );
-    }
-
-    #[test]
-    fn placing_a_file_hard_links_on_the_same_filesystem_and_chowns() {
-        let dir = tempfile::tempdir().unwrap();
-        let chroot = dir.path().join("root");
-        fs::create_dir(&chroot).unwrap();
-        let src = dir.path().join("vmlinux");
-        fs::write(&src, b"kernel").unwrap();
-        let p = place_in_jail(&chroot, &src, "vmlinux", 4242, 4343).unwrap();
-        assert_eq!(p, "/vmlinux");
-        let m = fs::metadata(chroot.join("vmlinux")).unwrap();
-        assert_eq!(m.ino(), fs::metadata(&src).unwrap().ino(), "hard link expected");
-        assert_eq!((m.uid(), m.gid()), (4242, 4343));
-        // Idempotent.
-        assert_eq!(place_in_jail(&chroot, &src, "vmlinux", 4242, 4343).unwrap(), "/vmlinux");
-    }
-
-    #[test]
-    fn placing_a_file_across_filesystems_copies_it() {
-        // /dev/shm is a tmpfs distinct from the temp dir's filesystem on these hosts;
-        // if it is not distinct the test still proves the content arrives.
-        let dir = tempfile::tempdir().unwrap();
-        let src_dir = tempfile::tempdir_in("/dev/shm").unwrap();
-        let src = src_dir.path().join("rootfs.ext4");
-        fs::write(&src, b"disk").unwrap();
-        let p = place_in_jail(dir.path(), &src, "rootfs.ext4", 0, 0).unwrap();
-        assert_eq!(p, "/rootfs.ext4");
-        assert_eq!(fs::read(dir.path().join("rootfs.ext4")).unwrap(), b"disk");
-    }
-
-    #[test]
-    fn placing_a_missing_file_names_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let e = place_in_jail(dir.path(), Path::new("/nonexistent/k"), "k", 0, 0).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/k"));
     }
 }

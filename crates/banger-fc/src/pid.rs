@@ -1,7 +1,8 @@
 //! Finding the pid of the VMM that serves an API socket.
 //!
-//! First the way `pgrep -n -f <api-sock>` does it: the newest process whose command
-//! line contains the socket path. A jailed VMM's command line only holds the
+//! First the newest process one of whose arguments *is* the socket path (an exact
+//! argument, never a substring: QEMU's `-qmp unix:<api-sock>.qmp` is not a match, nor
+//! is any user's process that merely mentions the path). A jailed VMM's command line only holds the
 //! chroot-relative `--api-sock /firecracker.socket`, so when that finds nothing we read
 //! the jailer's pidfile, `<chroot>/<exec-name>.pid`, the sibling of the API socket
 //! symlink's target, and accept the pid only if `/proc/<pid>/comm` is the VMM's name.
@@ -99,10 +100,7 @@ fn newest_with_cmdline(proc_root: &Path, needle: &Path) -> Option<i32> {
             continue;
         }
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
-        // pgrep -f matches against the arguments joined by spaces.
-        let joined: Vec<u8> =
-            cmdline.iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
-        if !joined.windows(needle.len()).any(|w| w == needle) {
+        if !cmdline.split(|&b| b == 0).any(|arg| arg == needle) {
             continue;
         }
         let started = start_time(pid).unwrap_or(0);
@@ -128,14 +126,33 @@ mod tests {
     }
 
     fn sleeper(extra: &[&str]) -> Reaped {
-        // A single `sleep` (it never forks), with ARGS in its argv[0] so they show on
-        // its command line like a VMM's flags; comm stays "sleep".
-        use std::os::unix::process::CommandExt;
-        let mut c = Command::new("sleep");
-        if !extra.is_empty() {
-            c.arg0(format!("vmm {}", extra.join(" ")));
+        // A shell that waits on its stdin (it never forks), with ARGS as separate
+        // arguments on its command line like a VMM's flags.
+        let mut c = Command::new("/bin/sh");
+        c.args(["-c", "read x", "vmm"]).args(extra).stdin(std::process::Stdio::piped());
+        Reaped(c.spawn().unwrap())
+    }
+
+    /// Waits (with a deadline) until `pid`'s command line holds `arg`: the shell may
+    /// not have exec'd yet.
+    fn wait_for_arg(pid: i32, arg: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "pid {pid} never showed {arg:?}");
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        Reaped(c.arg("60").spawn().unwrap())
+    }
+
+    fn wait_for_comm(pid: i32, want: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while comm(Path::new("/proc"), pid).as_deref() != Some(want) {
+            assert!(std::time::Instant::now() < deadline, "pid {pid} never had comm {want:?}");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     /// A jail: `<dir>/api.sock -> <dir>/jail/root/firecracker.socket` with the pidfile beside it.
@@ -156,18 +173,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("vm1.sock");
         let child = sleeper(&["--api-sock", sock.to_str().unwrap()]);
-        // The child may not have exec'd yet; wait until its cmdline shows the path.
         let pid = child.0.id() as i32;
-        let found = (0..500)
-            .find_map(|_| {
-                let r = find_pid(&sock, "firecracker").ok();
-                if r.is_none() {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-                r
-            })
-            .expect("found");
-        assert_eq!(found, pid);
+        wait_for_arg(pid, sock.to_str().unwrap());
+        assert_eq!(find_pid(&sock, "firecracker"), Ok(pid));
+    }
+
+    #[test]
+    fn a_longer_argument_that_contains_the_socket_path_is_not_a_match() {
+        // QEMU's QMP socket is `<api-sock>.qmp`; a user may name the path in any text.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("vm2.sock");
+        let qmp = format!("unix:{}.qmp,server", sock.display());
+        let mention = format!("--note={}", sock.display());
+        let child = sleeper(&["-qmp", &qmp, &mention]);
+        wait_for_arg(child.0.id() as i32, &mention);
+        assert_eq!(find_pid(&sock, "firecracker"), Err(PidError::NotFound { api_sock: sock }));
+    }
+
+    #[test]
+    fn of_several_processes_with_the_socket_the_newest_is_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("vm3.sock");
+        let s = sock.to_str().unwrap();
+        let old = sleeper(&["--api-sock", s]);
+        wait_for_arg(old.0.id() as i32, s);
+        // Start times are in clock ticks: make sure the second one is later.
+        let t0 = start_time(old.0.id() as i32).unwrap();
+        let new = loop {
+            let c = sleeper(&["--api-sock", s]);
+            wait_for_arg(c.0.id() as i32, s);
+            if start_time(c.0.id() as i32).unwrap() > t0 {
+                break c;
+            }
+        };
+        assert_eq!(find_pid(&sock, "firecracker"), Ok(new.0.id() as i32));
     }
 
     #[test]
@@ -175,12 +214,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let child = sleeper(&[]);
         let pid = child.0.id() as i32;
-        // Wait for exec so comm is "sleep".
-        while comm(Path::new("/proc"), pid).as_deref() != Some("sleep") {
-            std::thread::yield_now();
-        }
-        let link = jail(dir.path(), "sleep", Some(&pid.to_string()));
-        assert_eq!(find_pid(&link, "sleep"), Ok(pid));
+        wait_for_comm(pid, "sh");
+        let link = jail(dir.path(), "sh", Some(&pid.to_string()));
+        assert_eq!(find_pid(&link, "sh"), Ok(pid));
     }
 
     #[test]
@@ -188,11 +224,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let child = sleeper(&[]);
         let pid = child.0.id() as i32;
-        while comm(Path::new("/proc"), pid).as_deref() != Some("sleep") {
-            std::thread::yield_now();
-        }
-        let link = jail(dir.path(), "sleep", Some(&format!("  {pid}\n")));
-        assert_eq!(find_pid(&link, "sleep"), Ok(pid));
+        wait_for_comm(pid, "sh");
+        let link = jail(dir.path(), "sh", Some(&format!("  {pid}\n")));
+        assert_eq!(find_pid(&link, "sh"), Ok(pid));
     }
 
     #[test]
@@ -233,13 +267,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let child = sleeper(&[]);
         let pid = child.0.id() as i32;
-        while comm(Path::new("/proc"), pid).as_deref() != Some("sleep") {
-            std::thread::yield_now();
-        }
+        wait_for_comm(pid, "sh");
         let link = jail(dir.path(), "firecracker", Some(&pid.to_string()));
         match find_pid(&link, "firecracker") {
             Err(PidError::WrongComm { actual, expected, .. }) => {
-                assert_eq!(actual, "sleep");
+                assert_eq!(actual, "sh");
                 assert_eq!(expected, "firecracker");
             }
             other => panic!("{other:?}"),

@@ -2,12 +2,14 @@
 //!
 //! One JSON object per line in each direction over a Unix socket: a [`Request`], then
 //! a [`Response`]. The operation set is closed (there is no "run this command"), and
-//! every argument is a validated type: VM ids are checked by [`VmId`], and every path
-//! must be confined to banger's own directories ([`Dirs::confine`]).
+//! every argument is a validated type. Requests carry ids, never paths of banger's own
+//! files: the helper derives every path from [`Dirs`] and a [`VmId`] or [`Digest`]
+//! itself. The one exception is a file a VM's creator named ([`BootFile::Named`]),
+//! which the helper opens with the caller's rights, never with root's.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -56,14 +58,10 @@ pub enum ArgError {
     Package(String),
     #[error("address {ip} is not a host address of {network}")]
     Address { ip: std::net::Ipv4Addr, network: String },
+    #[error("invalid image digest {0:?}: expected 64 lowercase hex digits")]
+    Digest(String),
     #[error("path {0} is not absolute")]
     NotAbsolute(PathBuf),
-    #[error("path {0} contains '..' or '.' components")]
-    Traversal(PathBuf),
-    #[error("path {path} is outside {allowed}")]
-    Outside { path: PathBuf, allowed: PathBuf },
-    #[error("path {path} resolves through a symlink to {resolved}, outside {allowed}")]
-    Escapes { path: PathBuf, resolved: PathBuf, allowed: PathBuf },
 }
 
 /// banger's directories. The helper and the daemon derive every per-VM path from them.
@@ -113,9 +111,6 @@ impl Dirs {
     pub fn vmm_log(&self, id: &VmId) -> PathBuf {
         self.vm_state_dir(id).join("vmm.log")
     }
-    pub fn jail_base(&self) -> PathBuf {
-        self.run.join("jail")
-    }
     pub fn images(&self) -> PathBuf {
         self.state.join("images")
     }
@@ -125,38 +120,109 @@ impl Dirs {
     pub fn vm_disk(&self, id: &VmId) -> PathBuf {
         self.vm_state_dir(id).join("rootfs.ext4")
     }
+}
 
-    /// Accepts `path` only if it is absolute, has no `.`/`..` components, lies under
-    /// `allowed`, and, for the part that exists, does not leave `allowed` through a
-    /// symlink.
-    pub fn confine(path: &Path, allowed: &Path) -> Result<PathBuf, ArgError> {
-        if !path.is_absolute() {
-            return Err(ArgError::NotAbsolute(path.into()));
+/// An image's content digest (its directory name): 64 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn new(s: impl Into<String>) -> Result<Self, ArgError> {
+        let s = s.into();
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(Self(s))
+        } else {
+            Err(ArgError::Digest(s))
         }
-        if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
-            return Err(ArgError::Traversal(path.into()));
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Digest::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The files of an image directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFile {
+    /// The ELF kernel Firecracker loads.
+    Vmlinux,
+    /// The compressed kernel (bzImage) QEMU boots.
+    Vmlinuz,
+    Initrd,
+}
+
+impl ImageFile {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ImageFile::Vmlinux => "vmlinux",
+            ImageFile::Vmlinuz => "vmlinuz",
+            ImageFile::Initrd => "initrd.img",
         }
-        if !path.starts_with(allowed) {
-            return Err(ArgError::Outside { path: path.into(), allowed: allowed.into() });
+    }
+}
+
+/// A file the VMM boots from, named so that the helper derives its path itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BootFile {
+    /// `<state>/images/<digest>/<file>`.
+    Image { digest: Digest, file: ImageFile },
+    /// The VM's own disk, `<state>/vms/<id>/rootfs.ext4`.
+    VmDisk {},
+    /// A file the VM's creator named (`vm create --kernel/--initrd/--rootfs`). The
+    /// helper opens it with the caller's rights (its fsuid, fsgid and no supplementary
+    /// groups), never with root's.
+    Named { path: PathBuf },
+}
+
+/// What a VMM boots: kernel, optional initrd, optional root disk (read-write).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootFiles {
+    pub kernel: BootFile,
+    pub initrd: Option<BootFile>,
+    pub rootfs: Option<BootFile>,
+}
+
+/// The paths to give the VMM's API for [`BootFiles`]: host paths for a direct VMM,
+/// paths inside the jail (`/kernel`, `/initrd`, `/rootfs`) for a jailed one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmPaths {
+    pub kernel: String,
+    pub initrd: Option<String>,
+    pub rootfs: Option<String>,
+}
+
+/// How a VMM the helper launched ended, as its parent saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmExit {
+    /// The exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+}
+
+impl VmmExit {
+    /// Exit code 0: the guest shut down or the VMM was asked to stop.
+    pub fn is_clean(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl std::fmt::Display for VmmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}"),
+            (None, Some(s)) => write!(f, "killed by signal {s}"),
+            (None, None) => f.write_str("an unknown status"),
         }
-        // Resolve the longest existing prefix and check it is still inside.
-        let allowed_real = std::fs::canonicalize(allowed).unwrap_or_else(|_| allowed.into());
-        let mut existing = path.to_path_buf();
-        while !existing.exists() {
-            if !existing.pop() {
-                break;
-            }
-        }
-        if let Ok(real) = std::fs::canonicalize(&existing)
-            && !real.starts_with(&allowed_real)
-        {
-            return Err(ArgError::Escapes {
-                path: path.into(),
-                resolved: real,
-                allowed: allowed.into(),
-            });
-        }
-        Ok(path.to_path_buf())
     }
 }
 
@@ -251,17 +317,24 @@ pub enum VmmSignal {
 pub enum Request {
     /// Liveness and version check. Always legal.
     Ping {},
-    /// Create `<run>/vms/<id>` and `<state>/vms/<id>`, owned by the caller. Idempotent.
+    /// Create `<run>/vms/<id>` and `<state>/vms/<id>` (0700) with the caller's rights,
+    /// so they belong to the caller. Idempotent.
     CreateVmDirs { vm_id: VmId },
     /// Launch the VMM for `vm_id` in its own session, detached from the helper:
-    /// stdin from /dev/null, stdout (the serial console) appended to `console_log`,
-    /// stderr and `--log-path` to `vmm_log`. The API socket must not exist yet.
-    /// Paths must lie in the VM's own run and state directories.
-    LaunchVmm { vm_id: VmId, api_sock: PathBuf, console_log: PathBuf, vmm_log: PathBuf },
+    /// stdin from /dev/null, stdout (the serial console) appended to
+    /// `<state>/vms/<id>/console.log`, stderr and `--log-path` to `vmm.log` beside it,
+    /// the API socket at `<run>/vms/<id>/api.sock`. With a jailer, every file in
+    /// `files` is bind-mounted into the jail (never copied, never chowned). Legal when
+    /// no VMM serves the VM's socket.
+    LaunchVmm { vm_id: VmId, files: BootFiles },
+    /// How the VMM `(pid, start_time)` of `vm_id` ended, if this helper launched it
+    /// and saw it end. Always legal.
+    VmmExited { vm_id: VmId, pid: i32, start_time: u64 },
     /// Signal the VMM of `vm_id`, but only if `pid` still has `start_time` and is the
     /// VMM serving that VM's API socket. Reports whether it was alive.
     SignalVmm { vm_id: VmId, pid: i32, start_time: u64, signal: VmmSignal },
-    /// Remove `<run>/vms/<id>` (sockets, handles, jail). Idempotent.
+    /// Remove `<run>/vms/<id>` (sockets, handles) and the VM's jail, unmounting what
+    /// was bind-mounted into it. Idempotent.
     RemoveVmRuntime { vm_id: VmId },
     /// Remove `<state>/vms/<id>` (logs). Idempotent.
     RemoveVmState { vm_id: VmId },
@@ -285,11 +358,22 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
-    Pong { version: String, vmm: String, network: NetworkConfig },
+    Pong {
+        version: String,
+        vmm: String,
+        /// The VMM's version (`firecracker --version`), when it reports one.
+        #[serde(default)]
+        vmm_version: Option<String>,
+        /// Whether VMMs are launched through the jailer.
+        #[serde(default)]
+        jailed: bool,
+        network: NetworkConfig,
+    },
     ImageBuilt { dir: PathBuf },
     Done,
     Launched(Launched),
     Signalled { was_alive: bool },
+    Exited { exit: Option<VmmExit> },
 }
 
 /// What a launch produced: enough to find, verify and signal the VMM later.
@@ -302,6 +386,8 @@ pub struct Launched {
     pub api_sock: PathBuf,
     pub chroot: Option<PathBuf>,
     pub pidfile: Option<PathBuf>,
+    /// What to give the VMM's API for the boot files.
+    pub paths: VmmPaths,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,31 +490,47 @@ mod tests {
     }
 
     #[test]
-    fn confine_refuses_traversal_relative_and_outside_paths() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        assert!(Dirs::confine(&root.join("vms/x/api.sock"), root).is_ok());
-        assert!(matches!(
-            Dirs::confine(&root.join("vms/../../etc/passwd"), root),
-            Err(ArgError::Traversal(_))
-        ));
-        assert!(matches!(Dirs::confine(Path::new("vms/x"), root), Err(ArgError::NotAbsolute(_))));
-        assert!(matches!(
-            Dirs::confine(Path::new("/etc/shadow"), root),
-            Err(ArgError::Outside { .. })
-        ));
+    fn digests_are_sixty_four_lowercase_hex_digits() {
+        let good = "0123456789abcdef".repeat(4);
+        assert_eq!(Digest::new(good.clone()).unwrap().as_str(), good);
+        for bad in [
+            String::new(),
+            good[..63].to_string(),
+            format!("{good}0"),
+            good.to_uppercase(),
+            format!("../{}", &good[3..]),
+            format!("{}/", &good[..63]),
+        ] {
+            assert_eq!(Digest::new(bad.clone()), Err(ArgError::Digest(bad.clone())), "{bad:?}");
+        }
     }
 
     #[test]
-    fn confine_refuses_a_symlink_that_leaves_the_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("state");
-        std::fs::create_dir(&root).unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("evil")).unwrap();
-        assert!(matches!(
-            Dirs::confine(&root.join("evil/passwd"), &root),
-            Err(ArgError::Escapes { .. })
-        ));
+    fn launch_requests_name_files_by_id_and_refuse_paths_of_banger_s_own_files() {
+        let ok = r#"{"op":"launch_vmm","vm_id":"0123456789ab","files":{"kernel":{"kind":"image","digest":"DIGEST","file":"vmlinux"},"initrd":null,"rootfs":{"kind":"vm_disk"}}}"#
+            .replace("DIGEST", &"ab".repeat(32));
+        assert!(serde_json::from_str::<Request>(&ok).is_ok());
+        for bad in [
+            // A traversal in the digest.
+            ok.replace(&"ab".repeat(32), "../../../../etc"),
+            // An unknown image file.
+            ok.replace("vmlinux", "shadow"),
+            // The old path-carrying form.
+            r#"{"op":"launch_vmm","vm_id":"0123456789ab","api_sock":"/etc/x","console_log":"/etc/y","vmm_log":"/etc/z"}"#.into(),
+            // A path smuggled into the VM's own disk.
+            ok.replace(r#"{"kind":"vm_disk"}"#, r#"{"kind":"vm_disk","path":"/etc/shadow"}"#),
+        ] {
+            assert!(serde_json::from_str::<Request>(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exit_status_is_clean_only_for_exit_code_zero() {
+        assert!(VmmExit { code: Some(0), signal: None }.is_clean());
+        assert!(!VmmExit { code: Some(1), signal: None }.is_clean());
+        assert!(!VmmExit { code: None, signal: Some(9) }.is_clean());
+        assert_eq!(VmmExit { code: None, signal: Some(9) }.to_string(), "killed by signal 9");
+        assert_eq!(VmmExit { code: Some(1), signal: None }.to_string(), "exit code 1");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 mod image;
 mod net;
 mod ops;
+mod safe;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -41,6 +42,10 @@ struct Args {
     /// Launch VMMs through this jailer binary.
     #[arg(long, env = "BANGER_JAILER")]
     jailer: Option<PathBuf>,
+    /// Root's directory for jails (`--chroot-base-dir`). It and every directory above
+    /// it must belong to root and be writable by no one else.
+    #[arg(long, env = "BANGER_JAIL_BASE", default_value = "/run/banger-jail")]
+    jail_base: PathBuf,
     /// The VM bridge.
     #[arg(long, env = "BANGER_BRIDGE", default_value = "banger0")]
     bridge: String,
@@ -77,7 +82,7 @@ fn run(args: Args) -> Result<()> {
     };
     std::fs::create_dir_all(&dirs.state)
         .with_context(|| format!("cannot create {}", dirs.state.display()))?;
-    std::fs::create_dir_all(dirs.run.join("vms"))
+    std::fs::create_dir_all(&dirs.run)
         .with_context(|| format!("cannot create {}", dirs.run.display()))?;
     let dirs = Dirs {
         state: std::fs::canonicalize(&dirs.state)?,
@@ -87,19 +92,37 @@ fn run(args: Args) -> Result<()> {
         Some(u) => u,
         None => std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dirs.state)?),
     };
-    // In system mode the daemon runs as its own user: it must own the state and run
-    // directories (never a systemd RuntimeDirectory=, which is removed with the unit
-    // and would take the VMs' sockets with it).
-    if allow_uid != 0 && nix::unistd::geteuid().is_root() {
+    let daemon = {
         let gid = nix::unistd::User::from_uid(allow_uid.into())
             .ok()
             .flatten()
-            .map(|u| u.gid.as_raw());
-        for d in [&dirs.state, &dirs.run, &dirs.run.join("vms")] {
-            std::os::unix::fs::chown(d, Some(allow_uid), gid)
+            .map(|u| u.gid.as_raw())
+            .unwrap_or(allow_uid);
+        safe::Caller { uid: allow_uid, gid }
+    };
+    // In system mode the daemon runs as its own user: it must own the state and run
+    // directories (never a systemd RuntimeDirectory=, which is removed with the unit
+    // and would take the VMs' sockets with it). Both are made by root in root-owned
+    // parents; `vms` beneath them is made and given away without following a link
+    // that the daemon's user could have planted.
+    if allow_uid != 0 && nix::unistd::geteuid().is_root() {
+        for d in [&dirs.state, &dirs.run] {
+            let m = std::fs::symlink_metadata(d)?;
+            anyhow::ensure!(m.is_dir(), "{} is not a directory", d.display());
+            std::os::unix::fs::lchown(d, Some(allow_uid), Some(daemon.gid))
                 .with_context(|| format!("cannot give {} to uid {allow_uid}", d.display()))?;
         }
     }
+    for parent in [&dirs.state, &dirs.run] {
+        safe::ensure_owned_subdir(parent, "vms", daemon, 0o700)
+            .with_context(|| format!("cannot make {}/vms for uid {allow_uid}", parent.display()))?;
+    }
+    safe::ensure_root_dir(&args.jail_base, 0o711).with_context(|| {
+        format!(
+            "the jail base {} must be a directory of root's that no one else can change",
+            args.jail_base.display()
+        )
+    })?;
     // A VMM running as the daemon's user opens its tap through /dev/net/tun. Debian's
     // udev rules make that node 0666 (taps stay private: a persistent tap can only be
     // attached by its owner); where it is tighter, restore that default.
@@ -145,12 +168,13 @@ fn run(args: Args) -> Result<()> {
             }
         }
     }
-    let helper = ops::Helper::new(dirs.clone(), vmm, args.jailer, network, args.mirror.clone())?;
+    let helper =
+        ops::Helper::new(dirs.clone(), vmm, args.jailer, args.jail_base.clone(), network, args.mirror.clone())?;
 
     let sock = dirs.helper_socket();
     let listener = bind(&sock)?;
     // `banger daemon stop` finds the helper through this file (it checks comm too).
-    std::fs::write(dirs.run.join("bangerd-root.pid"), std::process::id().to_string())?;
+    write_pid_file(&dirs.run.join("bangerd-root.pid"))?;
     tracing::info!(socket = %sock.display(), allow_uid, vmm = %helper.vmm().display(), "root helper ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
@@ -170,6 +194,54 @@ fn run(args: Args) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Writes the helper's pid as a new file: whatever the daemon's user left at that name
+/// (a symlink or a hard link to a file of root's) is unlinked, never written through.
+fn write_pid_file(path: &std::path::Path) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(std::process::id().to_string().as_bytes())?;
+    Ok(())
+}
+
+/// The VMM's version, from `<vmm> --version`. Firecracker's is parsed and gated:
+/// banger drives Firecracker 1.12 to 1.16 (the API it uses is the same in all of
+/// them); an older one is refused, a newer one is used with a warning.
+pub(crate) fn vmm_version(vmm: &std::path::Path, name: &str) -> Result<Option<String>> {
+    let out = match std::process::Command::new(vmm).arg("--version").output() {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!("cannot run {} --version: {e}", vmm.display());
+            return Ok(None);
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if name == "firecracker" {
+        let v = banger_fc::version::parse_version_output(&text)
+            .with_context(|| format!("{} --version", vmm.display()))?;
+        let oldest = banger_fc::version::Version { major: 1, minor: 12, patch: 0 };
+        anyhow::ensure!(v >= oldest, "Firecracker v{v} is too old: banger needs v1.12 or newer");
+        if v.major != 1 || v.minor > 16 {
+            tracing::warn!("Firecracker v{v} is newer than the v1.16 banger was tested with");
+        }
+        return Ok(Some(v.to_string()));
+    }
+    // Other VMMs (banger-vmm-qemu) print clap's "<name> <version>".
+    let first = text.lines().next().unwrap_or_default();
+    Ok(first.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).filter(|v| !v.contains(' ')).map(str::to_string))
 }
 
 /// Binds the socket, replacing a stale file but refusing if another helper answers.

@@ -1,30 +1,47 @@
 //! The helper's operations. Each is linear, idempotent where it can be, and checks its
 //! arguments before touching anything.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use banger_fc::launch::{JailerConfig, LaunchConfig};
 use banger_fc::pid;
 use banger_helper::{
-    ArgError, Dirs, Failure, FailureKind, Launched, Reply, Request, Response, VmId, VmmSignal,
+    ArgError, BootFile, BootFiles, Dirs, Failure, FailureKind, Launched, Reply, Request, Response,
+    VmId, VmmExit, VmmPaths, VmmSignal,
 };
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
+
+pub use crate::safe::Caller;
+use crate::safe::{self, as_caller};
+
+/// How VMMs this helper launched ended: (pid, start time) -> exit, kept while the
+/// helper runs so the daemon can tell a crash from a clean guest shutdown.
+type Exits = Arc<Mutex<HashMap<(i32, u64), (VmId, VmmExit)>>>;
 
 #[derive(Debug, Clone)]
 pub struct Helper {
     dirs: Dirs,
     vmm: PathBuf,
     vmm_name: String,
+    vmm_version: Option<String>,
     jailer: Option<PathBuf>,
+    /// Root's own directory for jails, checked by [`safe::check_root_owned`].
+    jail_base: PathBuf,
     network: banger_helper::NetworkConfig,
     mirror: String,
+    exits: Exits,
 }
+
+/// The files a jail holds, by their names inside it.
+const JAIL_FILES: [&str; 4] = ["kernel", "initrd", "rootfs", "vmm.log"];
 
 fn bad(e: ArgError) -> Failure {
     Failure { kind: FailureKind::BadArgument, message: e.to_string() }
@@ -38,11 +55,17 @@ fn io_failed(what: impl std::fmt::Display, e: io::Error) -> Failure {
     failed(format!("{what}: {e}"))
 }
 
+/// Runs `f` as the caller, folding a failure to switch identity into the result.
+fn caller_does<T: Send>(caller: Caller, f: impl FnOnce() -> Result<T, Failure> + Send) -> Result<T, Failure> {
+    as_caller(caller, f).map_err(|e| io_failed("cannot act as the caller", e))?
+}
+
 impl Helper {
     pub fn new(
         dirs: Dirs,
         vmm: PathBuf,
         jailer: Option<PathBuf>,
+        jail_base: PathBuf,
         network: banger_helper::NetworkConfig,
         mirror: String,
     ) -> anyhow::Result<Self> {
@@ -51,7 +74,18 @@ impl Helper {
             .and_then(|n| n.to_str())
             .ok_or_else(|| anyhow::anyhow!("VMM path {} has no file name", vmm.display()))?
             .to_string();
-        Ok(Self { dirs, vmm, vmm_name, jailer, network, mirror })
+        let vmm_version = crate::vmm_version(&vmm, &vmm_name)?;
+        Ok(Self {
+            dirs,
+            vmm,
+            vmm_name,
+            vmm_version,
+            jailer,
+            jail_base,
+            network,
+            mirror,
+            exits: Arc::default(),
+        })
     }
 
     pub fn vmm(&self) -> &Path {
@@ -65,6 +99,8 @@ impl Helper {
             Request::Ping {} => Ok(Reply::Pong {
                 version: option_env!("BANGER_VERSION").unwrap_or(env!("CARGO_PKG_VERSION")).into(),
                 vmm: self.vmm_name.clone(),
+                vmm_version: self.vmm_version.clone(),
+                jailed: self.jailer.is_some(),
                 network: self.network.clone(),
             }),
             Request::BuildImage { build_id, release, packages } => {
@@ -90,19 +126,28 @@ impl Helper {
                 Ok(Reply::Done)
             }
             Request::CreateVmDirs { vm_id } => self.create_vm_dirs(vm_id, caller),
-            Request::LaunchVmm { vm_id, api_sock, console_log, vmm_log } => {
-                self.launch(vm_id, api_sock, console_log, vmm_log, caller)
+            Request::LaunchVmm { vm_id, files } => self.launch(vm_id, files, caller),
+            Request::VmmExited { vm_id, pid, start_time } => {
+                let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+                let exit = exits.get(&(*pid, *start_time)).filter(|(id, _)| id == vm_id);
+                Ok(Reply::Exited { exit: exit.map(|(_, e)| e.clone()) })
             }
             Request::SignalVmm { vm_id, pid, start_time, signal } => {
                 self.signal(vm_id, *pid, *start_time, *signal)
             }
             Request::RemoveVmRuntime { vm_id } => {
-                remove_dir(&self.dirs.vm_run_dir(vm_id))?;
-                remove_dir(&self.dirs.jail_base().join(&self.vmm_name).join(vm_id.as_str()))?;
+                self.clear_jail(vm_id)?;
+                let run_dir = self.dirs.vm_run_dir(vm_id);
+                caller_does(caller, || {
+                    safe::remove_tree(&run_dir).map_err(|e| io_failed(format!("cannot remove {}", run_dir.display()), e))
+                })?;
                 Ok(Reply::Done)
             }
             Request::RemoveVmState { vm_id } => {
-                remove_dir(&self.dirs.vm_state_dir(vm_id))?;
+                let dir = self.dirs.vm_state_dir(vm_id);
+                caller_does(caller, || {
+                    safe::remove_tree(&dir).map_err(|e| io_failed(format!("cannot remove {}", dir.display()), e))
+                })?;
                 Ok(Reply::Done)
             }
         }
@@ -150,45 +195,94 @@ impl Helper {
         Ok(Reply::ImageBuilt { dir })
     }
 
+    /// The VM's directories are the caller's: made with its rights, private to it.
     fn create_vm_dirs(&self, id: &VmId, caller: Caller) -> Response {
-        for d in [self.dirs.vm_run_dir(id), self.dirs.vm_state_dir(id)] {
-            fs::create_dir_all(&d).map_err(|e| io_failed(format!("cannot create {}", d.display()), e))?;
-            chown(&d, caller)?;
-        }
+        let dirs = [self.dirs.vm_run_dir(id), self.dirs.vm_state_dir(id)];
+        caller_does(caller, || {
+            for d in &dirs {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(d)
+                    .map_err(|e| io_failed(format!("cannot create {}", d.display()), e))?;
+            }
+            Ok(())
+        })?;
         Ok(Reply::Done)
     }
 
-    fn launch(
-        &self,
-        id: &VmId,
-        api_sock: &Path,
-        console: &Path,
-        vmm_log: &Path,
-        caller: Caller,
-    ) -> Response {
-        // 1. Every path must be in this VM's own directories.
-        let run_dir = self.dirs.vm_run_dir(id);
-        let state_dir = self.dirs.vm_state_dir(id);
-        let api_sock = Dirs::confine(api_sock, &run_dir).map_err(bad)?;
-        let console = Dirs::confine(console, &state_dir).map_err(bad)?;
-        let vmm_log = Dirs::confine(vmm_log, &state_dir).map_err(bad)?;
+    /// `<jail base>/<vmm>/<id>`: the jailer's directory for this VM.
+    fn jail_dir(&self, id: &VmId) -> PathBuf {
+        self.jail_base.join(&self.vmm_name).join(id.as_str())
+    }
 
-        // 2. A live VMM on this socket means a double start; a dead one left its file.
-        if fs::symlink_metadata(&api_sock).is_ok() {
-            if let Ok(p) = pid::find_pid(&api_sock, &self.vmm_name) {
-                return Err(failed(format!(
-                    "a VMM (pid {p}) is already serving {}",
-                    api_sock.display()
-                )));
-            }
-            fs::remove_file(&api_sock)
-                .map_err(|e| io_failed(format!("cannot remove stale {}", api_sock.display()), e))?;
+    /// Unmounts what a launch bound into the VM's jail, then removes the jail. The
+    /// jail's `root` belongs to the VMM's user once the jailer ran, so nothing in it
+    /// is followed: mounts are detached with UMOUNT_NOFOLLOW and the tree is removed
+    /// without following symlinks.
+    fn clear_jail(&self, id: &VmId) -> Result<(), Failure> {
+        let dir = self.jail_dir(id);
+        for name in JAIL_FILES {
+            let target = dir.join("root").join(name);
+            safe::unbind(&target).map_err(|e| io_failed(format!("cannot unmount {}", target.display()), e))?;
         }
+        safe::remove_tree(&dir).map_err(|e| io_failed(format!("cannot remove {}", dir.display()), e))
+    }
 
-        // 3. Plan the command line (direct or jailed).
+    /// Opens a boot file with the caller's rights (run inside [`as_caller`]), read-only
+    /// or read-write, and says which host path it is.
+    fn open_boot_file(&self, id: &VmId, f: &BootFile, write: bool) -> Result<(File, PathBuf), Failure> {
+        let path = match f {
+            BootFile::Image { digest, file } => self.dirs.images().join(digest.as_str()).join(file.file_name()),
+            BootFile::VmDisk {} => self.dirs.vm_disk(id),
+            BootFile::Named { path } => {
+                if !path.is_absolute() {
+                    return Err(bad(ArgError::NotAbsolute(path.clone())));
+                }
+                path.clone()
+            }
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(&path)
+            .map_err(|e| io_failed(format!("cannot open {}", path.display()), e))?;
+        if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+            return Err(failed(format!("{} is not a regular file", path.display())));
+        }
+        Ok((file, path))
+    }
+
+    fn launch(&self, id: &VmId, files: &BootFiles, caller: Caller) -> Response {
+        let api_sock = self.dirs.api_socket(id);
+        let console = self.dirs.console_log(id);
+        let vmm_log = self.dirs.vmm_log(id);
+
+        // 1. As the caller: its own directory and logs, and every boot file. A symlink
+        //    the caller planted leads nowhere it could not go itself, and a file a user
+        //    named opens only if the caller may read (and, for a disk, write) it.
+        let opened = caller_does(caller, || {
+            if fs::symlink_metadata(&api_sock).is_ok() {
+                if let Ok(p) = pid::find_pid(&api_sock, &self.vmm_name) {
+                    return Err(failed(format!("a VMM (pid {p}) is already serving {}", api_sock.display())));
+                }
+                fs::remove_file(&api_sock)
+                    .map_err(|e| io_failed(format!("cannot remove stale {}", api_sock.display()), e))?;
+            }
+            let stdout = open_log(&console, false)?;
+            // One VMM log per boot: Firecracker writes its --log-path from offset 0.
+            let stderr = open_log(&vmm_log, true)?;
+            let kernel = self.open_boot_file(id, &files.kernel, false)?;
+            let initrd = files.initrd.as_ref().map(|f| self.open_boot_file(id, f, false)).transpose()?;
+            let rootfs = files.rootfs.as_ref().map(|f| self.open_boot_file(id, f, true)).transpose()?;
+            Ok((stdout, stderr, kernel, initrd, rootfs))
+        })?;
+        let (stdout, stderr, kernel, initrd, rootfs) = opened;
+
+        // 2. Plan the command line (direct or jailed).
         let jailer = self.jailer.as_ref().map(|j| JailerConfig {
             jailer: j.clone(),
-            chroot_base: self.dirs.jail_base(),
+            chroot_base: self.jail_base.clone(),
             uid: caller.uid,
             gid: caller.gid,
         });
@@ -196,23 +290,58 @@ impl Helper {
             vmm: self.vmm.clone(),
             id: id.to_string(),
             api_sock: api_sock.clone(),
-            log_path: if jailer.is_some() { None } else { Some(vmm_log.clone()) },
+            log_path: Some(vmm_log.clone()),
             jailer,
         };
         let plan = cfg.plan().map_err(|e| failed(e.to_string()))?;
-        if let Some(chroot) = &plan.chroot {
-            // A stale jail from an earlier run makes the jailer's mknod fail with EEXIST.
-            let jail_dir = chroot.parent().unwrap_or(chroot);
-            remove_dir(jail_dir)?;
-            fs::create_dir_all(self.dirs.jail_base())
-                .map_err(|e| io_failed("cannot create the jail base", e))?;
-        }
+        let host = |p: &PathBuf| p.display().to_string();
+        let paths = match &plan.chroot {
+            None => VmmPaths {
+                kernel: host(&kernel.1),
+                initrd: initrd.as_ref().map(|f| host(&f.1)),
+                rootfs: rootfs.as_ref().map(|f| host(&f.1)),
+            },
+            Some(chroot) => {
+                // 3. The jail is root's: cleared of any earlier run, then built here,
+                //    with each file bind-mounted from the descriptor the caller opened.
+                self.clear_jail(id)?;
+                let jail = self.jail_dir(id);
+                for d in [jail.parent().unwrap_or(&jail), &jail] {
+                    safe::ensure_root_dir(d, 0o711).map_err(|e| io_failed(format!("cannot create {}", d.display()), e))?;
+                }
+                safe::ensure_root_dir(chroot, 0o700)
+                    .map_err(|e| io_failed(format!("cannot create {}", chroot.display()), e))?;
+                let bind = |file: &File, what: &Path, name: &str| -> Result<String, Failure> {
+                    let target = chroot.join(name);
+                    safe::bind_file(file, &target).map_err(|e| {
+                        failed(format!(
+                            "cannot make {} visible in the jail at {} without a copy (a bind mount failed: {e}); \
+                             banger never copies a disk into a jail",
+                            what.display(),
+                            target.display()
+                        ))
+                    })?;
+                    Ok(format!("/{name}"))
+                };
+                let paths = (|| {
+                    bind(&stderr, &vmm_log, "vmm.log")?;
+                    Ok(VmmPaths {
+                        kernel: bind(&kernel.0, &kernel.1, "kernel")?,
+                        initrd: initrd.as_ref().map(|f| bind(&f.0, &f.1, "initrd")).transpose()?,
+                        rootfs: rootfs.as_ref().map(|f| bind(&f.0, &f.1, "rootfs")).transpose()?,
+                    })
+                })();
+                match paths {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = self.clear_jail(id);
+                        return Err(e);
+                    }
+                }
+            }
+        };
 
         // 4. Spawn detached: own session, default signal dispositions, files not pipes.
-        let stdout = append(&console)?;
-        let stderr = append(&vmm_log)?;
-        chown(&console, caller)?;
-        chown(&vmm_log, caller)?;
         // Least privilege: a direct VMM runs as the daemon's user, so the daemon can
         // reach its socket and no guest-facing process runs as root. (The jailer
         // drops privileges itself with --uid/--gid.)
@@ -250,25 +379,41 @@ impl Helper {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| io_failed(format!("cannot start {}", plan.program.display()), e))?;
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.clear_jail(id);
+                return Err(io_failed(format!("cannot start {}", plan.program.display()), e));
+            }
+        };
         let pid = child.id() as i32;
-        // The helper is the parent until it exits; reap the VMM so it never lingers
-        // as a zombie. Dropping `child` does not wait, so a thread does.
+        // The start time is fixed at fork, so it is already the VMM's.
+        let start_time = pid::start_time(pid);
+        // The helper is the parent until it exits: reap the VMM so it never lingers as
+        // a zombie, and keep how it ended for `VmmExited`.
+        let exits = self.exits.clone();
+        let vm = id.clone();
         std::thread::spawn(move || {
             let mut child = child;
-            let _ = child.wait();
+            if let (Ok(status), Some(st)) = (child.wait(), start_time) {
+                let exit = VmmExit { code: status.code(), signal: status.signal() };
+                tracing::info!(vm = %vm, pid, "VMM ended with {exit}");
+                exits.lock().unwrap_or_else(|e| e.into_inner()).insert((pid, st), (vm, exit));
+            }
         });
 
-        // 5. With a jail, the host-side socket is a symlink into it.
+        // 5. With a jail, the host-side socket is a symlink into it, in the caller's
+        //    directory and so made as the caller.
         if plan.chroot.is_some() {
-            std::os::unix::fs::symlink(&plan.bound_socket, &api_sock)
-                .map_err(|e| io_failed(format!("cannot link {}", api_sock.display()), e))?;
+            let target = plan.bound_socket.clone();
+            caller_does(caller, || {
+                std::os::unix::fs::symlink(&target, &api_sock)
+                    .map_err(|e| io_failed(format!("cannot link {}", api_sock.display()), e))
+            })?;
         }
-        let start_time = pid::start_time(pid)
+        let start_time = start_time
             .ok_or_else(|| failed(format!("the VMM (pid {pid}) exited immediately; see {}", vmm_log.display())))?;
-        tracing::info!(vm = %id, pid, "launched VMM");
+        tracing::info!(vm = %id, pid, jailed = plan.chroot.is_some(), "launched VMM");
         Ok(Reply::Launched(Launched {
             pid,
             start_time,
@@ -276,6 +421,7 @@ impl Helper {
             api_sock,
             chroot: plan.chroot,
             pidfile: plan.pidfile,
+            paths,
         }))
     }
 
@@ -323,33 +469,25 @@ fn now_millis() -> u128 {
         .unwrap_or(0)
 }
 
-/// Who is asking, from SO_PEERCRED.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-}
-
 fn chown(path: &Path, caller: Caller) -> Result<(), Failure> {
     std::os::unix::fs::lchown(path, Some(caller.uid), Some(caller.gid))
         .map_err(|e| io_failed(format!("cannot chown {}", path.display()), e))
 }
 
-fn append(path: &Path) -> Result<File, Failure> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
+/// A log the VMM writes, opened (as the caller) without following a symlink, private
+/// to its owner.
+fn open_log(path: &Path, truncate: bool) -> Result<File, Failure> {
+    let mut o = OpenOptions::new();
+    if truncate {
+        o.write(true).truncate(true);
+    } else {
+        o.append(true);
+    }
+    o.create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| io_failed(format!("cannot open {}", path.display()), e))
-}
-
-fn remove_dir(dir: &Path) -> Result<(), Failure> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_failed(format!("cannot remove {}", dir.display()), e)),
-    }
 }
 
 /// Runs in the forked child before exec: every signal back to its default action and
@@ -368,6 +506,7 @@ fn reset_signals() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn helper(dir: &Path) -> Helper {
         let dirs = Dirs::under(fs::canonicalize(dir).unwrap());
@@ -377,44 +516,94 @@ mod tests {
             prefix_len: 24,
             nft_table: "banger_test".into(),
         };
-        Helper::new(dirs, "/bin/sleep".into(), None, network, "http://deb.debian.org/debian".into()).unwrap()
+        let jail_base = dirs.state.join("jail");
+        Helper::new(dirs, "/bin/sleep".into(), None, jail_base, network, "http://deb.debian.org/debian".into())
+            .unwrap()
     }
 
     const ROOT: Caller = Caller { uid: 0, gid: 0 };
+    const NOBODY: Caller = Caller { uid: 65534, gid: 65534 };
 
     fn id() -> VmId {
         VmId::new("0123456789ab").unwrap()
     }
 
-    #[test]
-    fn launch_refuses_paths_outside_the_vm_directories() {
-        let dir = tempfile::tempdir().unwrap();
-        let h = helper(dir.path());
-        h.handle(ROOT, &Request::CreateVmDirs { vm_id: id() }).unwrap();
-        let d = h.dirs.clone();
-        let cases = [
-            (PathBuf::from("/tmp/evil.sock"), d.console_log(&id()), d.vmm_log(&id())),
-            (d.api_socket(&id()), PathBuf::from("/etc/passwd"), d.vmm_log(&id())),
-            (d.api_socket(&id()), d.vm_state_dir(&id()).join("../../../x"), d.vmm_log(&id())),
-            (d.api_socket(&id()), d.console_log(&id()), PathBuf::from("relative.log")),
-            // Another VM's directory is outside this VM's.
-            (
-                d.api_socket(&VmId::new("ffffffffffff").unwrap()),
-                d.console_log(&id()),
-                d.vmm_log(&id()),
-            ),
-        ];
-        for (api_sock, console_log, vmm_log) in cases {
-            let r = h.handle(ROOT, &Request::LaunchVmm {
-                vm_id: id(),
-                api_sock: api_sock.clone(),
-                console_log,
-                vmm_log,
-            });
-            let f = r.unwrap_err();
-            assert_eq!(f.kind, FailureKind::BadArgument, "{api_sock:?}: {}", f.message);
+    fn named(kernel: &Path, rootfs: Option<&Path>) -> BootFiles {
+        BootFiles {
+            kernel: BootFile::Named { path: kernel.into() },
+            initrd: None,
+            rootfs: rootfs.map(|p| BootFile::Named { path: p.into() }),
         }
-        assert!(!Path::new("/tmp/evil.sock").exists());
+    }
+
+    /// A state directory the daemon's user (here: nobody) owns, as in system mode.
+    fn nobody_s(dir: &Path) -> Helper {
+        std::os::unix::fs::chown(dir, Some(NOBODY.uid), Some(NOBODY.gid)).unwrap();
+        let h = helper(dir);
+        for parent in [&h.dirs.state, &h.dirs.run] {
+            fs::create_dir_all(parent).unwrap();
+            std::os::unix::fs::chown(parent, Some(NOBODY.uid), Some(NOBODY.gid)).unwrap();
+            safe::ensure_owned_subdir(parent, "vms", NOBODY, 0o700).unwrap();
+        }
+        h
+    }
+
+    #[test]
+    fn files_a_caller_names_are_opened_with_its_rights_not_root_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = nobody_s(dir.path());
+        h.handle(NOBODY, &Request::CreateVmDirs { vm_id: id() }).unwrap();
+        // Root's own files: the VMM would read or write them as root's helper could.
+        for (kernel, rootfs) in [
+            (Path::new("/etc/shadow"), None),
+            (Path::new("/bin/sleep"), Some(Path::new("/etc/passwd"))),
+        ] {
+            let f = h
+                .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), files: named(kernel, rootfs) })
+                .unwrap_err();
+            assert_eq!(f.kind, FailureKind::Failed, "{}", f.message);
+            let culprit = rootfs.unwrap_or(kernel);
+            assert!(
+                f.message.contains(&format!("cannot open {}", culprit.display()))
+                    && f.message.contains("Permission denied"),
+                "{}",
+                f.message
+            );
+        }
+        // A relative path is refused before anything is opened.
+        let f = h
+            .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), files: named(Path::new("vmlinux"), None) })
+            .unwrap_err();
+        assert_eq!(f.kind, FailureKind::BadArgument, "{}", f.message);
+        assert!(!h.dirs.api_socket(&id()).exists());
+    }
+
+    #[test]
+    fn a_symlink_the_daemon_s_user_plants_in_its_directories_reaches_nothing_of_root_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = nobody_s(dir.path());
+        let victim = tempfile::tempdir().unwrap();
+        let root_file = victim.path().join("root-owned");
+        fs::write(&root_file, b"root's").unwrap();
+        // The VM's state directory is a symlink to a root directory: the console and
+        // VMM logs would be created (and chowned) there by a naive helper.
+        fs::create_dir_all(h.dirs.vm_run_dir(&id())).unwrap();
+        std::os::unix::fs::chown(h.dirs.vm_run_dir(&id()), Some(NOBODY.uid), Some(NOBODY.gid)).unwrap();
+        std::os::unix::fs::symlink(victim.path(), h.dirs.vm_state_dir(&id())).unwrap();
+        let f = h
+            .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), files: named(Path::new("/bin/sleep"), None) })
+            .unwrap_err();
+        assert!(f.message.contains("console.log") && f.message.contains("Permission denied"), "{}", f.message);
+        assert!(!victim.path().join("console.log").exists());
+        // The stale-socket clean-up unlinks as the caller: a socket path that is a
+        // link to root's file removes the link at most, never the file.
+        std::os::unix::fs::symlink(&root_file, h.dirs.api_socket(&id())).unwrap();
+        let _ = h.handle(NOBODY, &Request::LaunchVmm { vm_id: id(), files: named(Path::new("/bin/sleep"), None) });
+        assert_eq!(fs::read(&root_file).unwrap(), b"root's");
+        // Removing the VM's directories through the link removes nothing of root's.
+        h.handle(NOBODY, &Request::RemoveVmState { vm_id: id() }).unwrap_or_else(|f| panic!("{}", f.message));
+        assert_eq!(fs::read(&root_file).unwrap(), b"root's");
+        assert_eq!(fs::metadata(&root_file).unwrap().uid(), 0);
     }
 
     #[test]

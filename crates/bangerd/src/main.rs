@@ -130,7 +130,7 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
         .with_context(|| format!("cannot bind {}", socket.display()))?;
     secure_socket(&socket, &args.socket_group)?;
 
-    let state = Arc::new(api::AppState { service, vmm, socket: socket.clone() });
+    let state = Arc::new(api::AppState { service, vmm: vmm.to_string(), socket: socket.clone() });
     let app = api::router(state);
     tracing::info!(socket = %socket.display(), ms = started.elapsed().as_millis() as u64, "bangerd ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

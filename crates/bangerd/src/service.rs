@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use banger_api::{DEFAULT_BOOT_ARGS, ErrorKind, ValidationError, Vm, VmSpec, VmState, VmSummary};
 use banger_fc::models::{BootSource, Drive, MachineConfiguration};
 use banger_fc::pid;
-use banger_helper::{ClientError, Dirs, HelperClient, Launched, NetworkConfig, Reply, Request, VmId, VmmSignal};
+use banger_helper::{
+    BootFile, BootFiles, ClientError, Digest, Dirs, HelperClient, ImageFile, Launched, NetworkConfig, Reply, Request,
+    VmId, VmmSignal,
+};
 use rand::Rng;
 
 use crate::handles::{self, Handles};
@@ -100,8 +103,39 @@ pub struct Service {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The helper's network (bridge, gateway, prefix), learnt at start.
     network: std::sync::OnceLock<NetworkConfig>,
+    /// The helper's VMM, learnt at start.
+    vmm: std::sync::OnceLock<VmmInfo>,
     /// Image builds in progress: image name -> build directory (for progress).
     pub(crate) builds: Mutex<HashMap<String, PathBuf>>,
+}
+
+/// The VMM the helper launches, as its Pong says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmInfo {
+    pub name: String,
+    pub version: Option<String>,
+    pub jailed: bool,
+}
+
+impl VmmInfo {
+    /// banger-vmm-qemu boots the compressed kernel best (QEMU's own loader);
+    /// Firecracker, and any other VMM of its API, loads only an ELF vmlinux.
+    pub fn boots_bzimage(&self) -> bool {
+        self.name == "banger-vmm-qemu"
+    }
+}
+
+impl std::fmt::Display for VmmInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)?;
+        if let Some(v) = &self.version {
+            write!(f, " v{}", v.trim_start_matches('v'))?;
+        }
+        if self.jailed {
+            f.write_str(" (jailed)")?;
+        }
+        Ok(())
+    }
 }
 
 /// What reconcile did with one VM, for the log.
@@ -120,6 +154,7 @@ impl Service {
             helper,
             locks: Mutex::new(HashMap::new()),
             network: std::sync::OnceLock::new(),
+            vmm: std::sync::OnceLock::new(),
             builds: Mutex::new(HashMap::new()),
         }
     }
@@ -141,11 +176,13 @@ impl Service {
     }
 
     /// Checks the helper answers; learns its VMM and network.
-    pub async fn helper_ping(&self) -> Result<String> {
+    pub async fn helper_ping(&self) -> Result<VmmInfo> {
         match self.helper(Request::Ping {}).await? {
-            Reply::Pong { vmm, network, .. } => {
+            Reply::Pong { vmm, vmm_version, jailed, network, .. } => {
                 let _ = self.network.set(network);
-                Ok(vmm)
+                let info = VmmInfo { name: vmm, version: vmm_version, jailed };
+                let _ = self.vmm.set(info.clone());
+                Ok(info)
             }
             other => Err(ServiceError::Helper(ClientError::UnexpectedReply(other))),
         }
@@ -277,14 +314,44 @@ impl Service {
         if alive {
             return Ok(rec);
         }
-        let (state, err) = match rec.state {
-            VmState::Starting => (VmState::Failed, Some("the VMM exited before the VM finished starting")),
-            _ => (VmState::Stopped, None),
-        };
+        let (state, err) = self.how_it_ended(&rec).await;
         tracing::info!(vm = %rec.name, "VMM is gone; marking {state}");
         self.release_runtime(&rec.id).await?;
-        self.store.set_state(&rec.id, state, None, None, err.or(rec.last_error.as_deref()))?;
+        self.store.set_state(&rec.id, state, None, None, err.as_deref().or(rec.last_error.as_deref()))?;
         Ok(self.store.get_by_id(&rec.id)?.expect("row exists"))
+    }
+
+    /// A VMM that ended by itself: `stopped` after a clean exit (the guest shut down),
+    /// `failed` with its exit status and the last lines of its log otherwise. The
+    /// helper that launched it knows the status; after a helper restart it is unknown
+    /// and the VM is `stopped` with a note saying so.
+    async fn how_it_ended(&self, rec: &VmRecord) -> (VmState, Option<String>) {
+        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        let exit = match (rec.pid, rec.pid_start_time) {
+            (Some(pid), Some(start_time)) => {
+                match self.helper(Request::VmmExited { vm_id: vm_id.clone(), pid, start_time }).await {
+                    Ok(Reply::Exited { exit }) => exit,
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let tail = |reason: String| with_console_tail(&reason, None, &self.dirs.vmm_log(&vm_id));
+        match (rec.state, exit) {
+            (VmState::Starting, e) => (
+                VmState::Failed,
+                Some(tail(match e {
+                    Some(e) => format!("the VMM ended with {e} before the VM finished starting"),
+                    None => "the VMM exited before the VM finished starting".into(),
+                })),
+            ),
+            (_, Some(e)) if e.is_clean() => (VmState::Stopped, None),
+            (_, Some(e)) => (VmState::Failed, Some(tail(format!("the VMM ended by itself with {e}")))),
+            (_, None) => (
+                VmState::Stopped,
+                Some("the VMM ended by itself; its exit status is unknown (the root helper restarted since it launched it)".into()),
+            ),
+        }
     }
 
     /// Releases what only a running VM holds: its tap and its run directory. The
@@ -311,6 +378,8 @@ impl Service {
         }
         let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
         self.store.set_state(&rec.id, VmState::Starting, None, None, None)?;
+        // Only this boot's console lines explain this boot's failure.
+        let console_from = std::fs::metadata(self.dirs.console_log(&vm_id)).map(|m| m.len()).unwrap_or(0);
         match self.launch_and_boot(&vm_id, &rec).await {
             Ok(l) => {
                 self.store.set_state(&rec.id, VmState::Running, Some(&l.vmm_name), Some((l.pid, l.start_time)), None)?;
@@ -321,7 +390,11 @@ impl Service {
                     let _ = self.kill_and_wait(&vm_id, l.pid, l.start_time).await;
                 }
                 let _ = self.release_runtime(&rec.id).await;
-                let reason = with_console_tail(&reason, &self.dirs.console_log(&vm_id), &self.dirs.vmm_log(&vm_id));
+                let reason = with_console_tail(
+                    &reason,
+                    Some((&self.dirs.console_log(&vm_id), console_from)),
+                    &self.dirs.vmm_log(&vm_id),
+                );
                 self.store.set_state(&rec.id, VmState::Failed, launched.as_ref().map(|l| l.vmm_name.as_str()), None, Some(&reason))?;
                 tracing::warn!(vm = %rec.name, "start failed: {reason}");
                 return Err(ServiceError::StartFailed { name: name.into(), reason });
@@ -340,13 +413,9 @@ impl Service {
         let fail = |l: Option<&Launched>, e: String| (l.cloned(), e);
         self.helper(Request::CreateVmDirs { vm_id: vm_id.clone() }).await.map_err(|e| fail(None, chain(&e)))?;
         let _ = std::fs::remove_file(self.dirs.handles(vm_id));
+        let plan = self.boot_plan(vm_id, rec).map_err(|e| fail(None, e))?;
         let reply = self
-            .helper(Request::LaunchVmm {
-                vm_id: vm_id.clone(),
-                api_sock: self.dirs.api_socket(vm_id),
-                console_log: self.dirs.console_log(vm_id),
-                vmm_log: self.dirs.vmm_log(vm_id),
-            })
+            .helper(Request::LaunchVmm { vm_id: vm_id.clone(), files: plan.files.clone() })
             .await
             .map_err(|e| fail(None, chain(&e)))?;
         let Reply::Launched(l) = reply else {
@@ -366,7 +435,6 @@ impl Service {
         self.store
             .set_state(&rec.id, VmState::Starting, Some(&l.vmm_name), Some((l.pid, l.start_time)), None)
             .map_err(|e| fail(Some(&l), chain(&e)))?;
-        let plan = self.boot_plan(vm_id, rec).map_err(|e| fail(Some(&l), e))?;
         if let Some((tap, _)) = &plan.nic {
             let ip = rec.ip.as_deref().unwrap_or_default().parse().map_err(|_| fail(Some(&l), "no address".into()))?;
             self.helper(Request::CreateTap { vm_id: vm_id.clone(), guest_ip: ip })
@@ -382,16 +450,39 @@ impl Service {
     fn boot_plan(&self, vm_id: &VmId, rec: &VmRecord) -> std::result::Result<BootPlan, String> {
         let spec = &rec.spec;
         let net = self.network();
-        let (kernel, initrd, rootfs) = match &rec.image_digest {
+        let vmm = self.vmm.get().expect("helper_ping ran before serving");
+        let files = match &rec.image_digest {
             Some(digest) => {
                 let dir = self.dirs.images().join(digest);
-                (dir.join("vmlinuz"), Some(dir.join("initrd.img")), Some(self.dirs.vm_disk(vm_id)))
+                let digest = Digest::new(digest.clone()).map_err(|e| e.to_string())?;
+                let image = || spec.image.clone().unwrap_or_else(|| digest.as_str().to_string());
+                let kernel = if vmm.boots_bzimage() {
+                    ImageFile::Vmlinuz
+                } else if dir.join("vmlinux").exists() {
+                    ImageFile::Vmlinux
+                } else {
+                    return Err(format!(
+                        "image {} has no ELF vmlinux, and {} loads only an ELF kernel \
+                         (banger could not extract one from its vmlinuz; re-import it with an ELF --kernel)",
+                        image(),
+                        vmm.name
+                    ));
+                };
+                let initrd = dir
+                    .join("initrd.img")
+                    .exists()
+                    .then(|| BootFile::Image { digest: digest.clone(), file: ImageFile::Initrd });
+                BootFiles {
+                    kernel: BootFile::Image { digest, file: kernel },
+                    initrd,
+                    rootfs: Some(BootFile::VmDisk {}),
+                }
             }
-            None => (
-                spec.kernel.clone().ok_or("the VM has neither an image nor a kernel")?,
-                spec.initrd.clone(),
-                spec.rootfs.clone(),
-            ),
+            None => BootFiles {
+                kernel: BootFile::Named { path: spec.kernel.clone().ok_or("the VM has neither an image nor a kernel")? },
+                initrd: spec.initrd.clone().map(|path| BootFile::Named { path }),
+                rootfs: spec.rootfs.clone().map(|path| BootFile::Named { path }),
+            },
         };
         let mut args = spec.boot_args.clone().unwrap_or_else(|| DEFAULT_BOOT_ARGS.into());
         let nic = match &rec.ip {
@@ -407,7 +498,7 @@ impl Service {
             }
             None => None,
         };
-        Ok(BootPlan { vcpus: spec.vcpus, memory_mib: spec.memory_mib, kernel, initrd, rootfs, boot_args: args, nic })
+        Ok(BootPlan { vcpus: spec.vcpus, memory_mib: spec.memory_mib, files, boot_args: args, nic })
     }
 
     pub async fn stop(&self, name: &str, timeout: Duration) -> Result<Vm> {
@@ -564,9 +655,10 @@ impl Service {
             });
         }
         // Where to look: handles.json, else the database, else the socket's owner.
-        let candidate = match handles::read(&self.dirs.handles(&vm_id)) {
-            Ok(h) if h.vm_id == rec.id => Some((h.pid, h.start_time)),
-            Ok(_) | Err(_) => match (rec.pid, rec.pid_start_time) {
+        let known = handles::read(&self.dirs.handles(&vm_id)).ok().filter(|h| h.vm_id == rec.id);
+        let candidate = match &known {
+            Some(h) => Some((h.pid, h.start_time)),
+            None => match (rec.pid, rec.pid_start_time) {
                 (Some(p), Some(st)) => Some((p, st)),
                 _ => pid::find_pid(&api_sock, &vmm_name)
                     .ok()
@@ -574,9 +666,10 @@ impl Service {
             },
         };
         let Some((p, st)) = candidate.filter(|(p, st)| pid::start_time(*p) == Some(*st)) else {
+            let (state, why) = self.how_it_ended(rec).await;
             self.release_runtime(&rec.id).await?;
-            mark(if rec.state == VmState::Starting { VmState::Failed } else { VmState::Stopped },
-                 Some("the VMM exited while the daemon was down"))?;
+            let why = why.unwrap_or_else(|| "the VMM exited while the daemon was down".into());
+            mark(state, Some(&why))?;
             return Ok(Reconciled::Cleaned { reason: "its VMM exited while the daemon was down".into() });
         };
         let comm = pid::comm(Path::new("/proc"), p).unwrap_or_default();
@@ -606,8 +699,12 @@ impl Service {
                     start_time: st,
                     vmm_name: vmm_name.clone(),
                     api_sock: api_sock.clone(),
-                    chroot: None,
-                    pidfile: None,
+                    // A jailed VMM keeps its jail: what handles.json said, else where
+                    // the socket's symlink leads.
+                    chroot: known.as_ref().and_then(|h| h.chroot.clone()).or_else(|| jail_of(&api_sock)),
+                    pidfile: known.as_ref().and_then(|h| h.pidfile.clone()).or_else(|| {
+                        jail_of(&api_sock).map(|c| c.join(format!("{vmm_name}.pid")))
+                    }),
                 };
                 let _ = handles::write(&self.dirs.handles(&vm_id), &h);
                 let state = if rec.state == VmState::Stopping { VmState::Stopping } else { VmState::Running };
@@ -623,9 +720,9 @@ impl Service {
 struct BootPlan {
     vcpus: u32,
     memory_mib: u32,
-    kernel: PathBuf,
-    initrd: Option<PathBuf>,
-    rootfs: Option<PathBuf>,
+    /// Kernel, initrd and disk, by id: the helper opens them and says which paths the
+    /// VMM's API gets (host paths, or the jail's `/kernel`, `/initrd`, `/rootfs`).
+    files: BootFiles,
     boot_args: String,
     /// (tap, guest MAC)
     nic: Option<(String, String)>,
@@ -677,17 +774,6 @@ async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Result<(), Str
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // With a jail, files are linked in and named by their in-jail paths.
-    let place = |src: &Path, name: &str| -> std::result::Result<String, String> {
-        match &l.chroot {
-            None => Ok(src.display().to_string()),
-            Some(chroot) => {
-                let uid = nix::unistd::geteuid().as_raw();
-                let gid = nix::unistd::getegid().as_raw();
-                banger_fc::launch::place_in_jail(chroot, src, name, uid, gid).map_err(|e| chain(&e))
-            }
-        }
-    };
     let e = |e: banger_fc::ClientError| chain(&e);
     client
         .put_machine_config(&MachineConfiguration {
@@ -701,8 +787,8 @@ async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Result<(), Str
         .map_err(e)?;
     client
         .put_boot_source(&BootSource {
-            kernel_image_path: place(&plan.kernel, "kernel")?,
-            initrd_path: plan.initrd.as_deref().map(|p| place(p, "initrd")).transpose()?,
+            kernel_image_path: l.paths.kernel.clone(),
+            initrd_path: l.paths.initrd.clone(),
             boot_args: Some(plan.boot_args.clone()),
         })
         .await
@@ -717,12 +803,12 @@ async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Result<(), Str
             .await
             .map_err(e)?;
     }
-    if let Some(rootfs) = &plan.rootfs {
+    if let Some(rootfs) = &l.paths.rootfs {
         client
             .put_drive(&Drive {
                 drive_id: "rootfs".into(),
                 is_root_device: true,
-                path_on_host: Some(place(rootfs, "rootfs")?),
+                path_on_host: Some(rootfs.clone()),
                 is_read_only: Some(false),
                 cache_type: None,
                 io_engine: None,
@@ -746,6 +832,12 @@ async fn wait_gone(p: i32, st: u64, timeout: Duration) -> bool {
     true
 }
 
+/// The jail root a jailed VMM's socket symlink points into.
+fn jail_of(api_sock: &Path) -> Option<PathBuf> {
+    let target = std::fs::read_link(api_sock).ok()?;
+    target.is_absolute().then(|| target.parent().map(Path::to_path_buf)).flatten()
+}
+
 /// An error and its causes on one line.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -758,11 +850,20 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Appends the last lines of the console and VMM logs, which usually say why.
-fn with_console_tail(reason: &str, console: &PathBuf, vmm_log: &PathBuf) -> String {
+/// Appends the last lines of the console (from `offset`: this boot's part) and of the
+/// VMM log (one per boot), which usually say why.
+fn with_console_tail(reason: &str, console: Option<(&PathBuf, u64)>, vmm_log: &PathBuf) -> String {
+    use std::io::{Read, Seek, SeekFrom};
     let mut s = reason.to_string();
-    for (label, path) in [("console", console), ("VMM log", vmm_log)] {
-        if let Ok(text) = std::fs::read_to_string(path) {
+    let console = console.map(|(p, off)| ("console", p, off));
+    for (label, path, offset) in console.into_iter().chain([("VMM log", vmm_log, 0)]) {
+        let mut text = Vec::new();
+        let read = std::fs::File::open(path).and_then(|mut f| {
+            f.seek(SeekFrom::Start(offset))?;
+            f.take(1 << 20).read_to_end(&mut text)
+        });
+        if read.is_ok() {
+            let text = String::from_utf8_lossy(&text);
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             if !lines.is_empty() {
                 let tail = &lines[lines.len().saturating_sub(5)..];
