@@ -75,6 +75,36 @@ pub struct Env {
     /// Run banger from here instead of the build's target directory (update tests
     /// replace the binaries they run).
     pub bin_dir: Option<PathBuf>,
+    /// Run `banger` (and so bangerd, which `daemon start` spawns) as this uid; the
+    /// helper is then started by the test, as root.
+    pub daemon_uid: Option<u32>,
+    /// This environment's jail base (root's, on /dev/shm: another filesystem than
+    /// the state directory's).
+    pub jail_base: Option<tempfile::TempDir>,
+}
+
+/// The real Firecracker and jailer and the tiny guest (`scripts/firecracker-assets`).
+pub struct Firecracker {
+    pub firecracker: PathBuf,
+    pub jailer: PathBuf,
+    /// An ELF guest that prints `BANGER_TICK <n>` about five times a second.
+    pub tiny_guest: PathBuf,
+}
+
+pub fn firecracker() -> Firecracker {
+    let root = std::env::var_os("BANGER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
+        .join("firecracker");
+    let f = Firecracker {
+        firecracker: root.join("bin/firecracker"),
+        jailer: root.join("bin/jailer"),
+        tiny_guest: root.join("tiny-guest"),
+    };
+    for p in [&f.firecracker, &f.jailer, &f.tiny_guest] {
+        assert!(p.exists(), "{} is missing: run scripts/firecracker-assets (scripts/test does)", p.display());
+    }
+    f
 }
 
 static NEXT_ENV: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -94,6 +124,8 @@ impl Env {
             dir,
             helper_args: Vec::new(),
             started: false,
+            daemon_uid: None,
+            jail_base: None,
             bridge: format!("btst{p}x{n}"),
             gateway: format!("10.{}.{}.1/24", 100 + p % 100, n % 250),
             nft_table: format!("banger_t{p}_{n}"),
@@ -113,6 +145,41 @@ impl Env {
         let mut e = Self::new();
         e.helper_args = vec!["--vmm".into(), vmm.display().to_string()];
         e
+    }
+
+    /// An environment whose helper launches the real Firecracker, directly or through
+    /// the jailer, and whose daemon runs as `daemon_uid` (root when `None`).
+    pub fn with_firecracker(jailed: bool, daemon_uid: Option<u32>) -> Self {
+        let fc = firecracker();
+        let mut e = Self::new();
+        e.helper_args = vec!["--vmm".into(), fc.firecracker.display().to_string()];
+        if jailed {
+            let base = tempfile::Builder::new().prefix("bgjail").tempdir_in("/dev/shm").expect("jail base");
+            std::fs::set_permissions(base.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+            e.helper_args.extend([
+                "--jailer".into(),
+                fc.jailer.display().to_string(),
+                "--jail-base".into(),
+                base.path().display().to_string(),
+            ]);
+            e.jail_base = Some(base);
+        }
+        if let Some(uid) = daemon_uid {
+            std::os::unix::fs::chown(e.state(), Some(uid), Some(uid)).unwrap();
+            e.helper_args.extend(["--allow-uid".into(), uid.to_string()]);
+            e.daemon_uid = Some(uid);
+        }
+        e
+    }
+
+    /// A file for this environment's VMs, owned by the daemon's user.
+    pub fn own_copy(&self, src: &Path, name: &str) -> PathBuf {
+        let dst = self.state().join(name);
+        std::fs::copy(src, &dst).expect("copy");
+        if let Some(uid) = self.daemon_uid {
+            std::os::unix::fs::chown(&dst, Some(uid), Some(uid)).unwrap();
+        }
+        dst
     }
 
     pub fn state(&self) -> &Path {
@@ -137,6 +204,10 @@ impl Env {
             // Keys and known_hosts of the tests stay inside the environment.
             .env("XDG_CONFIG_HOME", self.state().join("config"))
             .env("HOME", self.state().join("home"));
+        if let Some(uid) = self.daemon_uid {
+            use std::os::unix::process::CommandExt;
+            c.uid(uid).gid(uid);
+        }
         c
     }
 
@@ -287,7 +358,38 @@ impl Drop for Env {
         for (pid, _) in self.processes() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
+        if let Some(base) = &self.jail_base {
+            for pid in jailed_processes(base.path()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            for m in mounts_under(base.path()) {
+                let _ = nix::mount::umount2(m.as_path(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
     }
+}
+
+/// Processes chrooted beneath `base` (jailed VMMs: their command line names only
+/// paths inside the jail, but `/proc/PID/root` shows where the jail is).
+pub fn jailed_processes(base: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if std::fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(base)) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Mount points at or beneath `base`, from this process's mountinfo.
+pub fn mounts_under(base: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        .filter(|m| m.starts_with(base))
+        .collect()
 }
 
 fn detach(c: &mut Command) {

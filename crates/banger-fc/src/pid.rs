@@ -79,13 +79,29 @@ pub fn comm(proc_root: &Path, pid: i32) -> Option<String> {
         .map(|s| s.trim_end_matches('\n').to_string())
 }
 
-/// Start time of a process in clock ticks since boot (`/proc/<pid>/stat` field 22):
-/// with the pid, it identifies one process for its whole life, across pid reuse.
+/// Start time of a running process in clock ticks since boot (`/proc/<pid>/stat`
+/// field 22): with the pid, it identifies one process for its whole life, across pid
+/// reuse. A zombie has ended: `None`, as for a pid that is gone.
 pub fn start_time(pid: i32) -> Option<u64> {
+    match stat(pid)? {
+        (b'Z' | b'X', _) => None,
+        (_, t) => Some(t),
+    }
+}
+
+/// The start time of `pid` whether it still runs or is a zombie not yet reaped.
+pub fn start_time_even_if_ended(pid: i32) -> Option<u64> {
+    stat(pid).map(|(_, t)| t)
+}
+
+/// (state, start time) from `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<(u8, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may contain spaces and parentheses: the fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    let state = *fields.next()?.as_bytes().first()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
 }
 
 fn newest_with_cmdline(proc_root: &Path, needle: &Path) -> Option<i32> {
@@ -290,6 +306,24 @@ mod tests {
     fn comm_is_cut_to_fifteen_bytes() {
         assert_eq!(expected_comm("banger-vmm-qemu-long"), "banger-vmm-qemu");
         assert_eq!(expected_comm("firecracker"), "firecracker");
+    }
+
+    #[test]
+    fn a_zombie_has_no_start_time_but_its_ended_start_time_is_kept() {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id() as i32;
+        // Not reaped yet: a zombie once it exits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while start_time(pid).is_some() {
+            assert!(std::time::Instant::now() < deadline, "pid {pid} never became a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let t = start_time_even_if_ended(pid).expect("the zombie is still in /proc");
+        assert!(t > 0);
+        // Our own start time is not before the child's.
+        assert!(start_time(std::process::id() as i32).unwrap() <= t);
+        c.wait().unwrap();
+        assert_eq!(start_time_even_if_ended(pid), None);
     }
 
     #[test]

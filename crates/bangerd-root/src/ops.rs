@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -128,9 +128,18 @@ impl Helper {
             Request::CreateVmDirs { vm_id } => self.create_vm_dirs(vm_id, caller),
             Request::LaunchVmm { vm_id, files } => self.launch(vm_id, files, caller),
             Request::VmmExited { vm_id, pid, start_time } => {
-                let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
-                let exit = exits.get(&(*pid, *start_time)).filter(|(id, _)| id == vm_id);
-                Ok(Reply::Exited { exit: exit.map(|(_, e)| e.clone()) })
+                let known = {
+                    let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+                    exits.get(&(*pid, *start_time)).filter(|(id, _)| id == vm_id).map(|(_, e)| e.clone())
+                };
+                // Just ended: the reaper thread may not have recorded it yet, but the
+                // zombie (still our child, same start time) tells its status.
+                let exit = known.or_else(|| {
+                    (*pid > 1 && pid::start_time_even_if_ended(*pid) == Some(*start_time))
+                        .then(|| peek_exit(*pid, false))
+                        .flatten()
+                });
+                Ok(Reply::Exited { exit })
             }
             Request::SignalVmm { vm_id, pid, start_time, signal } => {
                 self.signal(vm_id, *pid, *start_time, *signal)
@@ -395,11 +404,13 @@ impl Helper {
         let vm = id.clone();
         std::thread::spawn(move || {
             let mut child = child;
-            if let (Ok(status), Some(st)) = (child.wait(), start_time) {
-                let exit = VmmExit { code: status.code(), signal: status.signal() };
+            // Record the status before reaping: once the pid is gone from /proc the
+            // daemon may ask, and must find the answer.
+            if let (Some(exit), Some(st)) = (peek_exit(pid, true), start_time) {
                 tracing::info!(vm = %vm, pid, "VMM ended with {exit}");
                 exits.lock().unwrap_or_else(|e| e.into_inner()).insert((pid, st), (vm, exit));
             }
+            let _ = child.wait();
         });
 
         // 5. With a jail, the host-side socket is a symlink into it, in the caller's
@@ -472,6 +483,35 @@ fn now_millis() -> u128 {
 fn chown(path: &Path, caller: Caller) -> Result<(), Failure> {
     std::os::unix::fs::lchown(path, Some(caller.uid), Some(caller.gid))
         .map_err(|e| io_failed(format!("cannot chown {}", path.display()), e))
+}
+
+/// Reads the status of the child `pid` once it has ended, without reaping it;
+/// `block` waits for the end, else a child still running (or not ours) is `None`.
+fn peek_exit(pid: i32, block: bool) -> Option<VmmExit> {
+    // SAFETY: a zeroed siginfo_t is valid for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOWAIT | if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: waitid on our own child with a valid siginfo_t.
+        let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+        if r == 0 {
+            // With WNOHANG, a child that has not ended leaves si_pid at 0.
+            // SAFETY: waitid filled (or left zeroed) a SIGCHLD siginfo.
+            if unsafe { info.si_pid() } == 0 {
+                return None;
+            }
+            break;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
+    // SAFETY: waitid filled a SIGCHLD siginfo.
+    let status = unsafe { info.si_status() };
+    Some(match info.si_code {
+        libc::CLD_EXITED => VmmExit { code: Some(status), signal: None },
+        _ => VmmExit { code: None, signal: Some(status) },
+    })
 }
 
 /// A log the VMM writes, opened (as the caller) without following a symlink, private

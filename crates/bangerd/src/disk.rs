@@ -58,7 +58,10 @@ nix::ioctl_write_int!(ficlone, 0x94, 9);
 pub fn clone(src: &Path, dst: &Path) -> Result<CloneMethod, DiskError> {
     let err = |source| DiskError::Clone { src: src.into(), dst: dst.into(), source };
     let from = File::open(src).map_err(err)?;
-    let to = std::fs::OpenOptions::new().write(true).create_new(true).open(dst).map_err(err)?;
+    // Private to the daemon's user: a VM disk holds the guest's SSH host key.
+    let to = std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().write(true).create_new(true), 0o600)
+        .open(dst)
+        .map_err(err)?;
     // SAFETY: both fds are open; FICLONE takes the source fd as its argument.
     match unsafe { ficlone(to.as_raw_fd(), from.as_raw_fd() as u64) } {
         Ok(_) => return Ok(CloneMethod::Reflink),

@@ -189,10 +189,23 @@ impl Service {
                 copy(i, "initrd.img")?;
             }
             copy(&r.rootfs, "rootfs.ext4")?;
-            if let Ok(bz) = std::fs::read(&r.kernel)
-                && let Ok(elf) = banger_fc::kernel::extract_vmlinux(&bz)
-            {
-                let _ = std::fs::write(d.join("vmlinux"), elf);
+            // Firecracker loads only an ELF kernel: keep one beside the kernel as
+            // given (itself when it already is ELF, else extracted from the bzImage).
+            let mut magic = [0u8; 4];
+            let is_elf = std::fs::File::open(&r.kernel)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                .is_ok()
+                && magic == *b"\x7fELF";
+            if is_elf {
+                copy(&r.kernel, "vmlinux")?;
+            } else if let Ok(bz) = std::fs::read(&r.kernel) {
+                match banger_fc::kernel::extract_vmlinux(&bz) {
+                    Ok(elf) => std::fs::write(d.join("vmlinux"), elf).map_err(|e| (d.join("vmlinux"), e.to_string()))?,
+                    Err(e) => tracing::warn!(
+                        "{}: no ELF vmlinux could be extracted ({e}); Firecracker will not boot this image",
+                        r.kernel.display()
+                    ),
+                }
             }
             Ok(())
         })

@@ -341,12 +341,12 @@ impl Service {
             (VmState::Starting, e) => (
                 VmState::Failed,
                 Some(tail(match e {
-                    Some(e) => format!("the VMM ended with {e} before the VM finished starting"),
+                    Some(e) => format!("the VMM ended ({e}) before the VM finished starting"),
                     None => "the VMM exited before the VM finished starting".into(),
                 })),
             ),
             (_, Some(e)) if e.is_clean() => (VmState::Stopped, None),
-            (_, Some(e)) => (VmState::Failed, Some(tail(format!("the VMM ended by itself with {e}")))),
+            (_, Some(e)) => (VmState::Failed, Some(tail(format!("the VMM ended unexpectedly ({e})")))),
             (_, None) => (
                 VmState::Stopped,
                 Some("the VMM ended by itself; its exit status is unknown (the root helper restarted since it launched it)".into()),
