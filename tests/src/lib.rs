@@ -240,11 +240,24 @@ impl Env {
     /// Starts both daemons. With extra helper args, the helper is started by hand
     /// first (daemon start then only starts bangerd).
     pub fn start(&mut self) {
+        self.start_with_fault(None);
+    }
+
+    /// [`Env::start`], with `BANGER_FAULT=<point>` in both daemons' environments: the
+    /// daemon that reaches that point SIGKILLs itself (banger_helper::fault_point).
+    pub fn start_with_fault(&mut self, fault: Option<&str>) {
         if !self.helper_args.is_empty() {
-            let log = std::fs::File::create(self.state().join("bangerd-root.log")).expect("log");
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.state().join("bangerd-root.log"))
+                .expect("log");
             let mut c = Command::new(bin("bangerd-root"));
             c.arg("--state-dir").arg(self.state()).args(&self.helper_args);
             c.env("BANGER_BRIDGE", &self.bridge).env("BANGER_GATEWAY", &self.gateway).env("BANGER_NFT_TABLE", &self.nft_table);
+            if let Some(f) = fault {
+                c.env("BANGER_FAULT", f);
+            }
             c.stdout(log.try_clone().expect("log")).stderr(log);
             detach(&mut c);
             c.spawn().expect("spawn helper");
@@ -252,7 +265,12 @@ impl Env {
                 std::os::unix::net::UnixStream::connect(self.run_dir().join("root.sock")).is_ok()
             });
         }
-        self.ok(&["daemon", "start"]);
+        let mut c = self.cmd(&["daemon", "start"]);
+        if let Some(f) = fault {
+            c.env("BANGER_FAULT", f);
+        }
+        let out = c.output().expect("run banger");
+        assert!(out.status.success(), "daemon start failed: {}", stderr(&out));
         self.started = true;
     }
 

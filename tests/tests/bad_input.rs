@@ -7,7 +7,7 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use banger_helper::{FailureKind, HelperClient, Request, VmId};
+use banger_helper::{HelperClient, Request, VmId};
 use banger_tests::*;
 
 fn create_args<'a>(name: &'a str, kernel: &'a str, extra: &[&'a str]) -> Vec<&'a str> {

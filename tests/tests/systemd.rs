@@ -46,6 +46,8 @@ impl Container {
             // Taps and the bridge: the container shares the host's network namespace,
             // so the test gives banger a bridge, subnet and table of its own.
             .args(["--bind=/dev/net/tun", "--capability=CAP_NET_ADMIN", "--property=DeviceAllow=/dev/net/tun rwm"])
+            // /dev/kvm for the real Firecracker (its jailer makes its own nodes).
+            .args(["--bind=/dev/kvm", "--property=DeviceAllow=/dev/kvm rwm"])
             .args(extra_ro.iter().map(|(h, g)| format!("--bind-ro={}:{g}", h.display())))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -293,4 +295,78 @@ fn under_systemd_updates_swap_restart_and_roll_back_with_the_vm_alive() {
     c.ok(&["banger", "daemon", "start"]);
     alive_and_same("after daemon stop/start");
     c.ok(&["banger", "vm", "kill", "up"]);
+}
+
+/// The last counter the tiny guest printed, from `banger vm logs` in the container.
+fn tiny_counter(c: &Container, vm: &str) -> u64 {
+    c.ok(&["banger", "vm", "logs", vm])
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("BANGER_TICK ").and_then(|n| n.parse().ok()))
+        .next_back()
+        .unwrap_or(0)
+}
+
+/// Jailed real Firecracker under systemd: unit restarts, the real update swap and the
+/// rollback, with a tiny-guest VM alive throughout (same pid, counter advancing).
+#[test]
+fn under_systemd_a_jailed_firecracker_vm_survives_restarts_updates_and_rollbacks() {
+    let r = Releases::new();
+    r.failing_daemon_release("/opt/banger/bangerd");
+    let fc = firecracker();
+    let fc_dir = fc.tiny_guest.parent().unwrap().to_path_buf();
+    let c = Container::boot_with(2, &[(r.dir.path(), "/opt/rel"), (&fc_dir, "/opt/fc")]);
+    let (bridge, gateway, table) = net_names_n(2);
+    c.ok(&["sh", "-c", &format!(
+        "printf 'BANGER_BRIDGE={bridge}\\nBANGER_GATEWAY={gateway}\\nBANGER_NFT_TABLE={table}\\n\
+         BANGER_VMM=/opt/fc/bin/firecracker\\nBANGER_JAILER=/opt/fc/bin/jailer\\n' > /etc/default/banger"
+    )]);
+    c.ok(&["/opt/banger/banger", "system", "install"]);
+    let info = c.json(&["daemon", "status"]);
+    assert_eq!(info["vmm"], "firecracker v1.12.1 (jailed)", "{info}");
+
+    c.ok(&["install", "-o", "banger", "-g", "banger", "-m", "0644", "/opt/guest/rootfs.ext4", "/var/tmp/fc.ext4"]);
+    let vm = c.json(&[
+        "vm", "create", "fc", "--kernel", "/opt/fc/tiny-guest", "--rootfs", "/var/tmp/fc.ext4",
+        "--memory", "128", "--start",
+    ]);
+    assert_eq!(vm["state"], "running", "{vm}");
+    let pid = vm["pid"].as_i64().unwrap();
+    let owner = c.ok(&["stat", "-c", "%U", &format!("/proc/{pid}")]);
+    assert_eq!(owner.trim(), "banger", "the jailer ran Firecracker as the daemon's user");
+    let cgroup = c.ok(&["cat", &format!("/proc/{pid}/cgroup")]);
+    assert!(cgroup.contains("banger.slice/banger-vm-"), "VMM not in its own scope: {cgroup}");
+    let mut seen = 0;
+    let mut alive_and_counting = |what: &str| {
+        let v = c.json(&["vm", "show", "fc"]);
+        assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)), "{what}: {v}");
+        wait_for(Duration::from_secs(20), &format!("the counter to advance {what}"), || {
+            let now = tiny_counter(&c, "fc");
+            let advanced = now > seen;
+            if advanced {
+                seen = now;
+            }
+            advanced
+        });
+    };
+    alive_and_counting("after the start");
+    for unit in ["bangerd-root.service", "bangerd.service"] {
+        c.ok(&["systemctl", "restart", unit]);
+        c.ok(&["systemctl", "is-active", unit]);
+        alive_and_counting(&format!("after restarting {unit}"));
+    }
+    let update = |name: &str| {
+        let url = r.url(name);
+        c.inside(&["banger", "update", "--manifest-url", url.as_str(), "--pubkey-file", "/opt/rel/pub.pem"])
+    };
+    let out = update("bad");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains("rolled back"), "{err}");
+    alive_and_counting("after the rolled-back update");
+    let out = update("latest");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.json(&["daemon", "status"])["version"], "9.1.0");
+    alive_and_counting("after the update");
+    c.ok(&["banger", "vm", "rm", "-f", "fc"]);
+    c.ok(&["test", "!", "-d", &format!("/proc/{pid}")]);
+    assert_eq!(c.ok(&["sh", "-c", "ls /run/banger-jail/firecracker | wc -l"]).trim(), "0", "jails left");
 }

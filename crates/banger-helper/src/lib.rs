@@ -327,14 +327,19 @@ pub enum Request {
     /// `files` is bind-mounted into the jail (never copied, never chowned). Legal when
     /// no VMM serves the VM's socket.
     LaunchVmm { vm_id: VmId, files: BootFiles },
+    /// The VMMs this helper's launch records name that are still running: the daemon
+    /// ends those it does not own (orphans of a crash mid-start). Always legal.
+    Launches {},
     /// How the VMM `(pid, start_time)` of `vm_id` ended, if this helper launched it
     /// and saw it end. Always legal.
     VmmExited { vm_id: VmId, pid: i32, start_time: u64 },
     /// Signal the VMM of `vm_id`, but only if `pid` still has `start_time` and is the
     /// VMM serving that VM's API socket. Reports whether it was alive.
     SignalVmm { vm_id: VmId, pid: i32, start_time: u64, signal: VmmSignal },
-    /// Remove `<run>/vms/<id>` (sockets, handles) and the VM's jail, unmounting what
-    /// was bind-mounted into it. Idempotent.
+    /// End the VMM the VM's launch record names if it still runs (legal only when the
+    /// daemon holds no running VMM for the VM), then remove `<run>/vms/<id>` (sockets,
+    /// handles) and the VM's jail, unmounting what was bind-mounted into it.
+    /// Idempotent.
     RemoveVmRuntime { vm_id: VmId },
     /// Remove `<state>/vms/<id>` (logs). Idempotent.
     RemoveVmState { vm_id: VmId },
@@ -367,6 +372,10 @@ pub enum Reply {
         /// Whether VMMs are launched through the jailer.
         #[serde(default)]
         jailed: bool,
+        /// This helper process (`<pid>-<start time>`): a new value means the helper
+        /// restarted, and the daemon looks for VMMs orphaned by the old one.
+        #[serde(default)]
+        instance: String,
         network: NetworkConfig,
     },
     ImageBuilt { dir: PathBuf },
@@ -374,6 +383,29 @@ pub enum Reply {
     Launched(Launched),
     Signalled { was_alive: bool },
     Exited { exit: Option<VmmExit> },
+    Launches { launches: Vec<LaunchInfo> },
+}
+
+/// A launch record: the VMM `(pid, start_time)` the helper forked for `vm_id`,
+/// written before that process could run the VMM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchInfo {
+    pub vm_id: VmId,
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// Fault injection for the crash tests: a daemon started with `BANGER_FAULT=<point>`
+/// SIGKILLs itself when it reaches that point (points are named
+/// `<daemon>:<verb>:<step>`, listed in docs/testing.md). Unset, this is one cached
+/// environment lookup.
+pub fn fault_point(name: &str) {
+    static WANT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if WANT.get_or_init(|| std::env::var("BANGER_FAULT").ok()).as_deref() == Some(name) {
+        eprintln!("BANGER_FAULT: killing myself at {name}");
+        // SAFETY: kill(2) on our own pid.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
 }
 
 /// What a launch produced: enough to find, verify and signal the VMM later.

@@ -12,6 +12,7 @@ mod image;
 mod net;
 mod ops;
 mod safe;
+mod spawn;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -5,18 +5,16 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use banger_fc::launch::{JailerConfig, LaunchConfig};
 use banger_fc::pid;
 use banger_helper::{
-    ArgError, BootFile, BootFiles, Dirs, Failure, FailureKind, Launched, Reply, Request, Response,
+    ArgError, BootFile, BootFiles, Dirs, Failure, FailureKind, LaunchInfo, Launched, Reply, Request, Response,
     VmId, VmmExit, VmmPaths, VmmSignal,
 };
-use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 pub use crate::safe::Caller;
@@ -39,6 +37,9 @@ pub struct Helper {
     mirror: String,
     exits: Exits,
 }
+
+/// A launch record on disk (root's, beneath the jail base): see [`banger_helper::LaunchInfo`].
+type LaunchRecord = banger_helper::LaunchInfo;
 
 /// The files a jail holds, by their names inside it.
 const JAIL_FILES: [&str; 4] = ["kernel", "initrd", "rootfs", "vmm.log"];
@@ -101,6 +102,10 @@ impl Helper {
                 vmm: self.vmm_name.clone(),
                 vmm_version: self.vmm_version.clone(),
                 jailed: self.jailer.is_some(),
+                instance: {
+                    let me = std::process::id() as i32;
+                    format!("{me}-{}", pid::start_time(me).unwrap_or(0))
+                },
                 network: self.network.clone(),
             }),
             Request::BuildImage { build_id, release, packages } => {
@@ -127,6 +132,7 @@ impl Helper {
             }
             Request::CreateVmDirs { vm_id } => self.create_vm_dirs(vm_id, caller),
             Request::LaunchVmm { vm_id, files } => self.launch(vm_id, files, caller),
+            Request::Launches {} => Ok(Reply::Launches { launches: self.running_launches() }),
             Request::VmmExited { vm_id, pid, start_time } => {
                 let known = {
                     let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
@@ -145,6 +151,7 @@ impl Helper {
                 self.signal(vm_id, *pid, *start_time, *signal)
             }
             Request::RemoveVmRuntime { vm_id } => {
+                self.end_recorded(vm_id)?;
                 self.clear_jail(vm_id)?;
                 let run_dir = self.dirs.vm_run_dir(vm_id);
                 caller_does(caller, || {
@@ -220,6 +227,66 @@ impl Helper {
         Ok(Reply::Done)
     }
 
+    /// `<jail base>/launches/<installation>/`: this installation's launch records.
+    /// Root's, beneath the checked jail base; keyed by the state directory so that
+    /// two installations on one host never see each other's VMMs.
+    pub fn records_dir(&self) -> PathBuf {
+        // FNV-1a: a stable name for the state directory's path.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.dirs.state.as_os_str().as_encoded_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.jail_base.join("launches").join(format!("{h:016x}"))
+    }
+
+    fn write_record(&self, r: &LaunchRecord) -> Result<(), Failure> {
+        let dir = self.records_dir();
+        let err = |e| io_failed(format!("cannot write the launch record in {}", dir.display()), e);
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(err)?;
+        let tmp = dir.join(format!(".{}.tmp", r.vm_id));
+        fs::write(&tmp, serde_json::to_vec(r).expect("records serialize")).map_err(err)?;
+        fs::rename(&tmp, dir.join(r.vm_id.as_str())).map_err(err)
+    }
+
+    fn read_record(&self, id: &VmId) -> Option<LaunchRecord> {
+        let bytes = fs::read(self.records_dir().join(id.as_str())).ok()?;
+        serde_json::from_slice::<LaunchRecord>(&bytes).ok().filter(|r| &r.vm_id == id)
+    }
+
+    /// Records whose process still runs (same pid, same start time).
+    fn running_launches(&self) -> Vec<LaunchInfo> {
+        let Ok(rd) = fs::read_dir(self.records_dir()) else { return Vec::new() };
+        rd.flatten()
+            .filter_map(|e| VmId::new(e.file_name().to_string_lossy().into_owned()).ok())
+            .filter_map(|id| self.read_record(&id))
+            .filter(|r| pid::start_time(r.pid) == Some(r.start_time))
+            .collect()
+    }
+
+    /// Ends the VMM the VM's launch record names, if it still runs, and drops the
+    /// record. The record was written by this helper before that process could exec,
+    /// so (pid, start time) identifies it positively.
+    fn end_recorded(&self, id: &VmId) -> Result<(), Failure> {
+        if let Some(r) = self.read_record(id)
+            && pid::start_time(r.pid) == Some(r.start_time)
+        {
+            tracing::warn!(vm = %id, pid = r.pid, "ending a VMM that still runs");
+            let _ = signal::kill(Pid::from_raw(r.pid), Signal::SIGKILL);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while pid::start_time(r.pid) == Some(r.start_time) {
+                if std::time::Instant::now() > deadline {
+                    return Err(failed(format!("the VMM (pid {}) of VM {id} did not end after SIGKILL", r.pid)));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        match fs::remove_file(self.records_dir().join(id.as_str())) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_failed("cannot remove the launch record", e)),
+        }
+    }
+
     /// `<jail base>/<vmm>/<id>`: the jailer's directory for this VM.
     fn jail_dir(&self, id: &VmId) -> PathBuf {
         self.jail_base.join(&self.vmm_name).join(id.as_str())
@@ -266,6 +333,10 @@ impl Helper {
         let api_sock = self.dirs.api_socket(id);
         let console = self.dirs.console_log(id);
         let vmm_log = self.dirs.vmm_log(id);
+
+        // 0. A VMM an earlier launch left running (the helper or the daemon died
+        //    mid-start) is an orphan: the daemon launches only a VM it holds stopped.
+        self.end_recorded(id)?;
 
         // 1. As the caller: its own directory and logs, and every boot file. A symlink
         //    the caller planted leads nowhere it could not go itself, and a file a user
@@ -350,68 +421,71 @@ impl Helper {
             }
         };
 
-        // 4. Spawn detached: own session, default signal dispositions, files not pipes.
-        // Least privilege: a direct VMM runs as the daemon's user, so the daemon can
-        // reach its socket and no guest-facing process runs as root. (The jailer
-        // drops privileges itself with --uid/--gid.)
+        // 4. Fork the VMM held, record it, then let it run: it never runs before
+        //    something durable and root's says whose it is. Own session, default
+        //    signal dispositions, files not pipes. Least privilege: a direct VMM runs
+        //    as the daemon's user, so the daemon can reach its socket and no
+        //    guest-facing process runs as root. (The jailer drops privileges itself
+        //    with --uid/--gid.)
         let drop_to = (plan.chroot.is_none() && caller.uid != 0).then_some(caller);
-        let mut cmd = match systemd_run() {
+        let (program, args, child_drop) = match systemd_run() {
             // Under systemd, each VMM gets its own transient scope in banger.slice, so
             // it is outside the helper's cgroup and no stop or restart of the helper's
             // unit can reach it. systemd-run registers the scope and execs the VMM:
             // the pid stays the same.
             Some(systemd_run) => {
-                let mut c = Command::new(systemd_run);
-                c.args(["--scope", "--quiet", "--collect", "--slice=banger.slice"]);
-                c.arg(format!("--unit=banger-vm-{id}-{}", now_millis()));
+                let mut a: Vec<std::ffi::OsString> =
+                    ["--scope", "--quiet", "--collect", "--slice=banger.slice"].map(Into::into).to_vec();
+                a.push(format!("--unit=banger-vm-{id}-{}", now_millis()).into());
                 if let Some(u) = drop_to {
-                    c.arg(format!("--uid={}", u.uid)).arg(format!("--gid={}", u.gid));
+                    a.push(format!("--uid={}", u.uid).into());
+                    a.push(format!("--gid={}", u.gid).into());
                 }
-                c.arg("--").arg(&plan.program).args(&plan.args);
-                c
+                a.push("--".into());
+                a.push(plan.program.clone().into());
+                a.extend(plan.args.iter().cloned());
+                (systemd_run.to_path_buf(), a, None)
             }
-            None => {
-                let mut c = Command::new(&plan.program);
-                c.args(&plan.args);
-                if let Some(u) = drop_to {
-                    c.uid(u.uid).gid(u.gid);
-                }
-                c
-            }
+            None => (plan.program.clone(), plan.args.clone(), drop_to),
         };
-        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(io::Error::from)?;
-                reset_signals();
-                Ok(())
-            });
-        }
-        let child = match cmd.spawn() {
-            Ok(c) => c,
+        let spawn = crate::spawn::Spawn { program: program.clone(), args, stdout, stderr, drop_to: child_drop };
+        let held = match crate::spawn::spawn_held(&spawn) {
+            Ok(h) => h,
             Err(e) => {
                 let _ = self.clear_jail(id);
-                return Err(io_failed(format!("cannot start {}", plan.program.display()), e));
+                return Err(io_failed(format!("cannot start {}", program.display()), e));
             }
         };
-        let pid = child.id() as i32;
+        let pid = held.pid;
+        banger_helper::fault_point("helper:launch:forked");
         // The start time is fixed at fork, so it is already the VMM's.
-        let start_time = pid::start_time(pid);
+        let Some(start_time) = pid::start_time(pid) else {
+            let _ = self.clear_jail(id);
+            return Err(failed(format!("the VMM (pid {pid}) ended before it started")));
+        };
+        if let Err(e) = self.write_record(&LaunchRecord { vm_id: id.clone(), pid, start_time }) {
+            // Dropping `held` ends the child before it execs.
+            drop(held);
+            let _ = self.clear_jail(id);
+            return Err(e);
+        }
+        banger_helper::fault_point("helper:launch:recorded");
         // The helper is the parent until it exits: reap the VMM so it never lingers as
         // a zombie, and keep how it ended for `VmmExited`.
         let exits = self.exits.clone();
         let vm = id.clone();
         std::thread::spawn(move || {
-            let mut child = child;
             // Record the status before reaping: once the pid is gone from /proc the
             // daemon may ask, and must find the answer.
-            if let (Some(exit), Some(st)) = (peek_exit(pid, true), start_time) {
+            if let Some(exit) = peek_exit(pid, true) {
                 tracing::info!(vm = %vm, pid, "VMM ended with {exit}");
-                exits.lock().unwrap_or_else(|e| e.into_inner()).insert((pid, st), (vm, exit));
+                exits.lock().unwrap_or_else(|e| e.into_inner()).insert((pid, start_time), (vm, exit));
             }
-            let _ = child.wait();
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
         });
+        held.release().map_err(|e| io_failed("cannot release the VMM", e))?;
+        banger_helper::fault_point("helper:launch:released");
 
         // 5. With a jail, the host-side socket is a symlink into it, in the caller's
         //    directory and so made as the caller.
@@ -422,8 +496,6 @@ impl Helper {
                     .map_err(|e| io_failed(format!("cannot link {}", api_sock.display()), e))
             })?;
         }
-        let start_time = start_time
-            .ok_or_else(|| failed(format!("the VMM (pid {pid}) exited immediately; see {}", vmm_log.display())))?;
         tracing::info!(vm = %id, pid, jailed = plan.chroot.is_some(), "launched VMM");
         Ok(Reply::Launched(Launched {
             pid,
@@ -528,19 +600,6 @@ fn open_log(path: &Path, truncate: bool) -> Result<File, Failure> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| io_failed(format!("cannot open {}", path.display()), e))
-}
-
-/// Runs in the forked child before exec: every signal back to its default action and
-/// nothing blocked, whatever the helper (or its service manager) had set.
-fn reset_signals() {
-    for s in Signal::iterator() {
-        if matches!(s, Signal::SIGKILL | Signal::SIGSTOP) {
-            continue;
-        }
-        // SAFETY: restoring SIG_DFL is async-signal-safe.
-        let _ = unsafe { signal::signal(s, signal::SigHandler::SigDfl) };
-    }
-    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
 #[cfg(test)]

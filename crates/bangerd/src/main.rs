@@ -131,6 +131,8 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
     secure_socket(&socket, &args.socket_group)?;
 
     let state = Arc::new(api::AppState { service, vmm: vmm.to_string(), socket: socket.clone() });
+    let watcher = state.clone();
+    tokio::spawn(async move { watcher.service.watch_helper().await });
     let app = api::router(state);
     tracing::info!(socket = %socket.display(), ms = started.elapsed().as_millis() as u64, "bangerd ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

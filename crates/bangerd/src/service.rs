@@ -105,6 +105,8 @@ pub struct Service {
     network: std::sync::OnceLock<NetworkConfig>,
     /// The helper's VMM, learnt at start.
     vmm: std::sync::OnceLock<VmmInfo>,
+    /// The helper instance last seen (see [`Service::watch_helper`]).
+    helper_instance: Mutex<String>,
     /// Image builds in progress: image name -> build directory (for progress).
     pub(crate) builds: Mutex<HashMap<String, PathBuf>>,
 }
@@ -155,6 +157,7 @@ impl Service {
             locks: Mutex::new(HashMap::new()),
             network: std::sync::OnceLock::new(),
             vmm: std::sync::OnceLock::new(),
+            helper_instance: Mutex::new(String::new()),
             builds: Mutex::new(HashMap::new()),
         }
     }
@@ -178,8 +181,9 @@ impl Service {
     /// Checks the helper answers; learns its VMM and network.
     pub async fn helper_ping(&self) -> Result<VmmInfo> {
         match self.helper(Request::Ping {}).await? {
-            Reply::Pong { vmm, vmm_version, jailed, network, .. } => {
+            Reply::Pong { vmm, vmm_version, jailed, network, instance, .. } => {
                 let _ = self.network.set(network);
+                *self.helper_instance.lock().unwrap_or_else(|e| e.into_inner()) = instance;
                 let info = VmmInfo { name: vmm, version: vmm_version, jailed };
                 let _ = self.vmm.set(info.clone());
                 Ok(info)
@@ -230,6 +234,7 @@ impl Service {
         }
         let id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
         let rec = self.store.insert(&id, &spec)?;
+        banger_helper::fault_point("daemon:create:inserted");
         let lock = self.lock_for(&rec.id);
         let _g = lock.lock().await;
         if let Err(e) = self.provision(&rec).await {
@@ -421,6 +426,7 @@ impl Service {
         let Reply::Launched(l) = reply else {
             return Err(fail(None, format!("unexpected helper reply {reply:?}")));
         };
+        banger_helper::fault_point("daemon:start:launched");
         let h = Handles {
             vm_id: vm_id.to_string(),
             pid: l.pid,
@@ -435,6 +441,7 @@ impl Service {
         self.store
             .set_state(&rec.id, VmState::Starting, Some(&l.vmm_name), Some((l.pid, l.start_time)), None)
             .map_err(|e| fail(Some(&l), chain(&e)))?;
+        banger_helper::fault_point("daemon:start:saved");
         if let Some((tap, _)) = &plan.nic {
             let ip = rec.ip.as_deref().unwrap_or_default().parse().map_err(|_| fail(Some(&l), "no address".into()))?;
             self.helper(Request::CreateTap { vm_id: vm_id.clone(), guest_ip: ip })
@@ -442,6 +449,7 @@ impl Service {
                 .map_err(|e| fail(Some(&l), format!("{tap}: {}", chain(&e))))?;
         }
         configure(&l, &plan).await.map_err(|e| fail(Some(&l), e))?;
+        banger_helper::fault_point("daemon:start:configured");
         Ok(l)
     }
 
@@ -521,6 +529,7 @@ impl Service {
         let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
         let (p, st) = (rec.pid.unwrap_or(0), rec.pid_start_time.unwrap_or(0));
         self.store.set_state(&rec.id, VmState::Stopping, None, Some((p, st)), None)?;
+        banger_helper::fault_point("daemon:stop:stopping");
         let client = banger_fc::Client::new(self.dirs.api_socket(&vm_id));
         let graceful = match client.send_ctrl_alt_del().await {
             Ok(()) => wait_gone(p, st, timeout).await,
@@ -585,6 +594,7 @@ impl Service {
             }
             self.kill_locked(&rec).await?;
         }
+        banger_helper::fault_point("daemon:rm:killed");
         let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
         self.release_runtime(&rec.id).await?;
         self.helper(Request::RemoveVmState { vm_id }).await?;
@@ -639,7 +649,51 @@ impl Service {
             }
             out.push((rec.name.to_string(), result));
         }
+        out.extend(self.end_orphans().await?);
         Ok(out)
+    }
+
+    /// Every VMM the helper launched and that still runs is either a VM's VMM or an
+    /// orphan of a crash mid-start (the helper or this daemon died between the
+    /// launch and saving its pid): the orphans are ended, under each VM's lock.
+    pub async fn end_orphans(&self) -> Result<Vec<(String, Reconciled)>> {
+        let mut out = Vec::new();
+        let Ok(Reply::Launches { launches }) = self.helper(Request::Launches {}).await else { return Ok(out) };
+        for l in launches {
+            let lock = self.lock_for(l.vm_id.as_str());
+            let _g = lock.lock().await;
+            let rec = self.store.get_by_id(l.vm_id.as_str())?;
+            if rec.as_ref().is_some_and(|r| r.state.has_vmm() && r.pid == Some(l.pid)) {
+                continue;
+            }
+            self.helper(Request::RemoveVmRuntime { vm_id: l.vm_id.clone() }).await?;
+            let name = rec.map(|r| r.name.to_string()).unwrap_or_else(|| l.vm_id.to_string());
+            let reason = format!("ended its orphaned VMM (pid {}) that no start had recorded", l.pid);
+            tracing::warn!(vm = %name, "reconcile: {reason}");
+            out.push((name, Reconciled::Cleaned { reason }));
+        }
+        Ok(out)
+    }
+
+    /// Runs for the daemon's life: when the helper comes back as a new process (it
+    /// crashed or was restarted, maybe in the middle of a launch), look for orphans.
+    pub async fn watch_helper(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Ok(Reply::Pong { instance, .. }) = self.helper(Request::Ping {}).await else { continue };
+            let changed = {
+                let mut last = self.helper_instance.lock().unwrap_or_else(|e| e.into_inner());
+                let changed = *last != instance;
+                *last = instance;
+                changed
+            };
+            if changed {
+                tracing::info!("the root helper restarted; looking for orphaned VMMs");
+                if let Err(e) = self.end_orphans().await {
+                    tracing::warn!("orphan sweep failed: {}", chain(&e));
+                }
+            }
+        }
     }
 
     async fn reconcile_one(&self, rec: &VmRecord) -> Result<Reconciled> {
@@ -707,8 +761,11 @@ impl Service {
                     }),
                 };
                 let _ = handles::write(&self.dirs.handles(&vm_id), &h);
-                let state = if rec.state == VmState::Stopping { VmState::Stopping } else { VmState::Running };
-                self.store.set_state(&rec.id, state, Some(&vmm_name), Some((p, st)), None)?;
+                // A stop that the daemon's death interrupted did not finish: the VM
+                // runs, and `vm stop` (or `vm kill`) is legal on it again.
+                let note = (rec.state == VmState::Stopping)
+                    .then_some("a stop was interrupted when the daemon stopped; the VM still runs");
+                self.store.set_state(&rec.id, VmState::Running, Some(&vmm_name), Some((p, st)), note)?;
                 Ok(Reconciled::Adopted { pid: p })
             }
         }

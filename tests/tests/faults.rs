@@ -1,0 +1,191 @@
+//! Fault injection: a daemon or the helper SIGKILLed exactly at each step of create,
+//! start, stop and rm (`BANGER_FAULT=<point>`, banger_helper::fault_point), for
+//! banger-vmm-qemu and the real Firecracker, direct and jailed. After `daemon start`,
+//! every VMM that runs belongs to a running VM (no orphan), every VM is in a state the
+//! next verb accepts, and `vm rm -f` leaves nothing behind.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use banger_tests::*;
+use serde_json::Value;
+
+/// Every injection point, in the order a VM meets them.
+const POINTS: [&str; 9] = [
+    "daemon:create:inserted",
+    "helper:launch:forked",
+    "helper:launch:recorded",
+    "helper:launch:released",
+    "daemon:start:launched",
+    "daemon:start:saved",
+    "daemon:start:configured",
+    "daemon:stop:stopping",
+    "daemon:rm:killed",
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Vmm {
+    Qemu,
+    Firecracker,
+    JailedFirecracker,
+}
+
+impl Vmm {
+    fn env(self) -> Env {
+        match self {
+            Vmm::Qemu => Env::new(),
+            Vmm::Firecracker => Env::with_firecracker(false, None),
+            Vmm::JailedFirecracker => Env::with_firecracker(true, None),
+        }
+    }
+    fn comm(self) -> &'static str {
+        match self {
+            Vmm::Qemu => "banger-vmm-qemu",
+            _ => "firecracker",
+        }
+    }
+}
+
+/// The VMM processes of this environment: by command line (direct) or by jail.
+fn vmms(env: &Env, vmm: Vmm) -> Vec<i32> {
+    let mut pids: Vec<i32> = env
+        .processes()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == vmm.comm()))
+        .collect();
+    if let Some(base) = &env.jail_base {
+        pids.extend(jailed_processes(base.path()));
+    }
+    pids.sort();
+    pids.dedup();
+    pids.retain(|p| alive(*p));
+    // banger-vmm-qemu's own child carries its comm between fork and exec of QEMU.
+    let parents = pids.clone();
+    pids.retain(|p| !ppid(*p).is_some_and(|pp| parents.contains(&pp)));
+    pids
+}
+
+fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+fn create_args(env: &Env, vmm: Vmm, name: &str) -> Vec<String> {
+    let g = guest();
+    let disk = env.own_copy(&g.rootfs, &format!("{name}.ext4"));
+    let mut a: Vec<String> = vec!["vm".into(), "create".into(), name.into()];
+    match vmm {
+        Vmm::Qemu => a.extend(["--kernel".into(), g.kernel.display().to_string(), "--initrd".into(), g.initrd.display().to_string()]),
+        _ => a.extend(["--kernel".into(), firecracker().tiny_guest.display().to_string()]),
+    }
+    a.extend(["--rootfs".into(), disk.display().to_string(), "--memory".into(), "128".into()]);
+    a
+}
+
+fn run_point(vmm: Vmm, point: &str) {
+    let mut env = vmm.env();
+    env.start_with_fault(Some(point));
+    let name = "f";
+    let args = create_args(&env, vmm, name);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The verbs up to the fault; the one that meets it fails (its daemon died).
+    let mut met = false;
+    let create = env.banger(&a);
+    if !create.status.success() {
+        met = true;
+    } else {
+        let start = env.banger(&["vm", "start", name]);
+        if !start.status.success() {
+            met = true;
+        } else {
+            for verb in [&["vm", "stop", name, "--timeout", "2"][..], &["vm", "rm", "-f", name][..]] {
+                if !env.banger(verb).status.success() {
+                    met = true;
+                    break;
+                }
+            }
+        }
+    }
+    assert!(met, "{vmm:?} {point}: no verb met the fault");
+
+    // Recover: both daemons started again, without the fault.
+    env.start_with_fault(None);
+    // The daemon notices a new helper within a second and ends what no VM owns.
+    let owned = |vms: &Value| -> Vec<i32> {
+        vms.as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["state"] == "running" || v["state"] == "stopping")
+            .filter_map(|v| v["pid"].as_i64().map(|p| p as i32))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (vms, running, live) = loop {
+        let vms = env.json(&["vm", "list"]);
+        let running = owned(&vms);
+        let live = vmms(&env, vmm);
+        if live.iter().all(|p| running.contains(p)) || std::time::Instant::now() > deadline {
+            break (vms, running, live);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for p in &live {
+        assert!(
+            running.contains(p),
+            "{vmm:?} {point}: VMM pid {p} runs but no VM owns it (orphan); VMs: {vms}\n--- helper log ---\n{}\n--- daemon log ---\n{}",
+            std::fs::read_to_string(env.state().join("bangerd-root.log")).unwrap_or_default(),
+            std::fs::read_to_string(env.state().join("bangerd.log")).unwrap_or_default(),
+        );
+    }
+    // Whatever state the VM is in, the next verbs accept it: start it (unless it
+    // runs), then remove it, leaving nothing.
+    let vm: Option<Value> = vms.as_array().unwrap().iter().find(|v| v["name"] == name).cloned();
+    if let Some(vm) = vm {
+        let state = vm["state"].as_str().unwrap().to_string();
+        assert!(["created", "stopped", "failed", "running"].contains(&state.as_str()), "{vmm:?} {point}: {vm}");
+        if state != "running" {
+            let out = env.banger(&["vm", "start", name]);
+            assert!(out.status.success(), "{vmm:?} {point}: vm start from {state}: {}", stderr(&out));
+        }
+        let id = vm["id"].as_str().unwrap().to_string();
+        env.ok(&["vm", "rm", "-f", name]);
+        for d in [env.state().join("vms").join(&id), env.run_dir().join("vms").join(&id)] {
+            assert!(!d.exists(), "{vmm:?} {point}: {} is left", d.display());
+        }
+    }
+    wait_for(Duration::from_secs(10), &format!("{vmm:?} {point}: every VMM to end"), || vmms(&env, vmm).is_empty());
+    if let Some(base) = &env.jail_base {
+        assert_eq!(mounts_under(base.path()), Vec::<PathBuf>::new(), "{vmm:?} {point}: mounts left");
+        let jails: Vec<_> = std::fs::read_dir(base.path().join("firecracker")).into_iter().flatten().flatten().collect();
+        assert!(jails.is_empty(), "{vmm:?} {point}: jails left: {jails:?}");
+        let records: Vec<_> = std::fs::read_dir(base.path().join("launches"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+            .collect();
+        assert!(records.is_empty(), "{vmm:?} {point}: launch records left: {records:?}");
+    }
+}
+
+fn every_point(vmm: Vmm) {
+    for point in POINTS {
+        run_point(vmm, point);
+    }
+}
+
+#[test]
+fn no_fault_at_any_step_orphans_a_banger_vmm_qemu() {
+    every_point(Vmm::Qemu);
+}
+
+#[test]
+fn no_fault_at_any_step_orphans_a_direct_firecracker() {
+    every_point(Vmm::Firecracker);
+}
+
+#[test]
+fn no_fault_at_any_step_orphans_a_jailed_firecracker() {
+    every_point(Vmm::JailedFirecracker);
+}
