@@ -224,7 +224,10 @@ fn a_vmm_that_dies_by_itself_leaves_the_vm_failed_with_its_status_and_log() {
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     wait_for(Duration::from_secs(10), "the VMM to end", || !alive(pid));
     let vm = env.json(&["vm", "show", "crash"]);
-    assert_eq!(vm["state"], "failed", "{vm}");
+    assert_eq!(
+        vm["state"], "failed", "{vm}\n{}",
+        std::fs::read_to_string(env.state().join("bangerd-root.log")).unwrap_or_default()
+    );
     let err = vm["last_error"].as_str().unwrap();
     assert!(err.contains("the VMM ended unexpectedly (killed by signal 9)"), "{err}");
     assert!(err.contains("last lines of the VMM log") && err.contains(":fc_api]"), "{err}");

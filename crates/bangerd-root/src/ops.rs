@@ -139,12 +139,31 @@ impl Helper {
                     exits.get(&(*pid, *start_time)).filter(|(id, _)| id == vm_id).map(|(_, e)| e.clone())
                 };
                 // Just ended: the reaper thread may not have recorded it yet, but the
-                // zombie (still our child, same start time) tells its status.
-                let exit = known.or_else(|| {
-                    (*pid > 1 && pid::start_time_even_if_ended(*pid) == Some(*start_time))
-                        .then(|| peek_exit(*pid, false))
-                        .flatten()
-                });
+                // zombie (still our child, same start time) tells its status. A
+                // multithreaded VMM's leader shows as a zombie a little before the
+                // kernel lets its parent wait for it: give it a moment.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                let mut exit = known;
+                while exit.is_none()
+                    && *pid > 1
+                    && pid::start_time_even_if_ended(*pid) == Some(*start_time)
+                    && pid::start_time(*pid).is_none()
+                {
+                    exit = peek_exit(*pid, false).or_else(|| {
+                        let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+                        exits.get(&(*pid, *start_time)).filter(|(id, _)| id == vm_id).map(|(_, e)| e.clone())
+                    });
+                    if std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    if exit.is_none() {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                }
+                if exit.is_none() {
+                    let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+                    exit = exits.get(&(*pid, *start_time)).filter(|(id, _)| id == vm_id).map(|(_, e)| e.clone());
+                }
                 Ok(Reply::Exited { exit })
             }
             Request::SignalVmm { vm_id, pid, start_time, signal } => {
