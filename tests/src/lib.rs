@@ -68,7 +68,6 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     /// Extra arguments for bangerd-root (e.g. another --vmm).
     helper_args: Vec<String>,
-    started: bool,
     pub bridge: String,
     pub gateway: String,
     pub nft_table: String,
@@ -123,7 +122,6 @@ impl Env {
         Self {
             dir,
             helper_args: Vec::new(),
-            started: false,
             daemon_uid: None,
             jail_base: None,
             bridge: format!("btst{p}x{n}"),
@@ -243,9 +241,14 @@ impl Env {
         self.start_with_fault(None);
     }
 
+    /// Starts whichever daemon is not running (after a crash or `daemon stop`).
+    pub fn restart(&self) {
+        self.start_with_fault(None);
+    }
+
     /// [`Env::start`], with `BANGER_FAULT=<point>` in both daemons' environments: the
     /// daemon that reaches that point SIGKILLs itself (banger_helper::fault_point).
-    pub fn start_with_fault(&mut self, fault: Option<&str>) {
+    pub fn start_with_fault(&self, fault: Option<&str>) {
         if !self.helper_args.is_empty() {
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -271,7 +274,6 @@ impl Env {
         }
         let out = c.output().expect("run banger");
         assert!(out.status.success(), "daemon start failed: {}", stderr(&out));
-        self.started = true;
     }
 
     /// Creates and starts a VM from the test guest, with its own copy of the disk

@@ -84,7 +84,7 @@ fn create_args(env: &Env, vmm: Vmm, name: &str) -> Vec<String> {
 }
 
 fn run_point(vmm: Vmm, point: &str) {
-    let mut env = vmm.env();
+    let env = vmm.env();
     env.start_with_fault(Some(point));
     let name = "f";
     let args = create_args(&env, vmm, name);

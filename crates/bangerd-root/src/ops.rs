@@ -36,6 +36,9 @@ pub struct Helper {
     network: banger_helper::NetworkConfig,
     mirror: String,
     exits: Exits,
+    /// One lock per VM: a request a dead daemon left running (a launch, say) finishes
+    /// before the next daemon's request for the same VM (its clean-up) starts.
+    vm_locks: Arc<Mutex<HashMap<VmId, Arc<Mutex<()>>>>>,
 }
 
 /// A launch record on disk (root's, beneath the jail base): see [`banger_helper::LaunchInfo`].
@@ -86,6 +89,7 @@ impl Helper {
             network,
             mirror,
             exits: Arc::default(),
+            vm_locks: Arc::default(),
         })
     }
 
@@ -96,6 +100,16 @@ impl Helper {
     /// Runs one request for a caller already authenticated as `caller` (uid, gid):
     /// files and directories it creates, and the VMM itself, belong to that user.
     pub fn handle(&self, caller: Caller, req: &Request) -> Response {
+        let vm = match req {
+            Request::CreateVmDirs { vm_id }
+            | Request::LaunchVmm { vm_id, .. }
+            | Request::SignalVmm { vm_id, .. }
+            | Request::RemoveVmRuntime { vm_id }
+            | Request::RemoveVmState { vm_id } => Some(vm_id.clone()),
+            _ => None,
+        };
+        let lock = vm.map(|id| self.vm_locks.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_default().clone());
+        let _serialized = lock.as_ref().map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
         match req {
             Request::Ping {} => Ok(Reply::Pong {
                 version: option_env!("BANGER_VERSION").unwrap_or(env!("CARGO_PKG_VERSION")).into(),

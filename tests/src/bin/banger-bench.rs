@@ -11,7 +11,14 @@
 //! 4. `vm run` to SSH-ready, split into banger's steps and the guest's boot.
 //! 5. Daemon start to ready with 0, 10 and 30 running VMs (reconcile cost).
 //!
+//! 6. With `--vmm firecracker`: the real Firecracker (scripts/firecracker-assets) and
+//!    its tiny guest. `start` against a floor that launches the same firecracker and
+//!    makes the same API calls from this one process (banger_fc's client, no shell,
+//!    no curl; banger's VMs also get a tap, the floor does not); `reconcile` with 0,
+//!    10 and 30 live VMs (bangerd restarted, the helper kept) and bangerd's memory.
+//!
 //! Usage: banger-bench [--runs N] [--list-vms N] [--only start,list,disk,run,reconcile]
+//!                     [--vmm qemu|firecracker]
 //! (needs root, scripts/guest-assets, and for `run` the cached Debian test image)
 
 use std::path::Path;
@@ -46,9 +53,23 @@ fn only(part: &str) -> bool {
     }
 }
 
+fn firecracker_chosen() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2).any(|w| w[0] == "--vmm" && w[1] == "firecracker")
+}
+
 fn main() {
     let runs = arg("--runs", 20);
     let list_vms = arg("--list-vms", 1000);
+    if firecracker_chosen() {
+        if only("start") {
+            fc::bench_start(runs);
+        }
+        if only("reconcile") {
+            fc::bench_reconcile();
+        }
+        return;
+    }
     if only("start") {
         bench_start(runs);
     }
@@ -312,5 +333,131 @@ mod banger_client_for_bench {
                 .unwrap();
             assert!(out.status.success(), "seeding {name} failed");
         }
+    }
+}
+
+/// The same figures with the real Firecracker and the tiny guest.
+mod fc {
+    use std::time::{Duration, Instant};
+
+    use banger_fc::models::{BootSource, MachineConfiguration};
+    use banger_tests::{Env, firecracker, wait_for};
+
+    use super::{median, ms};
+
+    /// The floor: firecracker launched and configured from this process with the
+    /// calls banger makes (machine-config, boot-source, InstanceStart).
+    fn floor_once(rt: &tokio::runtime::Runtime) -> Duration {
+        let fc = firecracker();
+        let dir = tempfile::Builder::new().prefix("fl").tempdir_in("/tmp").unwrap();
+        let sock = dir.path().join("api.sock");
+        let console = std::fs::File::create(dir.path().join("console.log")).unwrap();
+        let t = Instant::now();
+        let mut child = std::process::Command::new(&fc.firecracker)
+            .arg("--api-sock")
+            .arg(&sock)
+            .args(["--id", "floor"])
+            .stdin(std::process::Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console)
+            .spawn()
+            .unwrap();
+        rt.block_on(async {
+            let c = banger_fc::Client::new(&sock);
+            while c.instance_info().await.is_err() {
+                tokio::task::yield_now().await;
+            }
+            c.put_machine_config(&MachineConfiguration {
+                vcpu_count: 1,
+                mem_size_mib: 128,
+                smt: None,
+                track_dirty_pages: None,
+                huge_pages: None,
+            })
+            .await
+            .unwrap();
+            c.put_boot_source(&BootSource {
+                kernel_image_path: fc.tiny_guest.display().to_string(),
+                initrd_path: None,
+                boot_args: Some("console=ttyS0 reboot=k panic=1".into()),
+            })
+            .await
+            .unwrap();
+            c.instance_start().await.unwrap();
+        });
+        let d = t.elapsed();
+        let _ = child.kill();
+        let _ = child.wait();
+        d
+    }
+
+    pub fn bench_start(runs: usize) {
+        let fc = firecracker();
+        let k = fc.tiny_guest.to_str().unwrap().to_string();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut env = Env::with_firecracker(false, None);
+        env.start();
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            let name = format!("b{i}");
+            let t = Instant::now();
+            env.ok(&["vm", "create", &name, "--kernel", &k, "--memory", "128"]);
+            env.ok(&["vm", "start", &name]);
+            ours.push(t.elapsed());
+            env.ok(&["vm", "rm", "--force", &name]);
+            floor.push(floor_once(&rt));
+        }
+        let (o, f) = (median(ours), median(floor));
+        println!("firecracker start: banger vm create + vm start (median of {runs}): {:.1} ms", ms(o));
+        println!("firecracker start: floor, same binary and calls from one process: {:.1} ms", ms(f));
+        println!("firecracker start: ratio banger / floor: {:.2}", o.as_secs_f64() / f.as_secs_f64());
+    }
+
+    fn rss_kib(pid: i32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+
+    pub fn bench_reconcile() {
+        let fc = firecracker();
+        let k = fc.tiny_guest.to_str().unwrap().to_string();
+        let mut env = Env::with_firecracker(false, None);
+        env.start();
+        let mut booted = 0;
+        let (mut medians, mut rss) = (Vec::new(), Vec::new());
+        for target in [0usize, 10, 30] {
+            while booted < target {
+                env.ok(&["vm", "create", &format!("r{booted}"), "--kernel", &k, "--memory", "128", "--start"]);
+                booted += 1;
+            }
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let pid = env.daemon_pid();
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+                wait_for(Duration::from_secs(10), "bangerd to exit", || !banger_tests::alive(pid));
+                let t = Instant::now();
+                env.ok(&["daemon", "start"]);
+                times.push(t.elapsed());
+            }
+            let running = env.json(&["daemon", "status"])["running"].as_u64().unwrap();
+            assert_eq!(running as usize, target, "all VMs re-adopted");
+            let m = median(times);
+            medians.push(m);
+            rss.push(rss_kib(env.daemon_pid()));
+            println!(
+                "firecracker reconcile: bangerd start to ready with {target} live VMs (median of 5): {:.1} ms; bangerd RSS {} KiB",
+                ms(m),
+                rss.last().unwrap()
+            );
+        }
+        println!("firecracker reconcile: ratio 30 VMs / none: {:.2}", medians[2].as_secs_f64() / medians[0].as_secs_f64());
+        println!(
+            "firecracker memory: bangerd {:.1} KiB per live VM",
+            (rss[2] as f64 - rss[0] as f64) / 30.0
+        );
     }
 }
