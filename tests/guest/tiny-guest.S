@@ -12,6 +12,8 @@
  * tick the guest prints BANGER_SHUTDOWN and asks the i8042 to reset the machine (0xFE to
  * port 0x64), which ends Firecracker cleanly: a graceful `banger vm stop`.
  *
+ * Built with -DSTUBBORN it ignores Ctrl-Alt-Del: a guest that never stops gracefully.
+ *
  * Build: gcc -nostdlib -static -no-pie -Wl,-Ttext=0x1000000 -Wl,--build-id=none
  */
     .set COM1, 0x3f8
@@ -91,10 +93,12 @@ tick:
     push    %rdx
     push    %rsi
     push    %rdi
+#ifndef STUBBORN
     mov     $0x64, %dx
     in      (%dx), %al
     test    $1, %al
     jnz     shutdown
+#endif
     incq    counter(%rip)
     lea     prefix(%rip), %rsi
     call    puts

@@ -88,6 +88,8 @@ pub struct Firecracker {
     pub jailer: PathBuf,
     /// An ELF guest that prints `BANGER_TICK <n>` about five times a second.
     pub tiny_guest: PathBuf,
+    /// The same guest, deaf to Ctrl-Alt-Del (it never stops gracefully).
+    pub stubborn_guest: PathBuf,
 }
 
 pub fn firecracker() -> Firecracker {
@@ -99,8 +101,9 @@ pub fn firecracker() -> Firecracker {
         firecracker: root.join("bin/firecracker"),
         jailer: root.join("bin/jailer"),
         tiny_guest: root.join("tiny-guest"),
+        stubborn_guest: root.join("tiny-guest-stubborn"),
     };
-    for p in [&f.firecracker, &f.jailer, &f.tiny_guest] {
+    for p in [&f.firecracker, &f.jailer, &f.tiny_guest, &f.stubborn_guest] {
         assert!(p.exists(), "{} is missing: run scripts/firecracker-assets (scripts/test does)", p.display());
     }
     f

@@ -298,3 +298,54 @@ fn an_image_without_an_elf_kernel_is_refused_on_firecracker_with_a_clear_error()
     let fc = firecracker().firecracker.display().to_string();
     assert!(env.processes().iter().all(|(_, c)| !c.starts_with(&fc)), "nothing was launched: {:?}", env.processes());
 }
+
+#[test]
+fn kill_does_not_wait_behind_a_long_stop_and_bad_stops_and_boot_args_are_refused() {
+    let mut env = Env::with_firecracker(false, None);
+    env.start();
+    let fc = firecracker();
+    let k = fc.stubborn_guest.to_str().unwrap();
+    let vm = env.json(&["vm", "create", "deaf", "--kernel", k, "--memory", "128", "--start"]);
+    let pid = vm["pid"].as_i64().unwrap() as i32;
+    counter_passes(&env, "deaf", 1);
+
+    // A stop timeout beyond the limit (2^64-1 used to panic the handler and leave the
+    // VM `stopping`) is refused; the VM still runs.
+    let sock = env.run_dir().join("bangerd.sock");
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/stderr", "-w", "%{http_code}", "--unix-socket"])
+        .arg(&sock)
+        .args(["-H", "content-type: application/json", "-d", r#"{"timeout_secs":18446744073709551615}"#])
+        .arg("http://bangerd/v1/vms/deaf/stop")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400", "{}", stderr(&out));
+    assert!(stderr(&out).contains("stop timeout of 18446744073709551615 s is too long"), "{}", stderr(&out));
+    let out = env.banger(&["vm", "stop", "deaf", "--timeout", "3601"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(env.json(&["vm", "show", "deaf"])["state"], "running");
+
+    // A graceful stop the guest ignores would hold the VM for a minute; `vm kill`
+    // ends it now, and the stop returns as soon as the VMM is gone.
+    std::thread::scope(|s| {
+        let stop = s.spawn(|| env.banger(&["vm", "stop", "deaf", "--timeout", "60"]));
+        wait_for(Duration::from_secs(10), "the stop to begin", || {
+            env.json(&["vm", "show", "deaf"])["state"] == "stopping"
+        });
+        let t = std::time::Instant::now();
+        let vm = env.json(&["vm", "kill", "deaf"]);
+        assert!(t.elapsed() < Duration::from_secs(10), "vm kill waited {:?} behind the stop", t.elapsed());
+        assert_eq!(vm["state"], "stopped", "{vm}");
+        let out = stop.join().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    });
+    assert!(!alive(pid));
+
+    // Boot arguments that would not fit the kernel's command line once banger and
+    // Firecracker add theirs are refused at create, not at every start.
+    let long = "x".repeat(1537);
+    let out = env.banger(&["vm", "create", "long", "--kernel", k, "--boot-args", &long]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("boot arguments are 1537 bytes long; the limit is 1536"), "{}", stderr(&out));
+    env.ok(&["vm", "rm", "deaf"]);
+}

@@ -38,8 +38,12 @@ pub enum ValidationError {
     Memory(u32),
     #[error("{what} path {path:?} must be absolute")]
     RelativePath { what: &'static str, path: PathBuf },
-    #[error("boot arguments are {0} bytes long; the limit is 2048")]
+    #[error(
+        "boot arguments are {0} bytes long; the limit is {MAX_BOOT_ARGS} (the kernel takes 2048, and banger and the VMM append the rest)"
+    )]
     BootArgsTooLong(usize),
+    #[error("stop timeout of {0} s is too long: at most {MAX_STOP_TIMEOUT_SECS} s (use `banger vm kill` to end a VM now)")]
+    StopTimeout(u64),
     #[error("give either an image or a kernel, not both")]
     ImageAndKernel,
     #[error("give an image (--image) or a kernel (--kernel)")]
@@ -186,7 +190,7 @@ impl VmSpec {
             }
         }
         if let Some(args) = &self.boot_args
-            && args.len() > 2048
+            && args.len() > MAX_BOOT_ARGS
         {
             return Err(ValidationError::BootArgsTooLong(args.len()));
         }
@@ -372,6 +376,14 @@ impl From<&Vm> for VmSummary {
     }
 }
 
+/// The longest boot arguments a user may give: x86's kernel command line holds 2048
+/// bytes, and banger (address, gateway, host name) and Firecracker (`root=`,
+/// `virtio_mmio.device=` per device, `pci=off`...) append up to 512 of their own.
+pub const MAX_BOOT_ARGS: usize = 1536;
+
+/// The longest graceful stop a request may ask for.
+pub const MAX_STOP_TIMEOUT_SECS: u64 = 3600;
+
 /// `POST /v1/vms/{name}/stop` body.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -379,6 +391,15 @@ pub struct StopRequest {
     /// Seconds to wait for the guest to shut down before killing the VMM.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+}
+
+impl StopRequest {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self.timeout_secs {
+            Some(t) if t > MAX_STOP_TIMEOUT_SECS => Err(ValidationError::StopTimeout(t)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `GET /v1/daemon` body.
@@ -470,7 +491,7 @@ mod tests {
         s.kernel = Some("vmlinux".into());
         assert!(matches!(s.validate(), Err(ValidationError::RelativePath { .. })));
         let mut s = spec("a");
-        s.boot_args = Some("x".repeat(2049));
+        s.boot_args = Some("x".repeat(MAX_BOOT_ARGS + 1));
         assert_eq!(s.validate(), Err(ValidationError::BootArgsTooLong(2049)));
     }
 

@@ -136,6 +136,7 @@ async fn stop_vm(
         Err(JsonRejection::MissingJsonContentType(_)) => StopRequest::default(),
         Err(e) => return Err(e.into()),
     };
+    req.validate().map_err(crate::service::ServiceError::from)?;
     let timeout = req.timeout_secs.map(Duration::from_secs).unwrap_or(DEFAULT_STOP_TIMEOUT);
     Ok(Json(s.service.stop(&name, timeout).await?))
 }

@@ -551,7 +551,22 @@ impl Service {
     pub async fn kill(&self, name: &str) -> Result<Vm> {
         let rec = self.record(name)?;
         let lock = self.lock_for(&rec.id);
-        let _g = lock.lock().await;
+        // A graceful stop may hold the VM for its whole timeout; `vm kill` is what its
+        // hint offers, so it does not queue behind it: it ends the VMM the stop waits
+        // on (identified by pid and start time), and the stop then finishes at once.
+        let _g = match lock.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                if let Some(r) = self.store.get_by_id(&rec.id)?
+                    && r.state == VmState::Stopping
+                    && let (Some(p), Some(st)) = (r.pid, r.pid_start_time)
+                {
+                    let vm_id = VmId::new(r.id.clone()).expect("stored ids are valid");
+                    self.helper(Request::SignalVmm { vm_id, pid: p, start_time: st, signal: VmmSignal::Kill }).await?;
+                }
+                lock.lock().await
+            }
+        };
         let rec = self.refresh(self.record(name)?).await?;
         if !rec.state.can_kill() {
             return Ok(self.to_api(&rec));
