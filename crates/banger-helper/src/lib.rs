@@ -482,10 +482,16 @@ impl HelperClient {
         stream.set_read_timeout(Some(limit))?;
         let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
-        stream.write_all(&line)?;
+        // A refused caller is answered (and closed) before the helper reads: the
+        // write may fail, and the reply still says why.
+        let written = stream.write_all(&line);
         let mut reader = BufReader::new(stream);
         let mut buf = String::new();
-        reader.read_line(&mut buf)?;
+        let read = reader.read_line(&mut buf);
+        if buf.is_empty() {
+            written?;
+            read?;
+        }
         let resp: Response = serde_json::from_str(&buf)?;
         resp.map_err(ClientError::Refused)
     }

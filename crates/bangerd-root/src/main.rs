@@ -179,22 +179,72 @@ fn run(args: Args) -> Result<()> {
     tracing::info!(socket = %sock.display(), allow_uid, vmm = %helper.vmm().display(), "root helper ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
+    // Any local user may connect (the socket is 0666; SO_PEERCRED is the gate), so no
+    // stranger may hold a thread or a slot: a caller that is not root or the daemon
+    // is refused at accept, without reading from it. Allowed callers get a bounded
+    // number of threads and a deadline for their request line. Running out of file
+    // descriptors backs off instead of spinning (and logs once a second at most).
+    let active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut last_warning = std::time::Instant::now() - std::time::Duration::from_secs(2);
+    let mut warn = |msg: String| {
+        if last_warning.elapsed() >= std::time::Duration::from_secs(1) {
+            tracing::warn!("{msg}");
+            last_warning = std::time::Instant::now();
+        }
+    };
     for conn in listener.incoming() {
         let conn = match conn {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
+                warn(format!("accept failed: {e}"));
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
                 continue;
             }
         };
+        let uid = match getsockopt(&conn, PeerCredentials) {
+            Ok(c) => c.uid(),
+            Err(_) => continue,
+        };
+        if uid != 0 && uid != allow_uid {
+            warn(format!("refused uid {uid}: only root and uid {allow_uid} (the daemon) may use the helper"));
+            let _ = conn.set_nonblocking(true);
+            let _ = (&conn).write_all(&denial(uid, allow_uid));
+            continue;
+        }
+        if active.load(std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
+            warn(format!("{MAX_CONNECTIONS} requests are in progress; refusing another"));
+            continue;
+        }
+        let _ = conn.set_read_timeout(Some(REQUEST_READ_TIMEOUT));
         let helper = helper.clone();
+        let active = active.clone();
+        active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::thread::spawn(move || {
             if let Err(e) = serve(&helper, conn, allow_uid) {
                 tracing::warn!("connection failed: {e:#}");
             }
+            active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
     }
     Ok(())
+}
+
+/// Requests in progress at once (image builds and launches included).
+const MAX_CONNECTIONS: usize = 256;
+/// How long an allowed caller has to send its one request line.
+const REQUEST_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The reply to a caller that is neither root nor the daemon.
+fn denial(uid: u32, allow_uid: u32) -> Vec<u8> {
+    let r: Response = Err(Failure {
+        kind: FailureKind::Denied,
+        message: format!("uid {uid} may not use the root helper; only root and uid {allow_uid} (the daemon) may"),
+    });
+    let mut out = serde_json::to_vec(&r).expect("responses serialize");
+    out.push(b'\n');
+    out
 }
 
 /// Writes the helper's pid as a new file: whatever the daemon's user left at that name
