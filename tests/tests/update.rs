@@ -9,7 +9,7 @@
 //! space to stage; no root; an unknown version. Each: refused, binaries unchanged.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -101,9 +101,13 @@ fn tampered_foreign_expired_oversized_and_truncated_releases_are_refused() {
     let (env, bins) = installed_env();
     let before = hashes(bins.path());
     let cases: Vec<(&str, String, &str)> = vec![
+        // One byte flipped in place: the same size, so only the hash check can catch it.
         ("tampered artefact", r.variant("t-art", |d| {
-            std::fs::OpenOptions::new().append(true).open(d.join("bangerd")).unwrap().write_all(b"x").unwrap();
-        }), "bangerd"),
+            let mut b = std::fs::read(d.join("bangerd")).unwrap();
+            let mid = b.len() / 2;
+            b[mid] ^= 0xff;
+            std::fs::write(d.join("bangerd"), b).unwrap();
+        }), "bangerd does not match its SHA-256"),
         ("tampered SHA256SUMS", r.variant("t-sums", |d| {
             let s = std::fs::read_to_string(d.join("SHA256SUMS")).unwrap().replacen('a', "b", 1);
             std::fs::write(d.join("SHA256SUMS"), s).unwrap();
@@ -140,8 +144,23 @@ fn tampered_foreign_expired_oversized_and_truncated_releases_are_refused() {
     let key = r.dir.path().join("key.pem");
     release(r.dir.path(), "expired", "9.1.0", key.to_str().unwrap(), &["--expires", "2020-01-01T00:00:00Z"]);
     let out = update(&env, &r, &r.url("expired"), &[]);
-    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the manifest expired at 2020-01-01"), "{}", stderr(&out));
     assert_unchanged(&env, bins.path(), &before, "expired");
+
+    // The signed manifest binds version and channel to what was asked for.
+    let v5 = r.dir.path().join("v5.0.0");
+    let st = Command::new("cp").arg("-r").arg(r.dir.path().join("v9.0.0")).arg(&v5).status().unwrap();
+    assert!(st.success());
+    let out = update(&env, &r, &r.url("latest"), &["--to", "5.0.0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is 9.0.0, not the 5.0.0 asked for; nothing was changed"), "{}", stderr(&out));
+    assert_unchanged(&env, bins.path(), &before, "another version than asked");
+    release(r.dir.path(), "beta", "9.1.0", key.to_str().unwrap(), &["--channel", "beta"]);
+    let out = update(&env, &r, &r.url("beta"), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(r#"is signed for channel "beta", not "stable""#), "{}", stderr(&out));
+    assert_unchanged(&env, bins.path(), &before, "another channel");
 }
 
 #[test]
@@ -248,6 +267,36 @@ fn an_update_swaps_and_restarts_with_the_vm_alive_and_a_failing_daemon_rolls_bac
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     assert_eq!(hashes(bins.path()), release_hashes);
     assert!(!bins.path().join(".banger-update.json").exists() && !bins.path().join(".banger-stage-9.1.0").exists());
+    let v = env.json(&["vm", "show", "up"]);
+    assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)));
+
+    // Killed for real in the middle of the swap (after `banger` and while on
+    // `bangerd`): a dry run changes nothing, and the next update restores exactly
+    // the journalled binaries before it goes on (here to a release that rolls back).
+    let now = hashes(bins.path());
+    let pubkey = r.dir.path().join("pub.pem");
+    let out = env
+        .cmd(&["update", "--manifest-url", &bad, "--pubkey-file", pubkey.to_str().unwrap()])
+        .env("BANGER_FAULT", "update:swap:bangerd")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9), "the update died at the fault: {}", stderr(&out));
+    let journal: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bins.path().join(".banger-update.json")).unwrap()).unwrap();
+    assert_eq!(journal["swapped"], serde_json::json!(["banger", "bangerd"]), "{journal}");
+    let crashed = hashes(bins.path());
+    assert_ne!(crashed[0], now[0], "banger was swapped before the crash");
+    assert_eq!(crashed[1..], now[1..], "nothing after banger was swapped");
+    let out = update(&env, &r, &r.url("latest"), &["--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(hashes(bins.path()), crashed, "a dry run changed the install");
+    assert!(bins.path().join(".banger-update.json").exists(), "a dry run recovered");
+    let out = update(&env, &r, &bad, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("interrupted") && stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    // Had the recovery missed `banger`, or restored the stale `.previous` of the
+    // binaries it never swapped, the second rollback would bring those back here.
+    assert_eq!(hashes(bins.path()), now, "exactly the journalled binaries were restored");
     let v = env.json(&["vm", "show", "up"]);
     assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)));
 

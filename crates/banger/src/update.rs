@@ -34,6 +34,10 @@ pub struct UpdateArgs {
     /// Download, verify and stage; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// The release channel this installation follows; a release signed for another
+    /// channel is refused.
+    #[arg(long, default_value = "stable", value_name = "CHANNEL")]
+    channel: String,
     #[arg(long, hide = true, env = "BANGER_MANIFEST_URL")]
     manifest_url: Option<String>,
     #[arg(long, hide = true)]
@@ -46,17 +50,35 @@ struct UpdateState {
     highest_accepted: Option<String>,
 }
 
-/// Written before the swap, removed after a confirmed restart.
-#[derive(Debug, Serialize, Deserialize)]
+/// Written before the swap and again before each binary is replaced, removed after
+/// a confirmed restart: `swapped` lists exactly the binaries whose `.previous` copy
+/// is the one to restore, and nothing else is ever touched by a rollback.
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Journal {
     from: String,
     to: String,
+    #[serde(default)]
+    swapped: Vec<String>,
 }
 
+/// Writes `path` atomically and durably. The temporary file is created anew
+/// (`O_EXCL|O_NOFOLLOW` after an unlink), so a symlink or hard link planted at its name
+/// is never written through.
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -96,6 +118,19 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
     let m = &fetched.manifest;
     let offered = m.version()?;
     m.check_not_expired(time::OffsetDateTime::now_utc()).context("nothing was changed")?;
+    // The signed manifest binds version and channel: both must be what was asked for.
+    if m.channel != a.channel {
+        bail!(
+            "release {offered} at {url} is signed for channel {:?}, not {:?}; nothing was changed",
+            m.channel,
+            a.channel
+        );
+    }
+    if let Some(want) = a.to.as_deref().and_then(Version::parse)
+        && offered != want
+    {
+        bail!("the release at {url} is {offered}, not the {want} asked for; nothing was changed");
+    }
 
     let dirs = cli.dirs();
     let state_path = dirs.state.join("update-state.json");
@@ -113,6 +148,9 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
         }
         return Ok(exit::OK);
     }
+    if a.to.is_some() && offered < installed && !a.dry_run {
+        eprintln!("warning: {offered} is older than the installed {installed}: downgrading, as --to asked");
+    }
     if a.to.is_none() {
         if offered < highest {
             bail!("release {offered} is older than {highest}, already accepted: refusing a replayed release; nothing was changed");
@@ -125,7 +163,14 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
 
     // Stage beside the installed binaries, so the swap is a rename on one filesystem.
     let install_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).context("no install directory")?;
-    recover(&install_dir, cli, &dirs).await?;
+    if a.dry_run {
+        // A dry run never changes the host: not even to finish an interrupted update.
+        if install_dir.join(".banger-update.json").exists() {
+            eprintln!("note: an earlier update was interrupted; `sudo banger update` will restore it first");
+        }
+    } else {
+        recover(&install_dir, cli, &dirs).await?;
+    }
     let stage = install_dir.join(format!(".banger-stage-{offered}"));
     let _ = std::fs::remove_dir_all(&stage);
     let staged = (|| -> std::io::Result<()> {
@@ -161,20 +206,39 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
         return Ok(exit::OK);
     }
 
-    // Swap: journal, .previous copies (hard links keep the old files), renames.
+    // Swap, binary by binary: keep a `.previous` hard link, journal the binary, then
+    // rename the staged one over it. A failure (or a crash) at any step is undone
+    // from the journal: exactly the journalled binaries get their `.previous` back.
     let journal = install_dir.join(".banger-update.json");
-    write_synced(&journal, &serde_json::to_vec(&Journal { from: installed.to_string(), to: offered.to_string() })?)?;
-    for (name, _) in &fetched.artefacts {
-        let dst = install_dir.join(name);
-        let prev = install_dir.join(format!("{name}.previous"));
-        if dst.exists() {
+    let mut j = Journal { from: installed.to_string(), to: offered.to_string(), swapped: Vec::new() };
+    write_synced(&journal, &serde_json::to_vec(&j)?)?;
+    let swapped = (|| -> Result<()> {
+        for (name, _) in &fetched.artefacts {
+            let dst = install_dir.join(name);
+            let prev = install_dir.join(format!("{name}.previous"));
+            if !dst.exists() {
+                bail!("{} is missing: this is not a complete install", dst.display());
+            }
             let _ = std::fs::remove_file(&prev);
             std::fs::hard_link(&dst, &prev).with_context(|| format!("cannot keep {}", prev.display()))?;
+            j.swapped.push(name.clone());
+            write_synced(&journal, &serde_json::to_vec(&j)?)?;
+            banger_helper::fault_point(&format!("update:swap:{name}"));
+            std::fs::rename(stage.join(name), &dst).with_context(|| format!("cannot install {}", dst.display()))?;
         }
-        std::fs::rename(stage.join(name), &dst).with_context(|| format!("cannot install {}", dst.display()))?;
-    }
-    std::fs::File::open(&install_dir)?.sync_all()?;
+        std::fs::File::open(&install_dir)?.sync_all()?;
+        Ok(())
+    })();
     let _ = std::fs::remove_dir_all(&stage);
+    if let Err(e) = swapped {
+        rollback(&install_dir, &j.swapped)?;
+        let again = restart_and_wait(cli, &dirs).await;
+        std::fs::remove_file(&journal)?;
+        match again {
+            Ok(()) => bail!("update to {offered} failed during the swap ({e:#}); rolled back to {installed} and restarted it"),
+            Err(e2) => bail!("update to {offered} failed during the swap ({e:#}); rolled back to {installed}, but restarting it failed too: {e2:#}"),
+        }
+    }
 
     match restart_and_wait(cli, &dirs).await {
         Ok(()) => {
@@ -185,7 +249,7 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
             Ok(exit::OK)
         }
         Err(e) => {
-            rollback(&install_dir)?;
+            rollback(&install_dir, &j.swapped)?;
             let again = restart_and_wait(cli, &dirs).await;
             std::fs::remove_file(&journal)?;
             match again {
@@ -196,9 +260,13 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
     }
 }
 
-/// Puts every `.previous` back.
-fn rollback(install_dir: &Path) -> Result<()> {
-    for name in banger_update::manifest::ARTEFACTS {
+/// Puts the `.previous` of each journalled binary back (and nothing else: a stale
+/// `.previous` of an older update is never restored).
+fn rollback(install_dir: &Path, swapped: &[String]) -> Result<()> {
+    for name in swapped {
+        if !banger_update::manifest::ARTEFACTS.contains(&name.as_str()) {
+            continue;
+        }
         let prev = install_dir.join(format!("{name}.previous"));
         if prev.exists() {
             std::fs::rename(&prev, install_dir.join(name)).with_context(|| format!("cannot restore {}", prev.display()))?;
@@ -219,7 +287,10 @@ async fn recover(install_dir: &Path, cli: &Cli, dirs: &banger_helper::Dirs) -> R
     let journal = install_dir.join(".banger-update.json");
     if journal.exists() {
         eprintln!("an earlier update was interrupted; restoring the previous binaries first");
-        rollback(install_dir)?;
+        // An unreadable journal (cut by a crash mid-write) lists nothing swapped: it
+        // is written before each binary is replaced, never after.
+        let j: Journal = std::fs::read(&journal).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        rollback(install_dir, &j.swapped)?;
         restart_and_wait(cli, dirs).await.context("restarting the restored binaries failed")?;
         std::fs::remove_file(&journal)?;
     }
