@@ -54,15 +54,20 @@ fn reconcile_cleans_up_dead_vmms_and_never_kills_what_it_cannot_identify() {
 
     signal_and_wait(env.daemon_pid(), Signal::SIGTERM);
     // While the daemon is down: one VMM dies, one handles.json is corrupted, and one
-    // VM's run directory disappears as after a host reboot (its VMM, which banger can
-    // then no longer vouch for, stays untouched).
+    // VM's run directory disappears (as after a host reboot, but with its VMM still
+    // running: the helper's launch record, root's and outside that directory, still
+    // identifies it, so it is ended rather than left unmanaged).
     signal_and_wait(dead, Signal::SIGKILL);
     std::fs::write(env.run_dir().join("vms").join(&corrupt_id).join("handles.json"), b"{garbage").unwrap();
     std::fs::remove_dir_all(env.run_dir().join("vms").join(&orphan_id)).unwrap();
 
     env.ok(&["daemon", "start"]);
     let show = |name: &str| env.json(&["vm", "show", name]);
-    assert_eq!(show("dead")["state"], "stopped");
+    // Killed from outside, with the helper (its parent) still up: a crash, not a
+    // shutdown, and the status says so.
+    let d = show("dead");
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(d["last_error"].as_str().unwrap().contains("killed by signal 9"), "{d}");
     assert!(!env.run_dir().join("vms").join(&dead_id).exists(), "runtime of the dead VM released");
     let c = show("corrupt");
     assert_eq!(c["state"], "running", "adopted through the database's pid: {c}");
@@ -70,13 +75,19 @@ fn reconcile_cleans_up_dead_vmms_and_never_kills_what_it_cannot_identify() {
     let reseeded = std::fs::read_to_string(env.run_dir().join("vms").join(&corrupt_id).join("handles.json")).unwrap();
     assert!(reseeded.contains(&format!("\"pid\": {corrupt}")), "handles.json re-seeded: {reseeded}");
     assert_eq!(show("orphan")["state"], "stopped");
-    assert!(alive(orphan), "reconcile must not kill a VMM it cannot vouch for");
+    wait_for(Duration::from_secs(10), "the unmanaged VMM to be ended", || !alive(orphan));
 
     let log = std::fs::read_to_string(env.state().join("bangerd.log")).unwrap();
-    for want in ["vm=dead", "vm=corrupt", "vm=orphan", "host rebooted", "exited while the daemon was down"] {
+    for want in [
+        "vm=dead",
+        "vm=corrupt",
+        "vm=orphan",
+        "host rebooted",
+        "exited while the daemon was down",
+        &format!("ended its orphaned VMM (pid {orphan})"),
+    ] {
         assert!(log.contains(want), "reconcile log lacks {want:?}:\n{log}");
     }
-    let _ = kill(Pid::from_raw(orphan), Signal::SIGKILL);
 }
 
 #[test]
