@@ -491,8 +491,15 @@ mod tests {
         s.kernel = Some("vmlinux".into());
         assert!(matches!(s.validate(), Err(ValidationError::RelativePath { .. })));
         let mut s = spec("a");
-        s.boot_args = Some("x".repeat(MAX_BOOT_ARGS + 1));
-        assert_eq!(s.validate(), Err(ValidationError::BootArgsTooLong(2049)));
+        s.boot_args = Some("x".repeat(1536));
+        assert_eq!(s.validate(), Ok(()));
+        s.boot_args = Some("x".repeat(1537));
+        assert_eq!(s.validate(), Err(ValidationError::BootArgsTooLong(1537)));
+        let stop = |t| StopRequest { timeout_secs: Some(t) }.validate();
+        assert_eq!(stop(3600), Ok(()));
+        assert_eq!(stop(3601), Err(ValidationError::StopTimeout(3601)));
+        assert_eq!(stop(u64::MAX), Err(ValidationError::StopTimeout(u64::MAX)));
+        assert_eq!(StopRequest::default().validate(), Ok(()));
     }
 
     #[test]
