@@ -368,5 +368,13 @@ fn under_systemd_a_jailed_firecracker_vm_survives_restarts_updates_and_rollbacks
     alive_and_counting("after the update");
     c.ok(&["banger", "vm", "rm", "-f", "fc"]);
     c.ok(&["test", "!", "-d", &format!("/proc/{pid}")]);
-    assert_eq!(c.ok(&["sh", "-c", "ls /run/banger-jail/firecracker | wc -l"]).trim(), "0", "jails left");
+    let jails = c.ok(&["sh", "-c", "ls /var/lib/banger-jail/firecracker | wc -l"]);
+    assert_eq!(
+        jails.trim(),
+        "0",
+        "jails left: {}\n{}\n{}",
+        c.ok(&["sh", "-c", "ls -laR /var/lib/banger-jail/firecracker; grep banger-jail /proc/self/mountinfo || true"]),
+        c.ok(&["journalctl", "-u", "bangerd-root", "-n", "30", "--no-pager"]),
+        c.ok(&["journalctl", "-u", "bangerd", "-n", "30", "--no-pager"])
+    );
 }

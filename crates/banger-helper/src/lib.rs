@@ -393,6 +393,15 @@ pub struct LaunchInfo {
     pub vm_id: VmId,
     pub pid: i32,
     pub start_time: u64,
+    /// `/proc/sys/kernel/random/boot_id` when it was written: (pid, start time) names
+    /// one process only within one boot, and a record may outlive a reboot.
+    #[serde(default)]
+    pub boot_id: String,
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// Fault injection for the crash tests: a daemon started with `BANGER_FAULT=<point>`

@@ -43,9 +43,11 @@ struct Args {
     /// Launch VMMs through this jailer binary.
     #[arg(long, env = "BANGER_JAILER")]
     jailer: Option<PathBuf>,
-    /// Root's directory for jails (`--chroot-base-dir`). It and every directory above
-    /// it must belong to root and be writable by no one else.
-    #[arg(long, env = "BANGER_JAIL_BASE", default_value = "/run/banger-jail")]
+    /// Root's directory for jails (`--chroot-base-dir`) and launch records. It and
+    /// every directory above it must belong to root and be writable by no one else,
+    /// on a filesystem that allows devices and executables (the jailer makes /dev
+    /// nodes and copies firecracker there): not /run or /tmp on most hosts.
+    #[arg(long, env = "BANGER_JAIL_BASE", default_value = "/var/lib/banger-jail")]
     jail_base: PathBuf,
     /// The VM bridge.
     #[arg(long, env = "BANGER_BRIDGE", default_value = "banger0")]
@@ -124,6 +126,17 @@ fn run(args: Args) -> Result<()> {
             args.jail_base.display()
         )
     })?;
+    if args.jailer.is_some() {
+        let st = nix::sys::statvfs::statvfs(&args.jail_base)?;
+        for (flag, what) in [(nix::sys::statvfs::FsFlags::ST_NODEV, "nodev"), (nix::sys::statvfs::FsFlags::ST_NOEXEC, "noexec")] {
+            anyhow::ensure!(
+                !st.flags().contains(flag),
+                "the jail base {} is on a filesystem mounted {what}: the jailer's device nodes and its copy of \
+                 the VMM need devices and executables there; choose another --jail-base (BANGER_JAIL_BASE)",
+                args.jail_base.display()
+            );
+        }
+    }
     // A VMM running as the daemon's user opens its tap through /dev/net/tun. Debian's
     // udev rules make that node 0666 (taps stay private: a persistent tap can only be
     // attached by its owner); where it is tighter, restore that default.

@@ -283,7 +283,10 @@ impl Helper {
 
     fn read_record(&self, id: &VmId) -> Option<LaunchRecord> {
         let bytes = fs::read(self.records_dir().join(id.as_str())).ok()?;
-        serde_json::from_slice::<LaunchRecord>(&bytes).ok().filter(|r| &r.vm_id == id)
+        // A record of another boot names no process of this one.
+        serde_json::from_slice::<LaunchRecord>(&bytes)
+            .ok()
+            .filter(|r| &r.vm_id == id && !r.boot_id.is_empty() && r.boot_id == banger_helper::boot_id())
     }
 
     /// Records whose process still runs (same pid, same start time).
@@ -496,7 +499,7 @@ impl Helper {
             let _ = self.clear_jail(id);
             return Err(failed(format!("the VMM (pid {pid}) ended before it started")));
         };
-        if let Err(e) = self.write_record(&LaunchRecord { vm_id: id.clone(), pid, start_time }) {
+        if let Err(e) = self.write_record(&LaunchRecord { vm_id: id.clone(), pid, start_time, boot_id: banger_helper::boot_id() }) {
             // Dropping `held` ends the child before it execs.
             drop(held);
             let _ = self.clear_jail(id);
