@@ -11,7 +11,7 @@ use banger_tests::*;
 use serde_json::Value;
 
 /// Every injection point, in the order a VM meets them.
-const POINTS: [&str; 9] = [
+const POINTS: [&str; 10] = [
     "daemon:create:inserted",
     "helper:launch:forked",
     "helper:launch:recorded",
@@ -20,6 +20,7 @@ const POINTS: [&str; 9] = [
     "daemon:start:saved",
     "daemon:start:configured",
     "daemon:stop:stopping",
+    "daemon:kill:signalled",
     "daemon:rm:killed",
 ];
 
@@ -99,7 +100,12 @@ fn run_point(vmm: Vmm, point: &str) {
         if !start.status.success() {
             met = true;
         } else {
-            for verb in [&["vm", "stop", name, "--timeout", "2"][..], &["vm", "rm", "-f", name][..]] {
+            for verb in [
+                &["vm", "stop", name, "--timeout", "2"][..],
+                &["vm", "start", name][..],
+                &["vm", "kill", name][..],
+                &["vm", "rm", "-f", name][..],
+            ] {
                 if !env.banger(verb).status.success() {
                     met = true;
                     break;
@@ -188,4 +194,32 @@ fn no_fault_at_any_step_orphans_a_direct_firecracker() {
 #[test]
 fn no_fault_at_any_step_orphans_a_jailed_firecracker() {
     every_point(Vmm::JailedFirecracker);
+}
+
+#[test]
+fn an_import_interrupted_by_the_daemon_s_death_leaves_no_partial_image() {
+    let env = Env::new();
+    env.start_with_fault(Some("daemon:import:copied"));
+    let g = guest();
+    let out = env.banger(&[
+        "image", "import", "--name", "half", "--kernel", g.kernel.to_str().unwrap(),
+        "--rootfs", g.rootfs.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "the import met the fault");
+    let partial = || -> Vec<String> {
+        std::fs::read_dir(env.state().join("images"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".import-"))
+            .collect()
+    };
+    assert_eq!(partial().len(), 1, "the daemon died with its copy in place");
+    env.start_with_fault(None);
+    assert_eq!(partial(), Vec::<String>::new(), "the next daemon removed the partial import");
+    let images = env.json(&["image", "ls"]);
+    assert_eq!(images.as_array().map(Vec::len), Some(0), "{images}");
+    // And the same import now succeeds.
+    env.ok(&["image", "import", "--name", "half", "--kernel", g.kernel.to_str().unwrap(), "--rootfs", g.rootfs.to_str().unwrap()]);
 }

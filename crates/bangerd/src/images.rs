@@ -215,6 +215,7 @@ impl Service {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(ServiceError::ImportRefused { path: path.display().to_string(), reason });
         }
+        banger_helper::fault_point("daemon:import:copied");
         match self.publish(&req.name, dir.clone(), "import".into()).await {
             Ok(i) => Ok(i),
             Err(e) => {

@@ -118,6 +118,16 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
     if let Err(e) = service.helper(banger_helper::Request::SetupNetwork {}).await {
         tracing::warn!("cannot set up the VM network: {}", service::chain(&e));
     }
+    // An import the daemon's death interrupted is never finished: its copy is the
+    // daemon's own, under <state>/images/.import-*; remove it.
+    if let Ok(rd) = std::fs::read_dir(dirs.images()) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".import-") {
+                tracing::info!("removing interrupted image import {}", e.path().display());
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let reconcile_start = std::time::Instant::now();
     let report = service.reconcile().await.map_err(|e| anyhow::anyhow!(service::chain(&e)))?;
     tracing::info!(vms = report.len(), ms = reconcile_start.elapsed().as_millis() as u64, "reconcile done");

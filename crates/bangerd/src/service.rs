@@ -580,6 +580,7 @@ impl Service {
         if let (Some(p), Some(st)) = (rec.pid, rec.pid_start_time) {
             self.kill_and_wait(&vm_id, p, st).await?;
         }
+        banger_helper::fault_point("daemon:kill:signalled");
         self.release_runtime(&rec.id).await?;
         self.store.set_state(&rec.id, VmState::Stopped, None, None, None)?;
         tracing::info!(vm = %rec.name, "killed");
