@@ -55,19 +55,37 @@ impl Container {
             .spawn()
             .expect("systemd-nspawn");
         let mut c = Container { net, init: 0, nspawn, log, _dir: dir };
-        // The container's PID 1 is the child of systemd-nspawn.
+        // The container's PID 1 is the child of systemd-nspawn once it has exec'd
+        // systemd: a child seen earlier may be nspawn's own short-lived helper, and
+        // nsenter into it fails once it is gone.
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.init == 0 {
             assert!(Instant::now() < deadline, "no container init; log:\n{}", c.log_text());
             assert!(c.nspawn.try_wait().unwrap().is_none(), "nspawn exited:\n{}", c.log_text());
-            c.init = children(c.nspawn.id() as i32).into_iter().next().unwrap_or(0);
+            c.init = children(c.nspawn.id() as i32)
+                .into_iter()
+                .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "systemd"))
+                .unwrap_or(0);
             std::thread::sleep(Duration::from_millis(50));
         }
-        wait_for(Duration::from_secs(180), "systemd in the container to finish booting", || {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
             let out = c.inside(&["systemctl", "is-system-running"]);
-            let s = String::from_utf8_lossy(&out.stdout);
-            s.starts_with("running") || s.starts_with("degraded")
-        });
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            if s.starts_with("running") || s.starts_with("degraded") {
+                break;
+            }
+            if Instant::now() > deadline {
+                let jobs = c.inside(&["systemctl", "list-jobs", "--no-pager"]);
+                panic!(
+                    "systemd in the container did not finish booting in 180 s ({}):\n{}\n--- nspawn ---\n{}",
+                    s.trim(),
+                    String::from_utf8_lossy(&jobs.stdout),
+                    c.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         c
     }
 
