@@ -159,7 +159,20 @@ fn run_point(vmm: Vmm, point: &str) {
         for d in [env.state().join("vms").join(&id), env.run_dir().join("vms").join(&id)] {
             assert!(!d.exists(), "{vmm:?} {point}: {} is left", d.display());
         }
+        let tap = format!("bg{id}");
+        let link = std::process::Command::new("ip").args(["link", "show", &tap]).output().unwrap();
+        assert!(!link.status.success(), "{vmm:?} {point}: tap {tap} is left");
+        let set = std::process::Command::new("nft").args(["list", "set", "inet", &env.nft_table, "guests"]).output().unwrap();
+        assert!(set.status.success(), "{vmm:?} {point}: nft: {}", stderr(&set));
+        assert!(!String::from_utf8_lossy(&set.stdout).contains(&tap), "{vmm:?} {point}: nft element for {tap} is left");
     }
+    // Every address is free again: a new VM gets the first host address.
+    let args = create_args(&env, vmm, "again");
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let again = env.json(&a);
+    let first = env.gateway.split('/').next().unwrap().rsplit_once('.').map(|(net, _)| format!("{net}.2")).unwrap();
+    assert_eq!(again["ip"].as_str(), Some(first.as_str()), "{vmm:?} {point}: an address was not freed: {again}");
+    env.ok(&["vm", "rm", "again"]);
     wait_for(Duration::from_secs(10), &format!("{vmm:?} {point}: every VMM to end"), || vmms(&env, vmm).is_empty());
     if let Some(base) = &env.jail_base {
         assert_eq!(mounts_under(base.path()), Vec::<PathBuf>::new(), "{vmm:?} {point}: mounts left");
@@ -222,4 +235,28 @@ fn an_import_interrupted_by_the_daemon_s_death_leaves_no_partial_image() {
     assert_eq!(images.as_array().map(Vec::len), Some(0), "{images}");
     // And the same import now succeeds.
     env.ok(&["image", "import", "--name", "half", "--kernel", g.kernel.to_str().unwrap(), "--rootfs", g.rootfs.to_str().unwrap()]);
+}
+
+#[test]
+fn a_build_finished_while_the_daemon_died_is_removed_not_published() {
+    // A real debootstrap build (about a minute): the daemon dies once the helper has
+    // handed it the finished build, before publishing it.
+    let env = Env::new();
+    env.start_with_fault(Some("daemon:build:built"));
+    let out = env.banger(&["image", "build", "debian", "--quiet"]);
+    assert!(!out.status.success(), "the build met the fault");
+    let partial = || -> Vec<String> {
+        std::fs::read_dir(env.state().join("images"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".build-"))
+            .collect()
+    };
+    assert_eq!(partial().len(), 1, "the finished build is in place when the daemon dies");
+    env.start_with_fault(None);
+    assert_eq!(partial(), Vec::<String>::new(), "the next daemon removed the unpublished build");
+    let images = env.json(&["image", "ls"]);
+    assert_eq!(images.as_array().map(Vec::len), Some(0), "{images}");
 }

@@ -149,6 +149,7 @@ impl Service {
             }
             Err(e) => return Err(ServiceError::BuildFailed(chain(&e))),
         };
+        banger_helper::fault_point("daemon:build:built");
         let mut source = format!("debootstrap {}", req.release);
         if !req.packages.is_empty() {
             source.push_str(&format!(" +{}", req.packages.join(",")));

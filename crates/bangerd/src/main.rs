@@ -118,12 +118,20 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
     if let Err(e) = service.helper(banger_helper::Request::SetupNetwork {}).await {
         tracing::warn!("cannot set up the VM network: {}", service::chain(&e));
     }
-    // An import the daemon's death interrupted is never finished: its copy is the
-    // daemon's own, under <state>/images/.import-*; remove it.
+    // An import or a finished build that the daemon's death left unpublished is never
+    // published: imports (`.import-*`) are the daemon's own copies, and a build
+    // (`.build-*`) is handed to the daemon's user when the helper finishes it. A build
+    // still owned by root is still running in the helper (which removes it if it fails
+    // or restarts); with a root daemon that build is abandoned here, as its requester
+    // already got an error when the daemon died.
     if let Ok(rd) = std::fs::read_dir(dirs.images()) {
+        let me = nix::unistd::geteuid().as_raw();
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".import-") {
-                tracing::info!("removing interrupted image import {}", e.path().display());
+            let name = e.file_name().to_string_lossy().into_owned();
+            let finished_build =
+                name.starts_with(".build-") && std::os::unix::fs::MetadataExt::uid(&e.metadata()?) == me;
+            if name.starts_with(".import-") || finished_build {
+                tracing::info!("removing interrupted image work {}", e.path().display());
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
