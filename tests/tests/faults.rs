@@ -219,15 +219,7 @@ fn an_import_interrupted_by_the_daemon_s_death_leaves_no_partial_image() {
         "--rootfs", g.rootfs.to_str().unwrap(),
     ]);
     assert!(!out.status.success(), "the import met the fault");
-    let partial = || -> Vec<String> {
-        std::fs::read_dir(env.state().join("images"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".import-"))
-            .collect()
-    };
+    let partial = || image_work(&env, ".import-");
     assert_eq!(partial().len(), 1, "the daemon died with its copy in place");
     env.start_with_fault(None);
     assert_eq!(partial(), Vec::<String>::new(), "the next daemon removed the partial import");
@@ -245,18 +237,21 @@ fn a_build_finished_while_the_daemon_died_is_removed_not_published() {
     env.start_with_fault(Some("daemon:build:built"));
     let out = env.banger(&["image", "build", "debian", "--quiet"]);
     assert!(!out.status.success(), "the build met the fault");
-    let partial = || -> Vec<String> {
-        std::fs::read_dir(env.state().join("images"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".build-"))
-            .collect()
-    };
+    let partial = || image_work(&env, ".build-");
     assert_eq!(partial().len(), 1, "the finished build is in place when the daemon dies");
     env.start_with_fault(None);
     assert_eq!(partial(), Vec::<String>::new(), "the next daemon removed the unpublished build");
     let images = env.json(&["image", "ls"]);
     assert_eq!(images.as_array().map(Vec::len), Some(0), "{images}");
+}
+
+/// The unpublished image work (`images/<prefix>*`) of an environment.
+fn image_work(env: &Env, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(env.state().join("images"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
