@@ -553,9 +553,11 @@ impl Helper {
             return Ok(Reply::Signalled { was_alive: false });
         }
         let sock = self.dirs.api_socket(id);
-        let identified = pid::find_pid(&sock, &self.vmm_name) == Ok(p)
-            || pid::comm(Path::new("/proc"), p).as_deref()
-                == Some(pid::expected_comm(&self.vmm_name).as_str());
+        // This VM's VMM: the one its launch record names, or the one serving its
+        // socket (an exact argument, or the jail's pidfile with the VMM's comm). A
+        // process merely named like a VMM is not enough: it may be anyone's.
+        let recorded = self.read_record(id).is_some_and(|r| (r.pid, r.start_time) == (p, start_time));
+        let identified = recorded || pid::find_pid(&sock, &self.vmm_name) == Ok(p);
         if !identified {
             return Err(failed(format!(
                 "pid {p} is not the VMM of VM {id}; it was not signalled"
