@@ -187,3 +187,111 @@ fn fault(method: Method, uri: &str, status: StatusCode, body: &[u8]) -> Error {
         },
     }
 }
+
+/// The client against the real Firecracker (`scripts/firecracker-assets`, which
+/// scripts/test runs): each call's success and refusal as Firecracker itself answers.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{ActionType, BootSource, Drive, MachineConfiguration, NetworkInterface, VmStateRequest};
+
+    fn assets() -> PathBuf {
+        std::env::var_os("BANGER_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache"))
+            .join("firecracker")
+    }
+
+    struct Vmm(std::process::Child, tempfile::TempDir);
+    impl Drop for Vmm {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn firecracker() -> (Vmm, Client) {
+        let bin = assets().join("bin/firecracker");
+        assert!(bin.exists(), "{} is missing: run scripts/firecracker-assets", bin.display());
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let log = std::fs::File::create(dir.path().join("out.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .arg("--api-sock")
+            .arg(&sock)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let c = Client::new(&sock).with_timeout(Duration::from_secs(5));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while c.instance_info().await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "firecracker never answered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (Vmm(child, dir), c)
+    }
+
+    fn refused(r: Result<(), Error>, status: u16, words: &str) {
+        match r {
+            Err(Error::Fault { status: s, fault_message, .. }) => {
+                assert_eq!(s.as_u16(), status, "{fault_message}");
+                assert!(fault_message.contains(words), "{fault_message:?} lacks {words:?}");
+            }
+            other => panic!("expected a {status} refusal mentioning {words:?}, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_call_reports_firecracker_s_refusals_and_accepts_what_it_accepts() {
+        let (_vmm, c) = firecracker().await;
+        let info = c.instance_info().await.unwrap();
+        assert_eq!(info.state, "Not started");
+        let mc = |vcpus| MachineConfiguration {
+            vcpu_count: vcpus,
+            mem_size_mib: 128,
+            smt: None,
+            track_dirty_pages: None,
+            huge_pages: None,
+        };
+        refused(c.put_machine_config(&mc(0)).await, 400, "vCPU");
+        c.put_machine_config(&mc(1)).await.unwrap();
+        assert_eq!(c.machine_config().await.unwrap().mem_size_mib, 128);
+        let boot = |path: &str| BootSource { kernel_image_path: path.into(), initrd_path: None, boot_args: None };
+        refused(c.put_boot_source(&boot("/nonexistent/vmlinux")).await, 400, "kernel file cannot be opened");
+        c.put_boot_source(&boot(assets().join("tiny-guest").to_str().unwrap())).await.unwrap();
+        let drive = Drive {
+            drive_id: "rootfs".into(),
+            is_root_device: true,
+            path_on_host: Some("/nonexistent/disk".into()),
+            is_read_only: Some(true),
+            cache_type: None,
+            io_engine: None,
+        };
+        refused(c.put_drive(&drive).await, 400, "No such file");
+        let nic = NetworkInterface {
+            iface_id: "eth0".into(),
+            host_dev_name: "a-tap-name-far-too-long".into(),
+            guest_mac: None,
+        };
+        refused(c.put_network_interface(&nic).await, 400, "Invalid interface name");
+        refused(c.send_ctrl_alt_del().await, 400, "not supported before starting");
+        refused(c.patch_vm(VmStateRequest::Paused).await, 400, "not supported before starting");
+        refused(c.action(ActionType::FlushMetrics).await, 400, "");
+        // GET of an unknown resource is refused too (not taken as data).
+        assert!(matches!(c.get::<serde_json::Value>("/no-such-resource").await, Err(Error::Fault { .. })));
+        // The raw escape hatch returns what was said.
+        let (status, body) = c.raw(Method::GET, "/", None).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(String::from_utf8_lossy(&body).contains("Not started"), "{body:?}");
+
+        c.instance_start().await.unwrap();
+        assert_eq!(c.instance_info().await.unwrap().state, "Running");
+        refused(c.instance_start().await, 400, "");
+        refused(c.put_machine_config(&mc(2)).await, 400, "not supported after starting");
+        c.patch_vm(VmStateRequest::Paused).await.unwrap();
+        assert_eq!(c.instance_info().await.unwrap().state, "Paused");
+        c.patch_vm(VmStateRequest::Resumed).await.unwrap();
+        c.send_ctrl_alt_del().await.unwrap();
+    }
+}

@@ -76,6 +76,43 @@ fn lz4_legacy(mut input: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn lz4_block(payload: &[u8]) -> Vec<u8> {
+        lz4_flex::block::compress(payload)
+    }
+
+    #[test]
+    fn lz4_legacy_stops_at_a_size_that_does_not_fit_or_is_a_magic() {
+        let block = lz4_block(&[7u8; 4096]);
+        let mut framed = (block.len() as u32).to_le_bytes().to_vec();
+        framed.extend_from_slice(&block);
+        assert_eq!(lz4_legacy(&framed).map(|v| v.len()), Some(4096));
+        // Two blocks: both decoded, in order.
+        let mut two = framed.clone();
+        let second = lz4_block(&[9u8; 100]);
+        two.extend_from_slice(&(second.len() as u32).to_le_bytes());
+        two.extend_from_slice(&second);
+        let out = lz4_legacy(&two).unwrap();
+        assert_eq!((out.len(), out[0], out[4096]), (4196, 7, 9));
+        // A size one byte larger than what follows: the block is not read at all.
+        let mut long = ((block.len() + 1) as u32).to_le_bytes().to_vec();
+        long.extend_from_slice(&block);
+        assert_eq!(lz4_legacy(&long), None);
+        // A size equal to what follows is read (the bound is inclusive).
+        let mut exact = (block.len() as u32).to_le_bytes().to_vec();
+        exact.extend_from_slice(&block);
+        assert!(lz4_legacy(&exact).is_some());
+        // A zero size ends the stream; so does the legacy magic (the next frame).
+        let mut zero = framed.clone();
+        zero.extend_from_slice(&0u32.to_le_bytes());
+        zero.extend_from_slice(&block);
+        assert_eq!(lz4_legacy(&zero).map(|v| v.len()), Some(4096));
+        let mut magic = framed.clone();
+        magic.extend_from_slice(&LZ4_LEGACY_MAGIC);
+        magic.extend_from_slice(&(second.len() as u32).to_le_bytes());
+        magic.extend_from_slice(&second);
+        assert_eq!(lz4_legacy(&magic).map(|v| v.len()), Some(4096));
+    }
+
     fn fake_elf(len: usize) -> Vec<u8> {
         let mut v = ELF_MAGIC.to_vec();
         v.extend((0..len).map(|i| (i % 251) as u8));
