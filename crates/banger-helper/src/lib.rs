@@ -592,6 +592,37 @@ mod tests {
         }
     }
 
+    /// The layout as docs/architecture.md documents it (written out, not derived).
+    #[test]
+    fn the_directory_layout_is_the_documented_one() {
+        let id = VmId::new("0123456789ab").unwrap();
+        assert_eq!(id.to_string(), "0123456789ab");
+        let d = Dirs::under("/s");
+        let want: [(PathBuf, &str); 13] = [
+            (d.daemon_socket(), "/s/run/bangerd.sock"),
+            (d.helper_socket(), "/s/run/root.sock"),
+            (d.database(), "/s/banger.db"),
+            (d.vm_run_dir(&id), "/s/run/vms/0123456789ab"),
+            (d.vm_state_dir(&id), "/s/vms/0123456789ab"),
+            (d.api_socket(&id), "/s/run/vms/0123456789ab/api.sock"),
+            (d.handles(&id), "/s/run/vms/0123456789ab/handles.json"),
+            (d.console_log(&id), "/s/vms/0123456789ab/console.log"),
+            (d.vmm_log(&id), "/s/vms/0123456789ab/vmm.log"),
+            (d.images(), "/s/images"),
+            (d.image_build(&id), "/s/images/.build-0123456789ab"),
+            (d.vm_disk(&id), "/s/vms/0123456789ab/rootfs.ext4"),
+            (Dirs::system().daemon_socket(), "/run/banger/bangerd.sock"),
+        ];
+        for (got, want) in want {
+            assert_eq!(got, Path::new(want));
+        }
+        assert_eq!(Dirs::system().database(), Path::new("/var/lib/banger/banger.db"));
+        let names: Vec<_> = [ImageFile::Vmlinux, ImageFile::Vmlinuz, ImageFile::Initrd].map(ImageFile::file_name).to_vec();
+        assert_eq!(names, ["vmlinux", "vmlinuz", "initrd.img"]);
+        assert_eq!(Release::new("trixie").unwrap().as_str(), "trixie");
+        assert_eq!(PackageName::new("git").unwrap().as_str(), "git");
+    }
+
     #[test]
     fn tap_names_fit_ifnamsiz() {
         let t = NetworkConfig::tap_name(&VmId::new("0123456789ab").unwrap());
