@@ -167,6 +167,20 @@ mod tests {
         (d, File::create(&p).unwrap(), p)
     }
 
+    /// `/bin/sh -c SCRIPT`, held, with stdout and stderr in a fresh file.
+    fn held_sh(script: &str, drop_to: Option<Caller>) -> (tempfile::TempDir, PathBuf, Held) {
+        let (d, f, path) = out();
+        let held = spawn_held(&Spawn {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            stdout: f.try_clone().unwrap(),
+            stderr: f,
+            drop_to,
+        })
+        .unwrap();
+        (d, path, held)
+    }
+
     fn wait_status(pid: i32) -> i32 {
         let mut status = 0;
         // SAFETY: waiting for our own child.
@@ -176,15 +190,7 @@ mod tests {
 
     #[test]
     fn a_held_child_runs_only_once_released() {
-        let (_d, f, path) = out();
-        let held = spawn_held(&Spawn {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), "echo ran".into()],
-            stdout: f.try_clone().unwrap(),
-            stderr: f,
-            drop_to: None,
-        })
-        .unwrap();
+        let (_d, path, held) = held_sh("echo ran", None);
         let pid = held.pid;
         // Held: alive, and nothing ran.
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -198,15 +204,7 @@ mod tests {
 
     #[test]
     fn a_child_whose_launcher_lets_go_never_execs() {
-        let (_d, f, path) = out();
-        let held = spawn_held(&Spawn {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), "echo ran".into()],
-            stdout: f.try_clone().unwrap(),
-            stderr: f,
-            drop_to: None,
-        })
-        .unwrap();
+        let (_d, path, held) = held_sh("echo ran", None);
         let pid = held.pid;
         // As when the helper dies: the pipe's write end closes.
         drop(held);
@@ -217,15 +215,7 @@ mod tests {
 
     #[test]
     fn the_child_drops_to_the_daemon_s_user_in_its_own_session() {
-        let (_d, f, path) = out();
-        let held = spawn_held(&Spawn {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), "id -u; id -G; cat /proc/self/stat | cut -d' ' -f6; echo $$".into()],
-            stdout: f.try_clone().unwrap(),
-            stderr: f,
-            drop_to: Some(Caller { uid: 65534, gid: 65534 }),
-        })
-        .unwrap();
+        let (_d, path, held) = held_sh("id -u; id -G; cat /proc/self/stat | cut -d' ' -f6; echo $$", Some(Caller { uid: 65534, gid: 65534 }));
         let pid = held.pid;
         held.release().unwrap();
         wait_status(pid);
