@@ -303,6 +303,51 @@ pub fn tool(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// A user's file system identity: uid and primary gid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Runs `f` with `who`'s file system identity: on a thread of its own (fsuid, fsgid
+/// and the group list are per thread for the raw system calls), with no supplementary
+/// groups, so the kernel checks every path component and file as it would for `who`
+/// (a file reachable only through a supplementary group is refused: fail closed).
+/// For root, `f` simply runs here. Needs CAP_SETUID/CAP_SETGID (root) for anyone
+/// else; without them the identity check fails and `f` does not run.
+pub fn as_identity<T: Send>(who: Identity, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    if who.uid == 0 {
+        return Ok(f());
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: raw system calls on this thread only; glibc's wrappers would
+            // change every thread of the process.
+            unsafe {
+                if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::syscall(libc::SYS_setfsgid, who.gid);
+                libc::syscall(libc::SYS_setfsuid, who.uid);
+                // setfs*id report the previous id, never an error: read them back.
+                let fsuid = libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32;
+                let fsgid = libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32;
+                if (fsuid, fsgid) != (who.uid, who.gid) {
+                    return Err(std::io::Error::other(format!(
+                        "cannot take the file system identity of uid {} gid {}",
+                        who.uid, who.gid
+                    )));
+                }
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("a file operation as another user panicked"))?
+    })
+}
+
 /// A signal the helper may send to a VMM it has identified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -326,7 +371,17 @@ pub enum Request {
     /// the API socket at `<run>/vms/<id>/api.sock`. With a jailer, every file in
     /// `files` is bind-mounted into the jail (never copied, never chowned). Legal when
     /// no VMM serves the VM's socket.
-    LaunchVmm { vm_id: VmId, files: BootFiles },
+    ///
+    /// `owner` is the user whose request made the VM: files it named
+    /// ([`BootFile::Named`]) are opened with that user's rights. The helper honours it
+    /// only from a root daemon (which could take any identity anyway); from any other
+    /// caller, named files are opened with the caller's own rights.
+    LaunchVmm {
+        vm_id: VmId,
+        files: BootFiles,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<Identity>,
+    },
     /// The VMMs this helper's launch records name that are still running: the daemon
     /// ends those it does not own (orphans of a crash mid-start). Always legal.
     Launches {},

@@ -139,17 +139,19 @@ fn run(args: Args) -> Result<()> {
     }
     // A VMM running as the daemon's user opens its tap through /dev/net/tun. Debian's
     // udev rules make that node 0666 (taps stay private: a persistent tap can only be
-    // attached by its owner); where it is tighter, restore that default.
-    if allow_uid != 0 && nix::unistd::geteuid().is_root() {
+    // attached by its owner). The host's device node is the administrator's: where it
+    // is tighter, say what will fail rather than change it. (A jailed VMM gets its own
+    // node from the jailer.)
+    if allow_uid != 0 && args.jailer.is_none() {
         use std::os::unix::fs::PermissionsExt;
-        let tun = std::path::Path::new("/dev/net/tun");
-        if let Ok(m) = std::fs::metadata(tun)
-            && m.permissions().mode() & 0o777 != 0o666
+        if let Ok(m) = std::fs::metadata("/dev/net/tun")
+            && m.permissions().mode() & 0o006 != 0o006
         {
-            tracing::info!("making /dev/net/tun 0666 (Debian's default) so VMMs can open their taps");
-            if let Err(e) = std::fs::set_permissions(tun, std::fs::Permissions::from_mode(0o666)) {
-                tracing::warn!("cannot chmod /dev/net/tun: {e}; VMs with a network will fail to start");
-            }
+            tracing::warn!(
+                "/dev/net/tun is mode {:o}: VMMs running as uid {allow_uid} cannot open their taps, so VMs with a \
+                 network will fail to start; Debian's default is 0666 (taps stay private to their owners)",
+                m.permissions().mode() & 0o7777
+            );
         }
     }
     let vmm = match args.vmm {

@@ -145,7 +145,7 @@ impl Helper {
                 Ok(Reply::Done)
             }
             Request::CreateVmDirs { vm_id } => self.create_vm_dirs(vm_id, caller),
-            Request::LaunchVmm { vm_id, files } => self.launch(vm_id, files, caller),
+            Request::LaunchVmm { vm_id, files, owner } => self.launch(vm_id, files, caller, *owner),
             Request::Launches {} => Ok(Reply::Launches { launches: self.running_launches() }),
             Request::VmmExited { vm_id, pid, start_time } => {
                 let known = {
@@ -354,9 +354,13 @@ impl Helper {
                 path.clone()
             }
         };
+        // Non-blocking and never a controlling terminal: a FIFO or a device someone
+        // named must not hang the helper or change its session. Only a regular file
+        // is kept.
         let file = OpenOptions::new()
             .read(true)
             .write(write)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(&path)
             .map_err(|e| io_failed(format!("cannot open {}", path.display()), e))?;
         if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
@@ -365,7 +369,7 @@ impl Helper {
         Ok((file, path))
     }
 
-    fn launch(&self, id: &VmId, files: &BootFiles, caller: Caller) -> Response {
+    fn launch(&self, id: &VmId, files: &BootFiles, caller: Caller, owner: Option<banger_helper::Identity>) -> Response {
         let api_sock = self.dirs.api_socket(id);
         let console = self.dirs.console_log(id);
         let vmm_log = self.dirs.vmm_log(id);
@@ -377,6 +381,16 @@ impl Helper {
         // 1. As the caller: its own directory and logs, and every boot file. A symlink
         //    the caller planted leads nowhere it could not go itself, and a file a user
         //    named opens only if the caller may read (and, for a disk, write) it.
+        //    Files a user named go further: a root daemon says whose VM this is (it
+        //    could take any identity itself, so believing it gives nothing away) and
+        //    they are opened with that user's rights, never root's; any other daemon's
+        //    word is ignored and its own rights stand.
+        let named_as = owner.filter(|o| caller.uid == 0 && o.uid != 0).map(|o| Caller { uid: o.uid, gid: o.gid });
+        let open = |f: &BootFile, write: bool| match (f, named_as) {
+            (BootFile::Named { .. }, Some(who)) => caller_does(who, || self.open_boot_file(id, f, write))
+                .map_err(|e| failed(format!("{e} (opened as uid {}, whose request created the VM)", who.uid))),
+            _ => self.open_boot_file(id, f, write),
+        };
         let opened = caller_does(caller, || {
             if fs::symlink_metadata(&api_sock).is_ok() {
                 if let Ok(p) = pid::find_pid(&api_sock, &self.vmm_name) {
@@ -388,9 +402,9 @@ impl Helper {
             let stdout = open_log(&console, false)?;
             // One VMM log per boot: Firecracker writes its --log-path from offset 0.
             let stderr = open_log(&vmm_log, true)?;
-            let kernel = self.open_boot_file(id, &files.kernel, false)?;
-            let initrd = files.initrd.as_ref().map(|f| self.open_boot_file(id, f, false)).transpose()?;
-            let rootfs = files.rootfs.as_ref().map(|f| self.open_boot_file(id, f, true)).transpose()?;
+            let kernel = open(&files.kernel, false)?;
+            let initrd = files.initrd.as_ref().map(|f| open(f, false)).transpose()?;
+            let rootfs = files.rootfs.as_ref().map(|f| open(f, true)).transpose()?;
             Ok((stdout, stderr, kernel, initrd, rootfs))
         })?;
         let (stdout, stderr, kernel, initrd, rootfs) = opened;
@@ -696,7 +710,7 @@ mod tests {
             (Path::new("/bin/sleep"), Some(Path::new("/etc/passwd"))),
         ] {
             let f = h
-                .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), files: named(kernel, rootfs) })
+                .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), owner: None, files: named(kernel, rootfs) })
                 .unwrap_err();
             assert_eq!(f.kind, FailureKind::Failed, "{}", f.message);
             let culprit = rootfs.unwrap_or(kernel);
@@ -709,7 +723,7 @@ mod tests {
         }
         // A relative path is refused before anything is opened.
         let f = h
-            .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), files: named(Path::new("vmlinux"), None) })
+            .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), owner: None, files: named(Path::new("vmlinux"), None) })
             .unwrap_err();
         assert_eq!(f.kind, FailureKind::BadArgument, "{}", f.message);
         assert!(!h.dirs.api_socket(&id()).exists());
@@ -728,14 +742,14 @@ mod tests {
         std::os::unix::fs::chown(h.dirs.vm_run_dir(&id()), Some(NOBODY.uid), Some(NOBODY.gid)).unwrap();
         std::os::unix::fs::symlink(victim.path(), h.dirs.vm_state_dir(&id())).unwrap();
         let f = h
-            .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), files: named(Path::new("/bin/sleep"), None) })
+            .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), owner: None, files: named(Path::new("/bin/sleep"), None) })
             .unwrap_err();
         assert!(f.message.contains("console.log") && f.message.contains("Permission denied"), "{}", f.message);
         assert!(!victim.path().join("console.log").exists());
         // The stale-socket clean-up unlinks as the caller: a socket path that is a
         // link to root's file removes the link at most, never the file.
         std::os::unix::fs::symlink(&root_file, h.dirs.api_socket(&id())).unwrap();
-        let _ = h.handle(NOBODY, &Request::LaunchVmm { vm_id: id(), files: named(Path::new("/bin/sleep"), None) });
+        let _ = h.handle(NOBODY, &Request::LaunchVmm { vm_id: id(), owner: None, files: named(Path::new("/bin/sleep"), None) });
         assert_eq!(fs::read(&root_file).unwrap(), b"root's");
         // Removing the VM's directories through the link removes nothing of root's.
         h.handle(NOBODY, &Request::RemoveVmState { vm_id: id() }).unwrap_or_else(|f| panic!("{}", f.message));

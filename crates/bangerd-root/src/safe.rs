@@ -27,38 +27,9 @@ pub struct Caller {
     pub gid: u32,
 }
 
-/// Runs `f` with the caller's file system identity: on its own thread (fsuid, fsgid and
-/// the group list are per thread for the raw system calls), with no supplementary
-/// groups. For root callers `f` simply runs here.
+/// Runs `f` with the caller's file system identity (see [`banger_helper::as_identity`]).
 pub fn as_caller<T: Send>(caller: Caller, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    if caller.uid == 0 {
-        return Ok(f());
-    }
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: raw system calls on this thread only; glibc's wrappers would
-            // change every thread of the helper.
-            unsafe {
-                if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                libc::syscall(libc::SYS_setfsgid, caller.gid);
-                libc::syscall(libc::SYS_setfsuid, caller.uid);
-                // setfs*id report the previous id, never an error: read them back.
-                let fsuid = libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32;
-                let fsgid = libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32;
-                if (fsuid, fsgid) != (caller.uid, caller.gid) {
-                    return Err(io::Error::other(format!(
-                        "cannot take the file system identity of uid {} gid {}",
-                        caller.uid, caller.gid
-                    )));
-                }
-            }
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| io::Error::other("a file operation as the caller panicked"))?
-    })
+    banger_helper::as_identity(banger_helper::Identity { uid: caller.uid, gid: caller.gid }, f)
 }
 
 /// Refuses `path` unless it and every directory above it is a real directory (no

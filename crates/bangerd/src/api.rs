@@ -8,10 +8,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use banger_helper::Identity;
 use banger_api::{DaemonInfo, ErrorBody, ErrorKind, ImageBuildRequest, ImageImportRequest, StopRequest, VmSpec};
 use serde::Deserialize;
 
+use crate::serve::Peer;
 use crate::service::{DEFAULT_STOP_TIMEOUT, Service, ServiceError, chain};
 
 pub struct AppState {
@@ -39,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async {
             ApiError::new(ErrorKind::NotFound, "no such API route; this daemon serves /v1".into())
         })
+        .layer(axum::middleware::from_fn(crate::serve::bounded_body))
         .with_state(state)
 }
 
@@ -94,12 +97,18 @@ async fn list_vms(State(s): State<Arc<AppState>>) -> AppResult<impl IntoResponse
     Ok(Json(s.service.list().await?))
 }
 
+/// The caller's identity (SO_PEERCRED), set by the accept loop on every request.
+fn identity(p: Peer) -> Identity {
+    Identity { uid: p.uid, gid: p.gid }
+}
+
 async fn create_vm(
     State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
     body: Result<Json<VmSpec>, JsonRejection>,
 ) -> AppResult<impl IntoResponse> {
     let Json(spec) = body?;
-    Ok((StatusCode::CREATED, Json(s.service.create(spec).await?)))
+    Ok((StatusCode::CREATED, Json(s.service.create(spec, identity(peer)).await?)))
 }
 
 async fn show_vm(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult<impl IntoResponse> {
@@ -186,10 +195,11 @@ async fn build_image(
 
 async fn import_image(
     State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
     body: Result<Json<ImageImportRequest>, JsonRejection>,
 ) -> AppResult<impl IntoResponse> {
     let Json(req) = body?;
-    Ok((StatusCode::CREATED, Json(s.service.import_image(req).await?)))
+    Ok((StatusCode::CREATED, Json(s.service.import_image(req, identity(peer)).await?)))
 }
 
 /// `{"building": bool, "step": "..."}` for a build in flight.

@@ -56,8 +56,14 @@ nix::ioctl_write_int!(ficlone, 0x94, 9);
 
 /// Clones `src` to a new file `dst` by the best method available; `dst` must not exist.
 pub fn clone(src: &Path, dst: &Path) -> Result<CloneMethod, DiskError> {
+    let from = File::open(src).map_err(|source| DiskError::Clone { src: src.into(), dst: dst.into(), source })?;
+    clone_file(&from, src, dst)
+}
+
+/// [`clone`] from a file already open (`src` names it in messages): how a file a
+/// caller named, opened with the caller's rights, is copied.
+pub fn clone_file(from: &File, src: &Path, dst: &Path) -> Result<CloneMethod, DiskError> {
     let err = |source| DiskError::Clone { src: src.into(), dst: dst.into(), source };
-    let from = File::open(src).map_err(err)?;
     // Private to the daemon's user: a VM disk holds the guest's SSH host key.
     let to = std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().write(true).create_new(true), 0o600)
         .open(dst)
@@ -70,7 +76,7 @@ pub fn clone(src: &Path, dst: &Path) -> Result<CloneMethod, DiskError> {
             src.display()
         ),
     }
-    sparse_copy(&from, &to).map_err(err)?;
+    sparse_copy(from, &to).map_err(err)?;
     Ok(CloneMethod::Copy)
 }
 
@@ -215,13 +221,11 @@ pub fn inject(disk: &Path, files: &[Inject], scratch: &Path) -> Result<(), DiskE
     Ok(())
 }
 
-/// Whether `path` starts with an ext4 (ext2/3/4) superblock: magic 0xEF53 at byte 1080.
-pub fn is_ext4(path: &Path) -> io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = File::open(path)?;
+/// Whether the file starts with an ext4 (ext2/3/4) superblock: magic 0xEF53 at byte
+/// 1080 (read at an offset: the file position is unchanged).
+pub fn is_ext4_file(f: &File) -> io::Result<bool> {
     let mut magic = [0u8; 2];
-    f.seek(SeekFrom::Start(1080))?;
-    match f.read_exact(&mut magic) {
+    match std::os::unix::fs::FileExt::read_exact_at(f, &mut magic, 1080) {
         Ok(()) => Ok(magic == [0x53, 0xef]),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(e),
@@ -369,13 +373,13 @@ mod tests {
     #[test]
     fn ext4_is_recognised_by_its_superblock() {
         let d = tempfile::tempdir().unwrap();
-        assert!(is_ext4(&ext4(d.path(), 16)).unwrap());
+        assert!(is_ext4_file(&File::open(ext4(d.path(), 16)).unwrap()).unwrap());
         let junk = d.path().join("junk");
         std::fs::write(&junk, vec![0u8; 4096]).unwrap();
-        assert!(!is_ext4(&junk).unwrap());
+        assert!(!is_ext4_file(&File::open(&junk).unwrap()).unwrap());
         let short = d.path().join("short");
         std::fs::write(&short, b"tiny").unwrap();
-        assert!(!is_ext4(&short).unwrap());
+        assert!(!is_ext4_file(&File::open(&short).unwrap()).unwrap());
     }
 
     #[test]

@@ -8,11 +8,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use banger_api::{Image, ImageBuildRequest, ImageImportRequest, validate_image_name};
-use banger_helper::{PackageName, Release, Reply, Request, VmId};
+use banger_helper::{Identity, PackageName, Release, Reply, Request, VmId};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::service::{Service, ServiceError, chain};
+use crate::service::{Service, ServiceError, chain, open_as};
 use crate::store::ImageRecord;
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
@@ -157,22 +157,16 @@ impl Service {
         self.publish(&req.name, dir, source).await
     }
 
-    pub async fn import_image(&self, req: ImageImportRequest) -> Result<Image> {
+    /// Imports the files `owner` named. They are opened once, with the owner's rights
+    /// when the daemon runs as root (never root's own), and everything after (the ext4
+    /// check, the copies, the kernel's ELF form) reads those descriptors: a path swapped
+    /// after the check changes nothing.
+    pub async fn import_image(&self, req: ImageImportRequest, owner: Identity) -> Result<Image> {
         validate_image_name(&req.name)?;
         for p in [Some(&req.kernel), req.initrd.as_ref(), Some(&req.rootfs)].into_iter().flatten() {
             if !p.is_absolute() {
                 return Err(ServiceError::ImportRefused { path: p.display().to_string(), reason: "the path must be absolute".into() });
             }
-        }
-        match crate::disk::is_ext4(&req.rootfs) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(ServiceError::ImportRefused {
-                    path: req.rootfs.display().to_string(),
-                    reason: "it is not an ext4 filesystem".into(),
-                });
-            }
-            Err(e) => return Err(ServiceError::ImportRefused { path: req.rootfs.display().to_string(), reason: e.to_string() }),
         }
         if self.store.image(&req.name)?.is_some() {
             return Err(ServiceError::NameTaken(format!("image {}", req.name)));
@@ -181,25 +175,31 @@ impl Service {
         let r = req.clone();
         let d = dir.clone();
         let copied = tokio::task::spawn_blocking(move || -> std::result::Result<(), (PathBuf, String)> {
-            std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e.to_string()))?;
-            let copy = |src: &Path, name: &str| -> std::result::Result<(), (PathBuf, String)> {
-                crate::disk::clone(src, &d.join(name)).map(|_| ()).map_err(|e| (src.to_path_buf(), chain(&e)))
-            };
-            copy(&r.kernel, "vmlinuz")?;
-            if let Some(i) = &r.initrd {
-                copy(i, "initrd.img")?;
+            let open = |p: &Path| open_as(owner, p, false).map_err(|e| (p.to_path_buf(), e.to_string()));
+            let kernel = open(&r.kernel)?;
+            let initrd = r.initrd.as_deref().map(open).transpose()?;
+            let rootfs = open(&r.rootfs)?;
+            match crate::disk::is_ext4_file(&rootfs) {
+                Ok(true) => {}
+                Ok(false) => return Err((r.rootfs.clone(), "it is not an ext4 filesystem".into())),
+                Err(e) => return Err((r.rootfs.clone(), e.to_string())),
             }
-            copy(&r.rootfs, "rootfs.ext4")?;
+            std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e.to_string()))?;
+            let copy = |from: &std::fs::File, src: &Path, name: &str| -> std::result::Result<(), (PathBuf, String)> {
+                crate::disk::clone_file(from, src, &d.join(name)).map(|_| ()).map_err(|e| (src.to_path_buf(), chain(&e)))
+            };
+            copy(&kernel, &r.kernel, "vmlinuz")?;
+            if let (Some(f), Some(p)) = (&initrd, &r.initrd) {
+                copy(f, p, "initrd.img")?;
+            }
+            copy(&rootfs, &r.rootfs, "rootfs.ext4")?;
             // Firecracker loads only an ELF kernel: keep one beside the kernel as
             // given (itself when it already is ELF, else extracted from the bzImage).
             let mut magic = [0u8; 4];
-            let is_elf = std::fs::File::open(&r.kernel)
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-                .is_ok()
-                && magic == *b"\x7fELF";
+            let is_elf = std::os::unix::fs::FileExt::read_exact_at(&kernel, &mut magic, 0).is_ok() && magic == *b"\x7fELF";
             if is_elf {
-                copy(&r.kernel, "vmlinux")?;
-            } else if let Ok(bz) = std::fs::read(&r.kernel) {
+                copy(&kernel, &r.kernel, "vmlinux")?;
+            } else if let Ok(bz) = std::fs::read(d.join("vmlinuz")) {
                 match banger_fc::kernel::extract_vmlinux(&bz) {
                     Ok(elf) => std::fs::write(d.join("vmlinux"), elf).map_err(|e| (d.join("vmlinux"), e.to_string()))?,
                     Err(e) => tracing::warn!(

@@ -6,6 +6,7 @@ mod api;
 mod disk;
 mod handles;
 mod images;
+mod serve;
 mod service;
 mod store;
 
@@ -155,7 +156,7 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
     tracing::info!(socket = %socket.display(), ms = started.elapsed().as_millis() as u64, "bangerd ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    serve::serve(listener, app, shutdown_signal(), std::time::Duration::from_secs(30)).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);
     tracing::info!("bangerd stopped; running VMs were left alone");

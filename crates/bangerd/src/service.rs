@@ -11,8 +11,8 @@ use banger_api::{DEFAULT_BOOT_ARGS, ErrorKind, ValidationError, Vm, VmSpec, VmSt
 use banger_fc::models::{BootSource, Drive, MachineConfiguration};
 use banger_fc::pid;
 use banger_helper::{
-    BootFile, BootFiles, ClientError, Digest, Dirs, HelperClient, ImageFile, Launched, NetworkConfig, Reply, Request,
-    VmId, VmmSignal,
+    BootFile, BootFiles, ClientError, Digest, Dirs, HelperClient, Identity, ImageFile, Launched, NetworkConfig, Reply,
+    Request, VmId, VmmSignal,
 };
 use rand::Rng;
 
@@ -46,6 +46,8 @@ pub enum ServiceError {
     ImageInUse { name: String, users: String },
     #[error("cannot import {path}: {reason}")]
     ImportRefused { path: String, reason: String },
+    #[error("cannot use {path} as uid {uid}, whose request this is: {reason}")]
+    FileRefused { path: String, uid: u32, reason: String },
     #[error("image build failed: {0}")]
     BuildFailed(String),
     #[error("cannot prepare the disk of {name}: {reason}")]
@@ -77,7 +79,9 @@ impl ServiceError {
     /// The one place errors become kinds (and so HTTP statuses and exit codes).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ServiceError::Invalid(_) | ServiceError::ImportRefused { .. } => ErrorKind::BadRequest,
+            ServiceError::Invalid(_) | ServiceError::ImportRefused { .. } | ServiceError::FileRefused { .. } => {
+                ErrorKind::BadRequest
+            }
             ServiceError::NotFound(_) | ServiceError::ImageNotFound(_) => ErrorKind::NotFound,
             ServiceError::NameTaken(_)
             | ServiceError::InvalidState { .. }
@@ -225,15 +229,19 @@ impl Service {
 
     /// Records the VM, gives it an address and, for an image, its own disk with its
     /// SSH keys written in. A failure at any step removes everything the create made.
-    pub async fn create(&self, spec: VmSpec) -> Result<Vm> {
+    /// Creates a VM for `owner` (the caller's SO_PEERCRED identity): the files the
+    /// spec names are the owner's to choose, and are opened with the owner's rights
+    /// wherever the daemons can take them (see [`check_named_files`]).
+    pub async fn create(&self, spec: VmSpec, owner: Identity) -> Result<Vm> {
         spec.validate()?;
+        check_named_files(&spec, owner).await?;
         if let Some(name) = &spec.image
             && self.store.image(name)?.is_none()
         {
             return Err(ServiceError::ImageNotFound(name.clone()));
         }
         let id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
-        let rec = self.store.insert(&id, &spec)?;
+        let rec = self.store.insert(&id, &spec, (owner.uid, owner.gid))?;
         banger_helper::fault_point("daemon:create:inserted");
         let lock = self.lock_for(&rec.id);
         let _g = lock.lock().await;
@@ -420,7 +428,11 @@ impl Service {
         let _ = std::fs::remove_file(self.dirs.handles(vm_id));
         let plan = self.boot_plan(vm_id, rec).map_err(|e| fail(None, e))?;
         let reply = self
-            .helper(Request::LaunchVmm { vm_id: vm_id.clone(), files: plan.files.clone() })
+            .helper(Request::LaunchVmm {
+                vm_id: vm_id.clone(),
+                files: plan.files.clone(),
+                owner: rec.owner.map(|(uid, gid)| Identity { uid, gid }),
+            })
             .await
             .map_err(|e| fail(None, chain(&e)))?;
         let Reply::Launched(l) = reply else {
@@ -945,4 +957,53 @@ fn with_console_tail(reason: &str, console: Option<(&PathBuf, u64)>, vmm_log: &P
         }
     }
     s
+}
+
+/// Under a root daemon, opens each file the spec names as `owner` would (read-only for
+/// kernel and initrd, read-write for the disk), so a caller learns now, not at start,
+/// that a file is not theirs to use. The helper repeats this at every start: the check
+/// here is for the error message, the helper's is the rule.
+///
+/// A non-root daemon cannot take another identity; there the caller must be allowed
+/// the socket, which in system mode makes it a `banger` group member, trusted with the
+/// daemon user's files (docs/security.md).
+pub(crate) async fn check_named_files(spec: &VmSpec, owner: Identity) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() || owner.uid == 0 {
+        return Ok(());
+    }
+    let files: Vec<(std::path::PathBuf, bool)> = [(&spec.kernel, false), (&spec.initrd, false), (&spec.rootfs, true)]
+        .into_iter()
+        .filter_map(|(p, w)| p.clone().map(|p| (p, w)))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for (path, write) in files {
+            open_as(owner, &path, write).map_err(|e| ServiceError::FileRefused {
+                path: path.display().to_string(),
+                uid: owner.uid,
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("file check does not panic")
+}
+
+/// Opens `path` as `who` (a regular file only; never blocking on a FIFO, never a
+/// controlling terminal). Root's own opens go through here too, unchanged.
+/// A daemon that is not root opens with its own rights (it cannot take another's).
+pub(crate) fn open_as(who: Identity, path: &std::path::Path, write: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+    };
+    let f = if nix::unistd::geteuid().is_root() { banger_helper::as_identity(who, open)?? } else { open()? };
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(f)
 }

@@ -43,12 +43,18 @@ fn migrations() -> Migrations<'static> {
             ALTER TABLE vms ADD COLUMN image_digest TEXT;
             ALTER TABLE vms ADD COLUMN disk_method TEXT;",
         ),
+        // v3: who created each VM (SO_PEERCRED): files the VM names are opened with
+        // that user's rights when the daemons run as root. NULL for VMs made before.
+        M::up(
+            "ALTER TABLE vms ADD COLUMN owner_uid INTEGER;
+            ALTER TABLE vms ADD COLUMN owner_gid INTEGER;",
+        ),
     ])
 }
 
 /// The schema version this binary writes.
 pub fn schema_version() -> u32 {
-    2
+    3
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +101,9 @@ pub struct VmRecord {
     pub image_digest: Option<String>,
     pub disk_method: Option<String>,
     pub ip: Option<String>,
+    /// (uid, gid) of the user whose request created the VM; `None` for VMs older than
+    /// schema v3.
+    pub owner: Option<(u32, u32)>,
 }
 
 /// One row of `images`.
@@ -189,7 +198,7 @@ fn load_all(conn: &Connection) -> Result<Vec<VmRecord>, StoreError> {
 }
 
 const COLUMNS: &str = "id, name, state, spec, vmm, pid, pid_start_time, last_error, created_at, updated_at, \
-     image_digest, disk_method, (SELECT ip FROM addresses WHERE addresses.vm_id = vms.id)";
+     image_digest, disk_method, (SELECT ip FROM addresses WHERE addresses.vm_id = vms.id), owner_uid, owner_gid";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(VmRecordRaw, ())> {
     Ok((
@@ -207,6 +216,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(VmRecordRaw, ())> {
             image_digest: r.get(10)?,
             disk_method: r.get(11)?,
             ip: r.get(12)?,
+            owner_uid: r.get(13)?,
+            owner_gid: r.get(14)?,
         },
         (),
     ))
@@ -226,6 +237,8 @@ struct VmRecordRaw {
     image_digest: Option<String>,
     disk_method: Option<String>,
     ip: Option<String>,
+    owner_uid: Option<u32>,
+    owner_gid: Option<u32>,
 }
 
 impl VmRecordRaw {
@@ -248,6 +261,7 @@ impl VmRecordRaw {
             image_digest: self.image_digest,
             disk_method: self.disk_method,
             ip: self.ip,
+            owner: self.owner_uid.zip(self.owner_gid),
         })
     }
 }
@@ -284,12 +298,13 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn insert(&self, id: &str, spec: &VmSpec) -> Result<VmRecord, StoreError> {
+    pub fn insert(&self, id: &str, spec: &VmSpec, owner: (u32, u32)) -> Result<VmRecord, StoreError> {
         let t = now();
         let spec_json = serde_json::to_string(spec).expect("spec serializes");
         let r = self.conn().execute(
-            "INSERT INTO vms (id, name, state, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![id, spec.name.as_str(), VmState::Created.as_str(), spec_json, t],
+            "INSERT INTO vms (id, name, state, spec, created_at, updated_at, owner_uid, owner_gid) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
+            params![id, spec.name.as_str(), VmState::Created.as_str(), spec_json, t, owner.0, owner.1],
         );
         match r {
             Ok(_) => {}
@@ -490,10 +505,11 @@ mod tests {
     fn records_round_trip_and_names_are_unique() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("db")).unwrap();
-        let r = s.insert("0123456789ab", &spec("a")).unwrap();
+        let r = s.insert("0123456789ab", &spec("a"), (1000, 1000)).unwrap();
         assert_eq!(r.state, VmState::Created);
         assert_eq!(r.spec, spec("a"));
-        assert!(matches!(s.insert("0123456789ac", &spec("a")), Err(StoreError::NameTaken(_))));
+        assert_eq!(r.owner, Some((1000, 1000)), "the creator is kept");
+        assert!(matches!(s.insert("0123456789ac", &spec("a"), (0, 0)), Err(StoreError::NameTaken(_))));
         s.set_state(&r.id, VmState::Running, Some("banger-vmm-qemu"), Some((42, 7)), None).unwrap();
         let r = s.get_by_name("a").unwrap().unwrap();
         assert_eq!((r.state, r.pid, r.pid_start_time, r.vmm.as_str()), (VmState::Running, Some(42), Some(7), "banger-vmm-qemu"));
@@ -510,14 +526,14 @@ mod tests {
         let mut got = Vec::new();
         for i in 0..5 {
             let id = format!("00000000000{i}");
-            s.insert(&id, &spec(&format!("v{i}"))).unwrap();
+            s.insert(&id, &spec(&format!("v{i}")), (0, 0)).unwrap();
             got.push(s.allocate_address(&id, gw, 29).unwrap());
         }
         let want: Vec<std::net::Ipv4Addr> = (2..=6).map(|h| std::net::Ipv4Addr::new(10, 9, 0, h)).collect();
         assert_eq!(got, want);
         assert_eq!(s.allocate_address("000000000002", gw, 29).unwrap(), want[2], "stable per VM");
         assert_eq!(s.get_by_id("000000000002").unwrap().unwrap().ip.as_deref(), Some("10.9.0.4"));
-        s.insert("00000000000f", &spec("extra")).unwrap();
+        s.insert("00000000000f", &spec("extra"), (0, 0)).unwrap();
         assert!(matches!(s.allocate_address("00000000000f", gw, 29), Err(StoreError::PoolExhausted(_))));
         s.delete("000000000002").unwrap();
         assert_eq!(s.allocate_address("00000000000f", gw, 29).unwrap(), want[2], "released on delete");
@@ -538,7 +554,7 @@ mod tests {
     fn state_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        Store::open(&path).unwrap().insert("0123456789ab", &spec("keep")).unwrap();
+        Store::open(&path).unwrap().insert("0123456789ab", &spec("keep"), (0, 0)).unwrap();
         let s = Store::open(&path).unwrap();
         assert_eq!(s.list().unwrap().len(), 1);
     }
