@@ -12,7 +12,14 @@ pub enum KernelError {
     NoPayload,
     #[error("the decompressed payload is not an ELF image")]
     NotElf,
+    #[error("the decompressed payload is larger than {MAX_VMLINUX_BYTES} bytes")]
+    TooLarge,
 }
+
+/// The largest vmlinux extracted. A distribution kernel decompresses to tens of MiB;
+/// the limit keeps a hostile image (a gzip or LZ4 bomb given to `image import`) from
+/// making its reader allocate without end.
+pub const MAX_VMLINUX_BYTES: usize = 512 << 20;
 
 const LZ4_LEGACY_MAGIC: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
 const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 0x08];
@@ -20,13 +27,18 @@ const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
 /// Legacy LZ4 frames hold blocks of at most 8 MiB.
 const LZ4_LEGACY_BLOCK: usize = 8 << 20;
 
-/// The ELF kernel inside `bzimage`; an ELF input is returned as it is.
+/// The ELF kernel inside `bzimage`; an ELF input is returned as it is. A payload that
+/// decompresses to more than [`MAX_VMLINUX_BYTES`] is refused.
 pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, KernelError> {
+    extract(bzimage, MAX_VMLINUX_BYTES)
+}
+
+fn extract(bzimage: &[u8], limit: usize) -> Result<Vec<u8>, KernelError> {
     if bzimage.starts_with(&ELF_MAGIC) {
         return Ok(bzimage.to_vec());
     }
     for start in find_all(bzimage, &LZ4_LEGACY_MAGIC) {
-        if let Some(out) = lz4_legacy(&bzimage[start + 4..])
+        if let Some(out) = lz4_legacy(&bzimage[start + 4..], limit)?
             && out.starts_with(&ELF_MAGIC)
         {
             return Ok(out);
@@ -34,10 +46,13 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, KernelError> {
     }
     for start in find_all(bzimage, &GZIP_MAGIC) {
         let mut out = Vec::new();
-        let mut d = flate2::read::GzDecoder::new(&bzimage[start..]);
+        let d = flate2::read::GzDecoder::new(&bzimage[start..]);
         // The gzip stream is followed by other data; a trailing error after a full
         // decompression is expected, so judge by the content.
-        let _ = d.read_to_end(&mut out);
+        let _ = d.take(limit as u64 + 1).read_to_end(&mut out);
+        if out.len() > limit {
+            return Err(KernelError::TooLarge);
+        }
         if out.starts_with(&ELF_MAGIC) {
             return Ok(out);
         }
@@ -54,27 +69,31 @@ fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> 
 }
 
 /// Blocks of `<u32 LE compressed size><data>` until the input ends, a size does not
-/// fit, or another frame's magic appears.
-fn lz4_legacy(mut input: &[u8]) -> Option<Vec<u8>> {
+/// fit, or another frame's magic appears; more than `limit` bytes out is an error.
+fn lz4_legacy(mut input: &[u8], limit: usize) -> Result<Option<Vec<u8>>, KernelError> {
     let mut out = Vec::new();
-    while input.len() >= 4 {
-        let size = u32::from_le_bytes(input[..4].try_into().ok()?) as usize;
-        if size == 0 || size == u32::from_le_bytes(LZ4_LEGACY_MAGIC) as usize || size > input.len() - 4 {
+    while let Some((size, rest)) = input.split_first_chunk::<4>() {
+        let size = u32::from_le_bytes(*size) as usize;
+        if size == 0 || size == u32::from_le_bytes(LZ4_LEGACY_MAGIC) as usize || size > rest.len() {
             break;
         }
-        let block = &input[4..4 + size];
-        match lz4_flex::block::decompress(block, LZ4_LEGACY_BLOCK) {
+        match lz4_flex::block::decompress(&rest[..size], LZ4_LEGACY_BLOCK) {
+            Ok(b) if out.len() + b.len() > limit => return Err(KernelError::TooLarge),
             Ok(b) => out.extend_from_slice(&b),
             Err(_) => break,
         }
-        input = &input[4 + size..];
+        input = &rest[size..];
     }
-    (!out.is_empty()).then_some(out)
+    Ok((!out.is_empty()).then_some(out))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lz4(input: &[u8]) -> Option<Vec<u8>> {
+        lz4_legacy(input, MAX_VMLINUX_BYTES).unwrap()
+    }
 
     fn lz4_block(payload: &[u8]) -> Vec<u8> {
         lz4_flex::block::compress(payload)
@@ -85,32 +104,32 @@ mod tests {
         let block = lz4_block(&[7u8; 4096]);
         let mut framed = (block.len() as u32).to_le_bytes().to_vec();
         framed.extend_from_slice(&block);
-        assert_eq!(lz4_legacy(&framed).map(|v| v.len()), Some(4096));
+        assert_eq!(lz4(&framed).map(|v| v.len()), Some(4096));
         // Two blocks: both decoded, in order.
         let mut two = framed.clone();
         let second = lz4_block(&[9u8; 100]);
         two.extend_from_slice(&(second.len() as u32).to_le_bytes());
         two.extend_from_slice(&second);
-        let out = lz4_legacy(&two).unwrap();
+        let out = lz4(&two).unwrap();
         assert_eq!((out.len(), out[0], out[4096]), (4196, 7, 9));
         // A size one byte larger than what follows: the block is not read at all.
         let mut long = ((block.len() + 1) as u32).to_le_bytes().to_vec();
         long.extend_from_slice(&block);
-        assert_eq!(lz4_legacy(&long), None);
+        assert_eq!(lz4(&long), None);
         // A size equal to what follows is read (the bound is inclusive).
         let mut exact = (block.len() as u32).to_le_bytes().to_vec();
         exact.extend_from_slice(&block);
-        assert!(lz4_legacy(&exact).is_some());
+        assert!(lz4(&exact).is_some());
         // A zero size ends the stream; so does the legacy magic (the next frame).
         let mut zero = framed.clone();
         zero.extend_from_slice(&0u32.to_le_bytes());
         zero.extend_from_slice(&block);
-        assert_eq!(lz4_legacy(&zero).map(|v| v.len()), Some(4096));
+        assert_eq!(lz4(&zero).map(|v| v.len()), Some(4096));
         let mut magic = framed.clone();
         magic.extend_from_slice(&LZ4_LEGACY_MAGIC);
         magic.extend_from_slice(&(second.len() as u32).to_le_bytes());
         magic.extend_from_slice(&second);
-        assert_eq!(lz4_legacy(&magic).map(|v| v.len()), Some(4096));
+        assert_eq!(lz4(&magic).map(|v| v.len()), Some(4096));
     }
 
     fn fake_elf(len: usize) -> Vec<u8> {
@@ -153,6 +172,28 @@ mod tests {
         img.extend_from_slice(&(c.len() as u32).to_le_bytes());
         img.extend_from_slice(&c);
         assert_eq!(extract_vmlinux(&img), Err(KernelError::NotElf));
+    }
+
+    /// A bomb (a few MiB of gzip made 3 GiB) once made the reader allocate it all.
+    #[test]
+    fn a_payload_larger_than_the_limit_is_refused() {
+        use std::io::Write;
+        let elf = fake_elf(64 << 10);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&elf).unwrap();
+        let mut img = b"MZ setup code".to_vec();
+        img.extend(gz.finish().unwrap());
+        assert_eq!(extract(&img, elf.len()), Ok(elf.clone()), "the limit is inclusive");
+        assert_eq!(extract(&img, elf.len() - 1), Err(KernelError::TooLarge));
+
+        let mut img = LZ4_LEGACY_MAGIC.to_vec();
+        for chunk in elf.chunks(16 << 10) {
+            let c = lz4_block(chunk);
+            img.extend_from_slice(&(c.len() as u32).to_le_bytes());
+            img.extend_from_slice(&c);
+        }
+        assert_eq!(extract(&img, elf.len()), Ok(elf.clone()), "the limit is inclusive");
+        assert_eq!(extract(&img, elf.len() - 1), Err(KernelError::TooLarge));
     }
 
     #[test]

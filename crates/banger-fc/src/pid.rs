@@ -104,6 +104,9 @@ fn stat(pid: i32) -> Option<(u8, u64)> {
     Some((state, fields.nth(18)?.parse().ok()?))
 }
 
+/// Arguments of this form name a path relative to the process's working directory.
+pub const CWD_PREFIX: &[u8] = b"/proc/self/cwd/";
+
 fn newest_with_cmdline(proc_root: &Path, needle: &Path) -> Option<i32> {
     let needle = needle.as_os_str().as_encoded_bytes();
     let me = std::process::id() as i32;
@@ -116,7 +119,18 @@ fn newest_with_cmdline(proc_root: &Path, needle: &Path) -> Option<i32> {
             continue;
         }
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
-        if !cmdline.split(|&b| b == 0).any(|arg| arg == needle) {
+        // The path itself, or `/proc/self/cwd/NAME` in a process whose working
+        // directory holds NAME at that path (how a VMM that cannot reach its
+        // directory by path is told where to bind its socket).
+        let names_it = |arg: &[u8]| {
+            arg == needle
+                || arg.strip_prefix(CWD_PREFIX).is_some_and(|rest| {
+                    fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| {
+                        cwd.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rest)).as_os_str().as_encoded_bytes() == needle
+                    })
+                })
+        };
+        if !cmdline.split(|&b| b == 0).any(names_it) {
             continue;
         }
         let started = start_time(pid).unwrap_or(0);
@@ -333,5 +347,23 @@ mod tests {
         let pid = c.id() as i32;
         c.wait().unwrap();
         assert_eq!(start_time(pid), None);
+    }
+
+    #[test]
+    fn a_vmm_told_its_socket_relative_to_its_working_directory_is_found_there_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let mut c = Command::new("/bin/sh");
+        c.args(["-c", "read x", "vmm", "--api-sock", "/proc/self/cwd/api.sock"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::piped());
+        let vmm = Reaped(c.spawn().unwrap());
+        let pid = vmm.0.id() as i32;
+        wait_for_arg(pid, "/proc/self/cwd/api.sock");
+        assert_eq!(find_pid(&sock, "sh"), Ok(pid));
+        // The same argument in another directory names another socket.
+        assert!(find_pid(&other.path().join("api.sock"), "sh").is_err());
+        assert!(find_pid(&dir.path().join("api.sock.qmp"), "sh").is_err());
     }
 }

@@ -99,8 +99,14 @@ impl Dirs {
     pub fn vm_state_dir(&self, id: &VmId) -> PathBuf {
         self.state.join("vms").join(id.as_str())
     }
+    /// The VMM's own directory: its API socket (and banger-vmm-qemu's QMP socket)
+    /// live here. It belongs to the user the VMM runs as, which is not the daemon's
+    /// user when the daemons run as root, so nothing of the daemon's is kept in it.
+    pub fn vmm_dir(&self, id: &VmId) -> PathBuf {
+        self.vm_run_dir(id).join("vmm")
+    }
     pub fn api_socket(&self, id: &VmId) -> PathBuf {
-        self.vm_run_dir(id).join("api.sock")
+        self.vmm_dir(id).join("api.sock")
     }
     pub fn handles(&self, id: &VmId) -> PathBuf {
         self.vm_run_dir(id).join("handles.json")
@@ -653,13 +659,14 @@ mod tests {
         let id = VmId::new("0123456789ab").unwrap();
         assert_eq!(id.to_string(), "0123456789ab");
         let d = Dirs::under("/s");
-        let want: [(PathBuf, &str); 13] = [
+        let want: [(PathBuf, &str); 14] = [
             (d.daemon_socket(), "/s/run/bangerd.sock"),
             (d.helper_socket(), "/s/run/root.sock"),
             (d.database(), "/s/banger.db"),
             (d.vm_run_dir(&id), "/s/run/vms/0123456789ab"),
             (d.vm_state_dir(&id), "/s/vms/0123456789ab"),
-            (d.api_socket(&id), "/s/run/vms/0123456789ab/api.sock"),
+            (d.vmm_dir(&id), "/s/run/vms/0123456789ab/vmm"),
+            (d.api_socket(&id), "/s/run/vms/0123456789ab/vmm/api.sock"),
             (d.handles(&id), "/s/run/vms/0123456789ab/handles.json"),
             (d.console_log(&id), "/s/vms/0123456789ab/console.log"),
             (d.vmm_log(&id), "/s/vms/0123456789ab/vmm.log"),

@@ -438,11 +438,27 @@ fn put_drive(v: &mut Vmm, d: Drive) -> Result<(), Fault> {
     match (&d.path_on_host, &d.socket) {
         (Some(p), None) => {
             let ro = d.is_read_only.unwrap_or(false);
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(!ro)
-                .open(p)
-                .map_err(|e| Fault(format!("Unable to create the block device: {p}: {e}")))?;
+            match crate::qemu::inherited_fd(p) {
+                // A descriptor we were given is used as it is, never reopened: check
+                // that it is open, and for writing when the drive is writable.
+                Some(n) => {
+                    // SAFETY: F_GETFL on a descriptor number only reads its flags.
+                    let flags = unsafe { libc::fcntl(n, libc::F_GETFL) };
+                    let acc = flags & libc::O_ACCMODE;
+                    if flags < 0 || (!ro && acc != libc::O_RDWR) || acc == libc::O_WRONLY {
+                        return Err(Fault(format!(
+                            "Unable to create the block device: {p}: not an open descriptor with the access the drive needs"
+                        )));
+                    }
+                }
+                None => {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(!ro)
+                        .open(p)
+                        .map_err(|e| Fault(format!("Unable to create the block device: {p}: {e}")))?;
+                }
+            }
         }
         (None, Some(_)) => {
             return Err(Fault("banger-vmm-qemu does not support vhost-user block devices".into()));
@@ -486,7 +502,12 @@ fn put_net(v: &mut Vmm, n: NetworkInterface) -> Result<(), Fault> {
         }
     }
     // Firecracker opens the tap at PUT time; the device must exist for QEMU to open it.
-    if !Path::new("/sys/class/net").join(&n.host_dev_name).exists() || n.host_dev_name.contains('/') {
+    // Looked up in this process's network namespace (sysfs shows the namespace of
+    // whoever mounted it, which need not be ours).
+    let exists = std::ffi::CString::new(n.host_dev_name.as_str())
+        // SAFETY: if_nametoindex reads a NUL-terminated name.
+        .is_ok_and(|c| unsafe { libc::if_nametoindex(c.as_ptr()) } != 0);
+    if !exists || n.host_dev_name.contains('/') {
         return Err(Fault(format!(
             "Could not create the network device: Open tap device failed: no device named {}",
             n.host_dev_name

@@ -98,12 +98,25 @@ pub fn args(m: &Machine<'_>) -> Vec<OsString> {
             CacheType::Writeback => "writeback",
         };
         let ro = if d.is_read_only.unwrap_or(false) { "on" } else { "off" };
+        // A disk given as a descriptor goes to QEMU as that descriptor (an fd set),
+        // so QEMU never reopens it: the VMM may not be allowed to.
+        let file = match inherited_fd(path) {
+            Some(n) => {
+                push("-add-fd");
+                push(&format!("fd={n},set={n}"));
+                // QEMU also opens a disk read-only (and, for a set, needs a
+                // descriptor of that mode): the read-only twin the helper passes
+                // at the next number joins the set when it is the same file.
+                if same_file(n, n + 1) {
+                    push("-add-fd");
+                    push(&format!("fd={},set={n}", n + 1));
+                }
+                format!("/dev/fdset/{n}")
+            }
+            None => escape_opt(path),
+        };
         push("-drive");
-        push(&format!(
-            "file={},if=none,id=drive-{},format=raw,cache={cache},readonly={ro}",
-            escape_opt(path),
-            d.drive_id
-        ));
+        push(&format!("file={file},if=none,id=drive-{},format=raw,cache={cache},readonly={ro}", d.drive_id));
         push("-device");
         push(&format!("virtio-blk-pci,drive=drive-{}", d.drive_id));
     }
@@ -126,6 +139,22 @@ pub fn args(m: &Machine<'_>) -> Vec<OsString> {
         push("virtio-rng-pci");
     }
     a
+}
+
+/// The number of a file handed to this VMM as a descriptor: the root helper names
+/// files `/proc/self/fd/N` (N >= 3) when the VMM runs apart from a root daemon.
+pub fn inherited_fd(path: &str) -> Option<i32> {
+    path.strip_prefix("/proc/self/fd/")?.parse().ok().filter(|n| *n >= 3)
+}
+
+/// Whether descriptors `a` and `b` are both open on the same file.
+fn same_file(a: i32, b: i32) -> bool {
+    let stat = |fd: i32| {
+        // SAFETY: fstat writes into a zeroed stat buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+    };
+    matches!((stat(a), stat(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// QEMU option values escape ',' by doubling it.
@@ -296,5 +325,31 @@ mod tests {
         let append = a.iter().position(|s| s == "-append").unwrap();
         assert_eq!(a[append + 1], "console=ttyS0 root=/dev/vda rw");
         assert!(!joined.contains("pci=off"));
+    }
+
+    #[test]
+    fn a_disk_given_as_a_descriptor_goes_to_qemu_as_an_fd_set_never_a_path() {
+        let mc = MachineConfig { vcpu_count: 1, mem_size_mib: 128, ..Default::default() };
+        let boot = BootSource { kernel_image_path: "/proc/self/fd/3".into(), initrd_path: None, boot_args: None };
+        let mut d = drive("rootfs", true, false);
+        d.path_on_host = Some("/proc/self/fd/5".into());
+        let drives = [d];
+        let m = Machine {
+            id: "vm1",
+            machine: &mc,
+            boot: &boot,
+            drives: &drives,
+            nets: &[],
+            qmp_socket: Path::new("/run/x/api.sock.qmp"),
+            serial_out: None,
+            entropy: false,
+            accel: "tcg",
+        };
+        let joined = args(&m).into_iter().map(|s| s.into_string().unwrap()).collect::<Vec<_>>().join(" ");
+        assert!(joined.contains("-add-fd fd=5,set=5 -drive file=/dev/fdset/5,if=none,id=drive-rootfs"), "{joined}");
+        assert!(joined.contains("-kernel /proc/self/fd/3"), "{joined}");
+        for (p, want) in [("/proc/self/fd/5", Some(5)), ("/proc/self/fd/2", None), ("/proc/self/fd/x", None), ("/img/5", None)] {
+            assert_eq!(inherited_fd(p), want, "{p}");
+        }
     }
 }

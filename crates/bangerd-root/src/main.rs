@@ -43,6 +43,10 @@ struct Args {
     /// Launch VMMs through this jailer binary.
     #[arg(long, env = "BANGER_JAILER")]
     jailer: Option<PathBuf>,
+    /// The user VMMs run as when the daemons run as root: a VMM never runs as root.
+    /// (With a non-root daemon, VMMs run as the daemon's user.)
+    #[arg(long, env = "BANGER_VMM_USER", default_value = "banger-vmm")]
+    vmm_user: String,
     /// Root's directory for jails (`--chroot-base-dir`) and launch records. It and
     /// every directory above it must belong to root and be writable by no one else,
     /// on a filesystem that allows devices and executables (the jailer makes /dev
@@ -154,6 +158,14 @@ fn run(args: Args) -> Result<()> {
             );
         }
     }
+    let vmm_user = vmm_user(&args.vmm_user)?;
+    if allow_uid == 0 && vmm_user.is_none() {
+        tracing::warn!(
+            "the daemon runs as root and the VMM user {} does not exist: VMs will not start until it does \
+             (VMMs never run as root)",
+            args.vmm_user
+        );
+    }
     let vmm = match args.vmm {
         Some(v) => v,
         None => std::env::current_exe()?.with_file_name("banger-vmm-qemu"),
@@ -185,7 +197,7 @@ fn run(args: Args) -> Result<()> {
         }
     }
     let helper =
-        ops::Helper::new(dirs.clone(), vmm, args.jailer, args.jail_base.clone(), network, args.mirror.clone())?;
+        ops::Helper::new(dirs.clone(), vmm, args.jailer, vmm_user, args.jail_base.clone(), network, args.mirror.clone())?;
 
     let sock = dirs.helper_socket();
     let listener = bind(&sock)?;
@@ -372,4 +384,14 @@ impl TakeLimited for UnixStream {
     fn take_limited(self) -> std::io::Take<UnixStream> {
         std::io::Read::take(self, 64 * 1024)
     }
+}
+
+/// The VMM user by name, with its groups; `None` when there is no such user. Root is
+/// refused: the point of this user is not to be root.
+fn vmm_user(name: &str) -> Result<Option<(String, safe::RunAs)>> {
+    let Some(u) = nix::unistd::User::from_name(name)? else { return Ok(None) };
+    anyhow::ensure!(!u.uid.is_root(), "--vmm-user {name} is root: VMMs never run as root");
+    let cname = std::ffi::CString::new(name)?;
+    let groups = nix::unistd::getgrouplist(&cname, u.gid)?.into_iter().map(|g| g.as_raw()).collect();
+    Ok(Some((name.to_string(), safe::RunAs { uid: u.uid.as_raw(), gid: u.gid.as_raw(), groups })))
 }

@@ -18,7 +18,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 pub use crate::safe::Caller;
-use crate::safe::{self, as_caller};
+use crate::safe::{self, RunAs, as_caller};
 
 /// How VMMs this helper launched ended: (pid, start time) -> exit, kept while the
 /// helper runs so the daemon can tell a crash from a clean guest shutdown.
@@ -31,6 +31,9 @@ pub struct Helper {
     vmm_name: String,
     vmm_version: Option<String>,
     jailer: Option<PathBuf>,
+    /// Whom VMMs run as when the daemon is root (`--vmm-user`); `None` when that user
+    /// does not exist, and then a root daemon's launches are refused.
+    vmm_user: Option<(String, RunAs)>,
     /// Root's own directory for jails, checked by [`safe::check_root_owned`].
     jail_base: PathBuf,
     network: banger_helper::NetworkConfig,
@@ -69,6 +72,7 @@ impl Helper {
         dirs: Dirs,
         vmm: PathBuf,
         jailer: Option<PathBuf>,
+        vmm_user: Option<(String, RunAs)>,
         jail_base: PathBuf,
         network: banger_helper::NetworkConfig,
         mirror: String,
@@ -85,6 +89,7 @@ impl Helper {
             vmm_name,
             vmm_version,
             jailer,
+            vmm_user,
             jail_base,
             network,
             mirror,
@@ -135,8 +140,10 @@ impl Helper {
             }
             Request::CreateTap { vm_id, guest_ip } => {
                 self.check_guest_ip(*guest_ip)?;
+                // The tap is the VMM's to attach: its owner is whom the VMM runs as.
+                let vmm = self.vmm_identity(caller)?;
                 self.net()
-                    .create_tap(vm_id, *guest_ip, caller.uid, caller.gid)
+                    .create_tap(vm_id, *guest_ip, vmm.uid, vmm.gid)
                     .map_err(|e| failed(e.to_string()))?;
                 Ok(Reply::Done)
             }
@@ -369,6 +376,22 @@ impl Helper {
         Ok((file, path))
     }
 
+    /// Whom the VMMs of `caller` run as: the caller itself, unless the caller is root;
+    /// then the VMM user, because a VMM (the process a guest attacks first) never runs
+    /// as root.
+    fn vmm_identity(&self, caller: Caller) -> Result<RunAs, Failure> {
+        if caller.uid != 0 {
+            return Ok(RunAs { uid: caller.uid, gid: caller.gid, groups: Vec::new() });
+        }
+        self.vmm_user.as_ref().map(|(_, u)| u.clone()).ok_or_else(|| {
+            failed(
+                "the daemons run as root and VMMs never do, but the user VMMs run as (--vmm-user, BANGER_VMM_USER; \
+                 default banger-vmm) does not exist: create it (`useradd --system --user-group banger-vmm`, as \
+                 scripts/install-deps does) or name another",
+            )
+        })
+    }
+
     fn launch(&self, id: &VmId, files: &BootFiles, caller: Caller, owner: Option<banger_helper::Identity>) -> Response {
         let api_sock = self.dirs.api_socket(id);
         let console = self.dirs.console_log(id);
@@ -377,6 +400,27 @@ impl Helper {
         // 0. A VMM an earlier launch left running (the helper or the daemon died
         //    mid-start) is an orphan: the daemon launches only a VM it holds stopped.
         self.end_recorded(id)?;
+
+        // 0b. Whom the VMM runs as. For a root daemon that is the VMM user, apart from
+        //     the daemon: the VMM then gets its files as descriptors (its own
+        //     directory for its sockets), since it cannot reach root's directories.
+        //     Firecracker reopens files by path and needs /dev/kvm, so it runs apart
+        //     only inside the jailer's chroot.
+        let run_as = self.vmm_identity(caller)?;
+        let apart = run_as.uid != caller.uid;
+        let jailed = self.jailer.is_some();
+        let fds_only = apart && !jailed;
+        if fds_only && self.vmm_name != "banger-vmm-qemu" {
+            return Err(failed(format!(
+                "the daemons run as root and VMMs never do: {} runs as uid {} only through the jailer \
+                 (set --jailer, BANGER_JAILER)",
+                self.vmm_name, run_as.uid
+            )));
+        }
+        let vmm_dir = self.dirs.vmm_dir(id);
+        if let Ok(p) = pid::find_pid(&api_sock, &self.vmm_name) {
+            return Err(failed(format!("a VMM (pid {p}) is already serving {}", api_sock.display())));
+        }
 
         // 1. As the caller: its own directory and logs, and every boot file. A symlink
         //    the caller planted leads nowhere it could not go itself, and a file a user
@@ -392,40 +436,137 @@ impl Helper {
             _ => self.open_boot_file(id, f, write),
         };
         let opened = caller_does(caller, || {
-            if fs::symlink_metadata(&api_sock).is_ok() {
-                if let Ok(p) = pid::find_pid(&api_sock, &self.vmm_name) {
-                    return Err(failed(format!("a VMM (pid {p}) is already serving {}", api_sock.display())));
-                }
-                fs::remove_file(&api_sock)
-                    .map_err(|e| io_failed(format!("cannot remove stale {}", api_sock.display()), e))?;
-            }
+            // The VMM's directory, fresh for each launch: stale sockets go with it.
+            // Removed without following anything a VMM user could have left in it.
+            safe::remove_tree(&vmm_dir).map_err(|e| io_failed(format!("cannot remove {}", vmm_dir.display()), e))?;
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&vmm_dir)
+                .map_err(|e| io_failed(format!("cannot create {}", vmm_dir.display()), e))?;
+            let vmm_dir_fd = if fds_only {
+                // Made by root in root's directory just now: nobody else can have
+                // replaced it yet. The VMM enters it by descriptor (it cannot reach
+                // it by path) and binds its socket there.
+                chown(&vmm_dir, Caller { uid: run_as.uid, gid: run_as.gid })?;
+                Some(
+                    OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                        .open(&vmm_dir)
+                        .map_err(|e| io_failed(format!("cannot open {}", vmm_dir.display()), e))?,
+                )
+            } else {
+                None
+            };
             let stdout = open_log(&console, false)?;
             // One VMM log per boot: Firecracker writes its --log-path from offset 0.
             let stderr = open_log(&vmm_log, true)?;
             let kernel = open(&files.kernel, false)?;
             let initrd = files.initrd.as_ref().map(|f| open(f, false)).transpose()?;
             let rootfs = files.rootfs.as_ref().map(|f| open(f, true)).transpose()?;
-            Ok((stdout, stderr, kernel, initrd, rootfs))
+            Ok((stdout, stderr, kernel, initrd, rootfs, vmm_dir_fd))
         })?;
-        let (stdout, stderr, kernel, initrd, rootfs) = opened;
+        let (stdout, stderr, kernel, initrd, rootfs, vmm_dir_fd) = opened;
+
+        // 1b. QEMU wants a read-only descriptor of a disk beside the read-write one:
+        //     the same file, reopened through our own descriptor with the rights that
+        //     opened it (never a second lookup of the path).
+        let rootfs_ro = match (&files.rootfs, &rootfs) {
+            (Some(f), Some((file, path))) if fds_only => {
+                let who = match (f, named_as) {
+                    (BootFile::Named { .. }, Some(w)) => w,
+                    _ => caller,
+                };
+                let own = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+                Some(caller_does(who, || {
+                    OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                        .open(&own)
+                        .map_err(|e| io_failed(format!("cannot reopen {} read-only", path.display()), e))
+                })?)
+            }
+            _ => None,
+        };
+
+        // 1c. Apart from a root daemon, the VMM must be able to use what it is given.
+        //     The VM's own disk and the VMM's log are root's (banger's) files, given to
+        //     the VMM user by descriptor. A file a user named is never given away: a
+        //     VMM that reopens it by path must already be allowed to.
+        if apart {
+            let give = |f: &File, what: &Path| {
+                nix::unistd::fchown(f, Some(run_as.uid.into()), Some(run_as.gid.into()))
+                    .map_err(|e| failed(format!("cannot give {} to the VMM's user: {e}", what.display())))
+            };
+            give(&stderr, &vmm_log)?;
+            if let (Some(BootFile::VmDisk {}), Some((f, p))) = (&files.rootfs, &rootfs) {
+                give(f, p)?;
+            }
+            let check = |f: &BootFile, opened: &(File, PathBuf), write: bool, reopened: bool| {
+                if !reopened || matches!(f, BootFile::VmDisk {}) || safe::usable_by(&opened.0, &run_as, write) {
+                    return Ok(());
+                }
+                Err(failed(format!(
+                    "{} runs as uid {} (never root) and opens {} itself, which that user may not {}; \
+                     make it {} for uid {} or group {}, or import it as an image",
+                    self.vmm_name,
+                    run_as.uid,
+                    opened.1.display(),
+                    if write { "read and write" } else { "read" },
+                    if write { "readable and writable" } else { "readable" },
+                    run_as.uid,
+                    run_as.gid
+                )))
+            };
+            // banger-vmm-qemu hands the disk's descriptor to QEMU (no reopen); kernel
+            // and initrd are reopened. Firecracker reopens everything.
+            check(&files.kernel, &kernel, false, true)?;
+            if let (Some(f), Some(o)) = (&files.initrd, &initrd) {
+                check(f, o, false, true)?;
+            }
+            if let (Some(f), Some(o)) = (&files.rootfs, &rootfs) {
+                check(f, o, true, !fds_only)?;
+            }
+        }
 
         // 2. Plan the command line (direct or jailed).
         let jailer = self.jailer.as_ref().map(|j| JailerConfig {
             jailer: j.clone(),
             chroot_base: self.jail_base.clone(),
-            uid: caller.uid,
-            gid: caller.gid,
+            uid: run_as.uid,
+            gid: run_as.gid,
         });
         let cfg = LaunchConfig {
             vmm: self.vmm.clone(),
             id: id.to_string(),
-            api_sock: api_sock.clone(),
-            log_path: Some(vmm_log.clone()),
+            // Apart, the socket is named from the VMM's working directory (its own).
+            api_sock: if fds_only { PathBuf::from("/proc/self/cwd/api.sock") } else { api_sock.clone() },
+            // Apart, the VMM cannot reach the log by path: its stderr is the same file.
+            log_path: Some(if fds_only { PathBuf::from("/proc/self/fd/2") } else { vmm_log.clone() }),
             jailer,
         };
         let plan = cfg.plan().map_err(|e| failed(e.to_string()))?;
         let host = |p: &PathBuf| p.display().to_string();
+        // Apart, the VMM gets kernel, initrd and disk as descriptors 3, 4 and 5.
+        let mut inherit = Vec::new();
         let paths = match &plan.chroot {
+            None if fds_only => {
+                let mut pass = |f: &File, n: i32| {
+                    inherit.push((std::os::fd::AsRawFd::as_raw_fd(f), n));
+                    format!("/proc/self/fd/{n}")
+                };
+                let paths = VmmPaths {
+                    kernel: pass(&kernel.0, 3),
+                    initrd: initrd.as_ref().map(|f| pass(&f.0, 4)),
+                    rootfs: rootfs.as_ref().map(|f| pass(&f.0, 5)),
+                };
+                // The disk's read-only twin at the next number (banger-vmm-qemu checks
+                // that it is the same file).
+                if let Some(ro) = &rootfs_ro {
+                    pass(ro, 6);
+                }
+                paths
+            }
             None => VmmPaths {
                 kernel: host(&kernel.1),
                 initrd: initrd.as_ref().map(|f| host(&f.1)),
@@ -477,7 +618,7 @@ impl Helper {
         //    as the daemon's user, so the daemon can reach its socket and no
         //    guest-facing process runs as root. (The jailer drops privileges itself
         //    with --uid/--gid.)
-        let drop_to = (plan.chroot.is_none() && caller.uid != 0).then_some(caller);
+        let drop_to = (plan.chroot.is_none() && run_as.uid != 0).then_some(run_as.clone());
         let (program, args, child_drop) = match systemd_run() {
             // Under systemd, each VMM gets its own transient scope in banger.slice, so
             // it is outside the helper's cgroup and no stop or restart of the helper's
@@ -487,7 +628,7 @@ impl Helper {
                 let mut a: Vec<std::ffi::OsString> =
                     ["--scope", "--quiet", "--collect", "--slice=banger.slice"].map(Into::into).to_vec();
                 a.push(format!("--unit=banger-vm-{id}-{}", now_millis()).into());
-                if let Some(u) = drop_to {
+                if let Some(u) = &drop_to {
                     a.push(format!("--uid={}", u.uid).into());
                     a.push(format!("--gid={}", u.gid).into());
                 }
@@ -498,7 +639,8 @@ impl Helper {
             }
             None => (plan.program.clone(), plan.args.clone(), drop_to),
         };
-        let spawn = crate::spawn::Spawn { program: program.clone(), args, stdout, stderr, drop_to: child_drop };
+        let spawn =
+            crate::spawn::Spawn { program: program.clone(), args, stdout, stderr, inherit, cwd: vmm_dir_fd, drop_to: child_drop };
         let held = match crate::spawn::spawn_held(&spawn) {
             Ok(h) => h,
             Err(e) => {
@@ -668,7 +810,7 @@ mod tests {
             nft_table: "banger_test".into(),
         };
         let jail_base = dirs.state.join("jail");
-        Helper::new(dirs, "/bin/sleep".into(), None, jail_base, network, "http://deb.debian.org/debian".into())
+        Helper::new(dirs, "/bin/sleep".into(), None, None, jail_base, network, "http://deb.debian.org/debian".into())
             .unwrap()
     }
 

@@ -27,6 +27,31 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// Whom a VMM runs as: a user, its group and exactly these supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Whether `who` may read (and, with `write`, write) the open file by its mode bits:
+/// what a process of that user reopening it would be allowed, ACLs aside (a file
+/// that only an ACL opens is refused: fail closed).
+pub fn usable_by(f: &File, who: &RunAs, write: bool) -> bool {
+    let Ok(m) = f.metadata() else { return false };
+    let need = if write { 0o6 } else { 0o4 };
+    let mode = m.mode();
+    let bits = if m.uid() == who.uid {
+        mode >> 6
+    } else if m.gid() == who.gid || who.groups.contains(&m.gid()) {
+        mode >> 3
+    } else {
+        mode
+    } & 0o7;
+    bits & need == need
+}
+
 /// Runs `f` with the caller's file system identity (see [`banger_helper::as_identity`]).
 pub fn as_caller<T: Send>(caller: Caller, f: impl FnOnce() -> T + Send) -> io::Result<T> {
     banger_helper::as_identity(banger_helper::Identity { uid: caller.uid, gid: caller.gid }, f)

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use crate::safe::Caller;
+use crate::safe::RunAs;
 
 /// What to run and with which files.
 pub struct Spawn {
@@ -26,8 +26,13 @@ pub struct Spawn {
     pub args: Vec<OsString>,
     pub stdout: File,
     pub stderr: File,
-    /// Drop to this user (and no supplementary groups) before exec.
-    pub drop_to: Option<Caller>,
+    /// Files the child inherits, each at the descriptor number given (3 and up).
+    pub inherit: Vec<(std::os::fd::RawFd, i32)>,
+    /// The child's working directory, as an open directory (entered with fchdir, so
+    /// the child needs no right to reach it by path).
+    pub cwd: Option<File>,
+    /// Drop to this user, with exactly its listed supplementary groups, before exec.
+    pub drop_to: Option<RunAs>,
 }
 
 /// A forked child waiting for [`Held::release`]; dropping this ends it instead.
@@ -69,18 +74,26 @@ pub fn spawn_held(s: &Spawn) -> io::Result<Held> {
     envp.push(std::ptr::null());
     let devnull = File::open("/dev/null")?;
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    if s.inherit.iter().any(|&(_, to)| !(3..MOVED_FDS).contains(&to)) {
+        return Err(io::Error::other(format!("inherited descriptors must be numbered 3 to {}", MOVED_FDS - 1)));
+    }
+    let groups: Vec<libc::gid_t> = s.drop_to.as_ref().map(|u| u.groups.clone()).unwrap_or_default();
     let fds = ChildFds {
         stdin: devnull.as_raw_fd(),
         stdout: s.stdout.as_raw_fd(),
         stderr: s.stderr.as_raw_fd(),
         go_r: go_r.as_raw_fd(),
         go_w: go_w.as_raw_fd(),
+        inherit: s.inherit.clone(),
+        drop_to: s.drop_to.as_ref().map(|u| (u.uid, u.gid)),
+        groups,
+        cwd: s.cwd.as_ref().map(|d| d.as_raw_fd()),
     };
     // SAFETY: the child only calls async-signal-safe functions (see `child`) and
     // never returns; all memory it reads was prepared above.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
-        0 => unsafe { child(&fds, s.drop_to, prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) },
+        0 => unsafe { child(&fds, prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) },
         pid => {
             drop(go_r);
             Ok(Held { pid, go: go_w })
@@ -88,19 +101,26 @@ pub fn spawn_held(s: &Spawn) -> io::Result<Held> {
     }
 }
 
+/// Inherited descriptors are first moved at or above this number, so that placing
+/// one at its target never overwrites another still to be placed.
+const MOVED_FDS: i32 = 64;
+
 struct ChildFds {
     stdin: i32,
     stdout: i32,
     stderr: i32,
     go_r: i32,
     go_w: i32,
+    inherit: Vec<(i32, i32)>,
+    drop_to: Option<(u32, u32)>,
+    groups: Vec<libc::gid_t>,
+    cwd: Option<i32>,
 }
 
 /// # Safety
 /// Runs in the forked child of a multithreaded process: async-signal-safe calls only.
 unsafe fn child(
     fds: &ChildFds,
-    drop_to: Option<Caller>,
     prog: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
@@ -134,15 +154,46 @@ unsafe fn child(
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        if let Some(u) = drop_to
-            && (libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(u.gid) != 0 || libc::setuid(u.uid) != 0)
+        if let Some(d) = fds.cwd
+            && libc::fchdir(d) != 0
         {
-            fail(b"cannot drop to the daemon's user");
+            fail(b"cannot enter the VMM's directory");
+        }
+        // Inherited files: moved out of the way (close-on-exec copies), then placed
+        // at their numbers (dup2 clears close-on-exec there). The pipe moves too.
+        let mut go_r = fds.go_r;
+        if !fds.inherit.is_empty() {
+            go_r = libc::fcntl(fds.go_r, libc::F_DUPFD_CLOEXEC, MOVED_FDS);
+            if go_r < 0 {
+                fail(b"cannot move the release pipe");
+            }
+            let mut moved = [0i32; 8];
+            if fds.inherit.len() > moved.len() {
+                fail(b"too many inherited files");
+            }
+            for (i, &(from, _)) in fds.inherit.iter().enumerate() {
+                moved[i] = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, MOVED_FDS);
+                if moved[i] < 0 {
+                    fail(b"cannot move an inherited file");
+                }
+            }
+            for (i, &(_, to)) in fds.inherit.iter().enumerate() {
+                if libc::dup2(moved[i], to) < 0 {
+                    fail(b"cannot place an inherited file");
+                }
+            }
+        }
+        if let Some((uid, gid)) = fds.drop_to
+            && (libc::setgroups(fds.groups.len(), fds.groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0)
+        {
+            fail(b"cannot drop to the VMM's user");
         }
         // Wait until the helper has recorded this launch.
         let mut b = 0u8;
         loop {
-            let r = libc::read(fds.go_r, (&mut b as *mut u8).cast(), 1);
+            let r = libc::read(go_r, (&mut b as *mut u8).cast(), 1);
             if r == 1 {
                 break;
             }
@@ -168,13 +219,23 @@ mod tests {
     }
 
     /// `/bin/sh -c SCRIPT`, held, with stdout and stderr in a fresh file.
-    fn held_sh(script: &str, drop_to: Option<Caller>) -> (tempfile::TempDir, PathBuf, Held) {
+    fn held_sh(script: &str, drop_to: Option<RunAs>) -> (tempfile::TempDir, PathBuf, Held) {
+        held_sh_with(script, drop_to, Vec::new())
+    }
+
+    fn held_sh_with(
+        script: &str,
+        drop_to: Option<RunAs>,
+        inherit: Vec<(std::os::fd::RawFd, i32)>,
+    ) -> (tempfile::TempDir, PathBuf, Held) {
         let (d, f, path) = out();
         let held = spawn_held(&Spawn {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), script.into()],
             stdout: f.try_clone().unwrap(),
             stderr: f,
+            inherit,
+            cwd: None,
             drop_to,
         })
         .unwrap();
@@ -215,7 +276,8 @@ mod tests {
 
     #[test]
     fn the_child_drops_to_the_daemon_s_user_in_its_own_session() {
-        let (_d, path, held) = held_sh("id -u; id -G; cat /proc/self/stat | cut -d' ' -f6; echo $$", Some(Caller { uid: 65534, gid: 65534 }));
+        let nobody = RunAs { uid: 65534, gid: 65534, groups: Vec::new() };
+        let (_d, path, held) = held_sh("id -u; id -G; cat /proc/self/stat | cut -d' ' -f6; echo $$", Some(nobody));
         let pid = held.pid;
         held.release().unwrap();
         wait_status(pid);
@@ -224,5 +286,50 @@ mod tests {
         assert_eq!(lines[0], "65534", "{text}");
         assert_eq!(lines[1], "65534", "no supplementary groups: {text}");
         assert_eq!(lines[2], lines[3], "its own session: {text}");
+    }
+
+    #[test]
+    fn the_child_gets_exactly_the_groups_it_is_given() {
+        let who = RunAs { uid: 65534, gid: 65534, groups: vec![65534, 4242] };
+        let (_d, path, held) = held_sh("id -G", Some(who));
+        let pid = held.pid;
+        held.release().unwrap();
+        wait_status(pid);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "65534 4242");
+    }
+
+    #[test]
+    fn inherited_files_land_at_their_numbers_even_when_numbers_cross() {
+        // Two files whose descriptors are swapped on the way in: a naive dup2 of the
+        // first would close the second before it is placed.
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, "first").unwrap();
+        std::fs::write(&b, "second").unwrap();
+        let fa = File::open(&a).unwrap();
+        let fb = File::open(&b).unwrap();
+        let (ra, rb) = (fa.as_raw_fd(), fb.as_raw_fd());
+        let (_d, path, held) = held_sh_with(
+            "cat /proc/self/fd/5; echo; cat /proc/self/fd/6; echo",
+            None,
+            vec![(ra, 6), (rb, 5)],
+        );
+        let pid = held.pid;
+        held.release().unwrap();
+        wait_status(pid);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines, ["second", "first"], "{text}");
+        assert!(spawn_held(&Spawn {
+            program: "/bin/true".into(),
+            args: vec![],
+            stdout: File::open("/dev/null").unwrap(),
+            stderr: File::open("/dev/null").unwrap(),
+            inherit: vec![(ra, 2)],
+            cwd: None,
+            drop_to: None,
+        })
+        .is_err(), "a file cannot replace stderr");
     }
 }
