@@ -418,9 +418,6 @@ impl Helper {
             )));
         }
         let vmm_dir = self.dirs.vmm_dir(id);
-        if let Ok(p) = pid::find_pid(&api_sock, &self.vmm_name) {
-            return Err(failed(format!("a VMM (pid {p}) is already serving {}", api_sock.display())));
-        }
 
         // 1. As the caller: its own directory and logs, and every boot file. A symlink
         //    the caller planted leads nowhere it could not go itself, and a file a user
@@ -436,6 +433,11 @@ impl Helper {
             _ => self.open_boot_file(id, f, write),
         };
         let opened = caller_does(caller, || {
+            // (As the caller: a jail's socket symlink and pidfile are followed with
+            // the caller's rights.)
+            if let Ok(p) = pid::find_pid(&api_sock, &self.vmm_name) {
+                return Err(failed(format!("a VMM (pid {p}) is already serving {}", api_sock.display())));
+            }
             // The VMM's directory, fresh for each launch: stale sockets go with it.
             // Removed without following anything a VMM user could have left in it.
             safe::remove_tree(&vmm_dir).map_err(|e| io_failed(format!("cannot remove {}", vmm_dir.display()), e))?;
