@@ -7,6 +7,8 @@
 //! itself. The one exception is a file a VM's creator named ([`BootFile::Named`]),
 //! which the helper opens with the caller's rights, never with root's.
 
+pub mod copy;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

@@ -8,8 +8,11 @@
 //! 3. take out the kernel (bzImage for QEMU, ELF vmlinux for Firecracker) and initrd;
 //! 4. `mkfs.ext4 -d` the tree into a sparse image sized to its content.
 //!
-//! Everything happens in `<state>/images/.build-<id>/`, which is removed on failure;
-//! the daemon hashes and renames a finished build, so no half-made image is ever seen.
+//! Everything runs as root in root's own workspace beneath the checked jail base
+//! (`<jail base>/builds/<installation>/<id>/`), never in a directory the daemon's user
+//! could redirect; progress lines go to a file the daemon's user owns. The helper then
+//! copies the results, as the daemon's user, into `<state>/images/.build-<id>/`, and
+//! the daemon hashes and renames that, so no half-made image is ever seen.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -66,8 +69,15 @@ fn step_err(step: &'static str) -> impl Fn(std::io::Error) -> BuildError {
     move |e| BuildError::Step { step, detail: e.to_string() }
 }
 
+/// The files a finished build leaves in its directory (`vmlinux` when the kernel
+/// yields one).
+pub const OUTPUTS: [&str; 4] = ["rootfs.ext4", "vmlinuz", "initrd.img", "vmlinux"];
+
 pub struct Build<'a> {
+    /// Root's workspace.
     pub dir: &'a Path,
+    /// Where progress lines go (the daemon's file, opened as the daemon's user).
+    pub progress: &'a std::fs::File,
     pub release: &'a Release,
     pub packages: &'a [PackageName],
     pub mirror: &'a str,
@@ -76,9 +86,7 @@ pub struct Build<'a> {
 impl Build<'_> {
     fn progress(&self, msg: &str) {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("progress")) {
-            let _ = writeln!(f, "{msg}");
-        }
+        let _ = writeln!(&mut &*self.progress, "{msg}");
         tracing::info!(dir = %self.dir.display(), "image build: {msg}");
     }
 

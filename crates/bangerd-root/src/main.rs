@@ -187,17 +187,16 @@ fn run(args: Args) -> Result<()> {
         prefix_len: prefix,
         nft_table: args.nft_table.clone(),
     };
-    // Builds that a crash interrupted are never finished; remove them.
-    if let Ok(rd) = std::fs::read_dir(dirs.images()) {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".build-") {
-                tracing::info!("removing interrupted image build {}", e.path().display());
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
     let helper =
         ops::Helper::new(dirs.clone(), vmm, args.jailer, vmm_user, args.jail_base.clone(), network, args.mirror.clone())?;
+    // Builds that a crash interrupted are never finished: remove root's workspaces
+    // (root's own tree). The daemon removes its `.build-*` directories itself.
+    if let Ok(rd) = std::fs::read_dir(helper.builds_dir()) {
+        for e in rd.flatten() {
+            tracing::info!("removing interrupted image build {}", e.path().display());
+            let _ = safe::remove_tree(&e.path());
+        }
+    }
 
     let sock = dirs.helper_socket();
     let listener = bind(&sock)?;

@@ -233,22 +233,83 @@ impl Helper {
         packages: &[banger_helper::PackageName],
         caller: Caller,
     ) -> Response {
-        let dir = self.dirs.image_build(id);
-        if dir.exists() {
-            return Err(failed(format!("build {id} already exists")));
+        // The daemon's directory for the result: made as the caller (it must be new),
+        // with the progress file the daemon reads while the build runs.
+        let out = self.dirs.image_build(id);
+        let progress = caller_does(caller, || {
+            let images = self.dirs.images();
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&images)
+                .map_err(|e| io_failed(format!("cannot create {}", images.display()), e))?;
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&out)
+                .map_err(|e| io_failed(format!("cannot create {}", out.display()), e))?;
+            OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(out.join("progress"))
+                .map_err(|e| io_failed("cannot create the build's progress file", e))
+        })?;
+        let remove_out = || {
+            let _ = caller_does(caller, || safe::remove_tree(&out).map_err(|e| io_failed("cannot remove the build", e)));
+        };
+        // Root's workspace: debootstrap and mkfs run as root, so only beneath root's
+        // own checked base, where nobody else can redirect a path.
+        let work = self.builds_dir().join(id.as_str());
+        let prepared = (|| {
+            for d in [self.jail_base.join("builds"), self.builds_dir()] {
+                safe::ensure_root_dir(&d, 0o700)?;
+            }
+            safe::remove_tree(&work)?;
+            safe::ensure_root_dir(&work, 0o700)
+        })();
+        if let Err(e) = prepared {
+            remove_out();
+            return Err(io_failed(format!("cannot prepare {}", work.display()), e));
         }
-        fs::create_dir_all(&dir).map_err(|e| io_failed(format!("cannot create {}", dir.display()), e))?;
-        chown(&self.dirs.images(), caller)?;
-        let build = crate::image::Build { dir: &dir, release, packages, mirror: &self.mirror };
-        if let Err(e) = build.run_all() {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(failed(e.to_string()));
+        let build = crate::image::Build { dir: &work, progress: &progress, release, packages, mirror: &self.mirror };
+        let built = build.run_all().map_err(|e| failed(e.to_string())).and_then(|()| {
+            // Hand the results over as the caller: new files of its own in its own
+            // directory, data copied from root's descriptors (nothing chowned).
+            let mut sources = Vec::new();
+            for name in crate::image::OUTPUTS {
+                match File::open(work.join(name)) {
+                    Ok(f) => sources.push((name, f)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && name == "vmlinux" => {}
+                    Err(e) => return Err(io_failed(format!("cannot open the built {name}"), e)),
+                }
+            }
+            caller_does(caller, || {
+                for (name, from) in &sources {
+                    let to = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o644)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(out.join(name))
+                        .map_err(|e| io_failed(format!("cannot create {name} in {}", out.display()), e))?;
+                    banger_helper::copy::clone_data(from, &to)
+                        .map_err(|e| io_failed(format!("cannot copy the built {name}"), e))?;
+                }
+                Ok(())
+            })
+        });
+        let _ = safe::remove_tree(&work);
+        if let Err(e) = built {
+            remove_out();
+            return Err(e);
         }
-        for e in fs::read_dir(&dir).map_err(|e| io_failed("cannot list the build", e))?.flatten() {
-            chown(&e.path(), caller)?;
-        }
-        chown(&dir, caller)?;
-        Ok(Reply::ImageBuilt { dir })
+        Ok(Reply::ImageBuilt { dir: out })
+    }
+
+    /// `<jail base>/builds/<installation>/`: root's workspace for image builds.
+    pub fn builds_dir(&self) -> PathBuf {
+        self.jail_base.join("builds").join(self.installation())
     }
 
     /// The VM's directories are the caller's: made with its rights, private to it.
@@ -271,12 +332,16 @@ impl Helper {
     /// Root's, beneath the checked jail base; keyed by the state directory so that
     /// two installations on one host never see each other's VMMs.
     pub fn records_dir(&self) -> PathBuf {
-        // FNV-1a: a stable name for the state directory's path.
+        self.jail_base.join("launches").join(self.installation())
+    }
+
+    /// A stable name for this installation (FNV-1a of the state directory's path).
+    fn installation(&self) -> String {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in self.dirs.state.as_os_str().as_encoded_bytes() {
             h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
-        self.jail_base.join("launches").join(format!("{h:016x}"))
+        format!("{h:016x}")
     }
 
     fn write_record(&self, r: &LaunchRecord) -> Result<(), Failure> {

@@ -12,7 +12,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -51,8 +50,6 @@ pub enum DiskError {
     Shrink { image: u64, asked: u64 },
 }
 
-// FICLONE = _IOW(0x94, 9, int)
-nix::ioctl_write_int!(ficlone, 0x94, 9);
 
 /// Clones `src` to a new file `dst` by the best method available; `dst` must not exist.
 pub fn clone(src: &Path, dst: &Path) -> Result<CloneMethod, DiskError> {
@@ -68,79 +65,17 @@ pub fn clone_file(from: &File, src: &Path, dst: &Path) -> Result<CloneMethod, Di
     let to = std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().write(true).create_new(true), 0o600)
         .open(dst)
         .map_err(err)?;
-    // SAFETY: both fds are open; FICLONE takes the source fd as its argument.
-    match unsafe { ficlone(to.as_raw_fd(), from.as_raw_fd() as u64) } {
-        Ok(_) => return Ok(CloneMethod::Reflink),
+    match banger_helper::copy::reflink(from, &to) {
+        Ok(()) => return Ok(CloneMethod::Reflink),
         Err(e) => tracing::warn!(
             "reflink clone of {} is not possible here ({e}); making a sparse copy, whose time grows with the image",
             src.display()
         ),
     }
-    sparse_copy(from, &to).map_err(err)?;
+    banger_helper::copy::sparse_copy(from, &to).map_err(err)?;
     Ok(CloneMethod::Copy)
 }
 
-/// Copies only the data extents, leaving holes as holes.
-pub fn sparse_copy(from: &File, to: &File) -> io::Result<()> {
-    let len = from.metadata()?.len();
-    to.set_len(len)?;
-    let (fd_in, fd_out) = (from.as_raw_fd(), to.as_raw_fd());
-    let mut pos: i64 = 0;
-    while (pos as u64) < len {
-        // SAFETY: plain lseek on an open fd.
-        let data = unsafe { libc::lseek(fd_in, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd_in, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut off_in = data;
-        let mut off_out = data;
-        let mut left = (hole - data) as usize;
-        while left > 0 {
-            // SAFETY: offsets are valid pointers to i64s; fds are open.
-            let n = unsafe { libc::copy_file_range(fd_in, &mut off_in, fd_out, &mut off_out, left, 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                // Across filesystems (EXDEV) or where unsupported: plain reads and writes.
-                if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) {
-                    copy_range(from, to, off_in as u64, left)?;
-                    break;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                break;
-            }
-            left -= n as usize;
-        }
-        pos = hole;
-    }
-    to.sync_all()
-}
-
-fn copy_range(from: &File, to: &File, mut off: u64, mut left: usize) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        let want = left.min(buf.len());
-        let n = from.read_at(&mut buf[..want], off)?;
-        if n == 0 {
-            break;
-        }
-        to.write_all_at(&buf[..n], off)?;
-        off += n as u64;
-        left -= n;
-    }
-    Ok(())
-}
 
 /// Grows an ext4 image to `size` bytes (a no-op if it is that size).
 pub fn grow(disk: &Path, size: u64) -> Result<(), DiskError> {
