@@ -112,11 +112,11 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
 /// Starts `bin` in its own session with output appended to `log`: it must not die
 /// with this terminal or write to a pipe we hold.
 fn spawn_detached(bin: &Path, args: &[String], log: &Path) -> Result<()> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
+    // The daemons' logs name VMs, paths and users: theirs and root's only.
+    let out = std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().create(true).append(true), 0o600)
         .open(log)
         .with_context(|| format!("cannot open {}", log.display()))?;
+    out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     // SAFETY: setsid is async-signal-safe.

@@ -65,6 +65,12 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("cannot make the database {path} private")]
+    Private {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot migrate the database {path}")]
     Migrate {
         path: String,
@@ -148,6 +154,22 @@ pub enum MigrationCheck {
 
 /// Reports whether this binary can migrate the database at `path`, opening it
 /// read-only so nothing is modified.
+/// The database and its WAL and shared-memory files are the daemon user's alone
+/// (SQLite gives the files it creates the database file's mode).
+fn private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut f = path.as_os_str().to_owned();
+        f.push(suffix);
+        match std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn check_migrations(path: &Path) -> Result<MigrationCheck, StoreError> {
     if !path.exists() {
         return Ok(MigrationCheck::NoDatabase);
@@ -273,6 +295,7 @@ impl Store {
         if let Err(e @ StoreError::TooNew { .. }) = check_migrations(path) {
             return Err(e);
         }
+        private(path).map_err(|source| StoreError::Private { path: p.clone(), source })?;
         let mut conn =
             Connection::open(path).map_err(|source| StoreError::Open { path: p.clone(), source })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -498,6 +521,21 @@ mod tests {
             initrd: None,
             rootfs: None,
             boot_args: None,
+        }
+    }
+
+    #[test]
+    fn the_database_and_its_wal_are_private_even_if_they_were_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        std::fs::write(&db, b"").unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = Store::open(&db).unwrap();
+        s.insert("0123456789ab", &spec("a"), (0, 0)).unwrap();
+        for f in ["db", "db-wal", "db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
         }
     }
 
