@@ -4,6 +4,10 @@
 //!
 //! Binaries are taken from the cargo target directory this test binary lives in (or
 //! `BANGER_BIN_DIR`); `scripts/test` builds them before running the tests.
+//!
+//! Tests stay on this machine's own networks: every [`Env`] has a network namespace
+//! of its own ([`Netns`]), and its daemons, bridge, taps, nftables table, VMMs and
+//! SSH live there, never in the host's namespace.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -62,10 +66,17 @@ pub fn guest() -> Guest {
     g
 }
 
-/// A private banger installation: its own state directory, daemons, bridge, subnet
-/// and nftables table, so environments never collide.
+/// A private banger installation: its own state directory, network namespace,
+/// daemons, bridge, subnet and nftables table, so environments never collide and
+/// never touch the host's network.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Where everything this environment runs lives: the CLI, the daemons it spawns,
+    /// the helper started by hand, the VMMs, the bridge, taps and nftables table, and
+    /// SSH to the guests. Deleted (with all of that) when the environment drops.
+    pub netns: Netns,
+    /// A relay to the Debian mirror for `image build` ([`Env::with_mirror`]).
+    mirror: Option<MirrorRelay>,
     /// Extra arguments for bangerd-root (e.g. another --vmm).
     helper_args: Vec<String>,
     pub bridge: String,
@@ -109,6 +120,15 @@ pub fn firecracker() -> Firecracker {
     f
 }
 
+/// The system user VMMs of root daemons run as (scripts/install-deps creates it).
+pub fn vmm_user() -> (u32, u32) {
+    let u = nix::unistd::User::from_name("banger-vmm")
+        .ok()
+        .flatten()
+        .expect("the system user banger-vmm is missing: run scripts/install-deps (scripts/test does)");
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
 static NEXT_ENV: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Env {
@@ -124,6 +144,8 @@ impl Env {
         let p = std::process::id() % 1000;
         Self {
             dir,
+            netns: Netns::new(),
+            mirror: None,
             helper_args: Vec::new(),
             daemon_uid: None,
             jail_base: None,
@@ -141,11 +163,25 @@ impl Env {
         e
     }
 
+    /// An environment whose `image build` reaches the Debian mirror: its namespace has
+    /// no route out, so a relay in this process ([`MirrorRelay`]) listens on the
+    /// namespace's loopback and the daemons get it as their `http_proxy`.
+    pub fn with_mirror() -> Self {
+        let mut e = Self::new();
+        e.mirror = Some(MirrorRelay::new(&e.netns));
+        e
+    }
+
     /// An environment whose helper launches `vmm` instead of banger-vmm-qemu.
     pub fn with_vmm(vmm: &Path) -> Self {
         let mut e = Self::new();
-        e.helper_args = vec!["--vmm".into(), vmm.display().to_string()];
+        e.use_vmm(vmm);
         e
+    }
+
+    /// Makes this environment's helper launch `vmm` instead of banger-vmm-qemu.
+    pub fn use_vmm(&mut self, vmm: &Path) {
+        self.helper_args.extend(["--vmm".into(), vmm.display().to_string()]);
     }
 
     /// An environment whose helper launches the real Firecracker, directly or through
@@ -166,21 +202,37 @@ impl Env {
             e.jail_base = Some(base);
         }
         if let Some(uid) = daemon_uid {
-            std::os::unix::fs::chown(e.state(), Some(uid), Some(uid)).unwrap();
-            e.helper_args.extend(["--allow-uid".into(), uid.to_string()]);
-            e.daemon_uid = Some(uid);
+            e.run_daemon_as(uid);
         }
         e
     }
 
+    /// Makes this environment's daemon run as `uid` (its state directory that user's,
+    /// the helper allowing it): the system-mode setup, where VMMs run as that user.
+    pub fn run_daemon_as(&mut self, uid: u32) {
+        std::os::unix::fs::chown(self.state(), Some(uid), Some(uid)).unwrap();
+        self.helper_args.extend(["--allow-uid".into(), uid.to_string()]);
+        self.daemon_uid = Some(uid);
+    }
+
     /// A file for this environment's VMs, owned by the daemon's user.
+    /// (A VMM of a root daemon runs as banger-vmm and, under Firecracker, opens its
+    /// files itself: the copy is that user's, as the helper's error tells a user to do.)
     pub fn own_copy(&self, src: &Path, name: &str) -> PathBuf {
         let dst = self.state().join(name);
         std::fs::copy(src, &dst).expect("copy");
-        if let Some(uid) = self.daemon_uid {
-            std::os::unix::fs::chown(&dst, Some(uid), Some(uid)).unwrap();
-        }
+        let (uid, gid) = self.vmm_user();
+        std::os::unix::fs::chown(&dst, Some(uid), Some(gid)).unwrap();
         dst
+    }
+
+    /// Whom this environment's VMMs run as: the daemon's user, or banger-vmm when the
+    /// daemon is root (VMMs never run as root).
+    pub fn vmm_user(&self) -> (u32, u32) {
+        match self.daemon_uid {
+            Some(uid) => (uid, uid),
+            None => vmm_user(),
+        }
     }
 
     pub fn state(&self) -> &Path {
@@ -190,8 +242,17 @@ impl Env {
         self.state().join("run")
     }
 
-    /// `banger ARGS` against this environment, not yet run.
+    /// `banger ARGS` against this environment, not yet run: in its network namespace,
+    /// as `daemon_uid` if set. Do not add `CommandExt::uid` to it (the namespace is
+    /// entered after std has dropped privileges, which then fails): use
+    /// [`Env::cmd_as`].
     pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_as(self.daemon_uid, args)
+    }
+
+    /// `banger ARGS` against this environment in its network namespace, as `uid`
+    /// (root when `None`), whatever `daemon_uid` is.
+    pub fn cmd_as(&self, uid: Option<u32>, args: &[&str]) -> Command {
         let banger = match &self.bin_dir {
             Some(d) => d.join("banger"),
             None => bin("banger"),
@@ -199,17 +260,22 @@ impl Env {
         let mut c = Command::new(banger);
         c.args(args)
             .env("BANGER_STATE_DIR", self.state())
-            .env("BANGER_BRIDGE", &self.bridge)
-            .env("BANGER_GATEWAY", &self.gateway)
-            .env("BANGER_NFT_TABLE", &self.nft_table)
             // Keys and known_hosts of the tests stay inside the environment.
             .env("XDG_CONFIG_HOME", self.state().join("config"))
             .env("HOME", self.state().join("home"));
-        if let Some(uid) = self.daemon_uid {
-            use std::os::unix::process::CommandExt;
-            c.uid(uid).gid(uid);
-        }
+        self.net_env(&mut c);
+        self.netns.enter_as(&mut c, uid);
         c
+    }
+
+    /// This environment's network settings in `c`'s environment.
+    fn net_env(&self, c: &mut Command) {
+        c.env("BANGER_BRIDGE", &self.bridge)
+            .env("BANGER_GATEWAY", &self.gateway)
+            .env("BANGER_NFT_TABLE", &self.nft_table);
+        if let Some(m) = &self.mirror {
+            c.env("http_proxy", format!("http://127.0.0.1:{}", m.port));
+        }
     }
 
     /// Runs `banger ARGS` against this environment.
@@ -253,18 +319,10 @@ impl Env {
     /// daemon that reaches that point SIGKILLs itself (banger_helper::fault_point).
     pub fn start_with_fault(&self, fault: Option<&str>) {
         if !self.helper_args.is_empty() {
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.state().join("bangerd-root.log"))
-                .expect("log");
-            let mut c = Command::new(bin("bangerd-root"));
-            c.arg("--state-dir").arg(self.state()).args(&self.helper_args);
-            c.env("BANGER_BRIDGE", &self.bridge).env("BANGER_GATEWAY", &self.gateway).env("BANGER_NFT_TABLE", &self.nft_table);
+            let mut c = self.helper_cmd();
             if let Some(f) = fault {
                 c.env("BANGER_FAULT", f);
             }
-            c.stdout(log.try_clone().expect("log")).stderr(log);
             detach(&mut c);
             c.spawn().expect("spawn helper");
             wait_for(Duration::from_secs(10), "helper socket", || {
@@ -277,6 +335,22 @@ impl Env {
         }
         let out = c.output().expect("run banger");
         assert!(out.status.success(), "daemon start failed: {}", stderr(&out));
+    }
+
+    /// This environment's root helper, not yet run: its arguments, network and log
+    /// (`bangerd-root.log` in the state directory). `start` runs it detached.
+    pub fn helper_cmd(&self) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state().join("bangerd-root.log"))
+            .expect("log");
+        let mut c = Command::new(bin("bangerd-root"));
+        c.arg("--state-dir").arg(self.state()).args(&self.helper_args);
+        self.net_env(&mut c);
+        self.netns.enter(&mut c);
+        c.stdout(log.try_clone().expect("log")).stderr(log);
+        c
     }
 
     /// Creates and starts a VM from the test guest, with its own copy of the disk
@@ -362,20 +436,6 @@ impl Default for Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        // Remove this environment's bridge and nftables table (the helper may be gone).
-        let _ = banger_helper::HelperClient::new(self.run_dir().join("root.sock"))
-            .call(&banger_helper::Request::TeardownNetwork {});
-        let _ = Command::new("nft").args(["delete", "table", "inet", &self.nft_table]).output();
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
-        // Persistent taps outlive their VMMs; remove those of this environment's VMs.
-        for sub in ["vms", "run/vms"] {
-            for e in std::fs::read_dir(self.state().join(sub)).into_iter().flatten().flatten() {
-                let tap = format!("bg{}", e.file_name().to_string_lossy());
-                if tap.len() == 14 {
-                    let _ = Command::new("ip").args(["link", "del", &tap]).output();
-                }
-            }
-        }
         // Kill whatever this environment started, VMs included, so a failed test
         // does not leave guests running.
         for (pid, _) in self.processes() {
@@ -389,6 +449,184 @@ impl Drop for Env {
                 let _ = nix::mount::umount2(m.as_path(), nix::mount::MntFlags::MNT_DETACH);
             }
         }
+        // The bridge, the taps (persistent ones too) and the nftables table go with
+        // the network namespace when `self.netns` drops.
+    }
+}
+
+static NEXT_NETNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A network namespace of the test's own (`ip netns add bgt<pid>x<n>`, loopback up),
+/// so that bridges, taps, nftables tables and guests never reach the host's
+/// namespace. Dropping it kills what still runs in it and deletes it, and with it
+/// every device and table made there. While debugging: `ip netns exec NAME ...`.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Self {
+        let n = NEXT_NETNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("bgt{}x{n}", std::process::id());
+        let out = Command::new("ip").args(["netns", "add", &name]).output().expect("run ip netns add");
+        assert!(out.status.success(), "ip netns add {name}: {}", stderr(&out));
+        let ns = Netns { name };
+        let out = ns.cmd("ip").args(["link", "set", "lo", "up"]).output().expect("run ip link set lo up");
+        assert!(out.status.success(), "lo up in {}: {}", ns.name, stderr(&out));
+        ns
+    }
+
+    /// `/run/netns/NAME`, what `ip netns` and `nsenter --net=` take.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    fn file(&self) -> std::fs::File {
+        std::fs::File::open(self.path()).unwrap_or_else(|e| panic!("open {}: {e}", self.path().display()))
+    }
+
+    /// Makes `c` run in this namespace (setns between fork and exec: the pid is the
+    /// program's own).
+    pub fn enter<'c>(&self, c: &'c mut Command) -> &'c mut Command {
+        self.enter_as(c, None)
+    }
+
+    /// Makes `c` run in this namespace as `uid` (gid `uid`, no supplementary groups)
+    /// if set: the namespace is entered first, as root, then privileges are dropped.
+    pub fn enter_as<'c>(&self, c: &'c mut Command, uid: Option<u32>) -> &'c mut Command {
+        use std::os::unix::process::CommandExt;
+        let ns = self.file();
+        // SAFETY: setns, setgroups, setgid and setuid are plain system calls, safe
+        // between fork and exec; nothing is allocated.
+        unsafe {
+            c.pre_exec(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                if let Some(uid) = uid {
+                    nix::unistd::setgroups(&[])?;
+                    nix::unistd::setgid(nix::unistd::Gid::from_raw(uid))?;
+                    nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    /// `prog` in this namespace, not yet run.
+    pub fn cmd(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(prog);
+        self.enter(&mut c);
+        c
+    }
+
+    /// `prog` in this namespace as `uid`, not yet run.
+    pub fn cmd_as(&self, prog: impl AsRef<std::ffi::OsStr>, uid: u32) -> Command {
+        let mut c = Command::new(prog);
+        self.enter_as(&mut c, Some(uid));
+        c
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it makes (a
+    /// listener on the bridge address, a server on loopback) live there.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let ns = self.file();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// Whether the link `name` exists in this namespace.
+    pub fn link_exists(&self, name: &str) -> bool {
+        self.cmd("ip").args(["link", "show", "dev", name]).output().expect("run ip").status.success()
+    }
+
+    /// Whether the nftables table `inet TABLE` exists in this namespace.
+    pub fn nft_table_exists(&self, table: &str) -> bool {
+        self.cmd("nft").args(["list", "table", "inet", table]).output().expect("run nft").status.success()
+    }
+
+    /// The processes whose network namespace this is.
+    pub fn pids(&self) -> Vec<i32> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(want) = std::fs::metadata(self.path()) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if std::fs::metadata(e.path().join("ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == (want.dev(), want.ino())) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Whatever still runs here would keep the namespace (and its devices) alive
+        // after `ip netns del`.
+        let me = std::process::id() as i32;
+        for pid in self.pids().into_iter().filter(|p| *p != me) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// A TCP relay from a namespace's loopback to the Debian mirror (`BANGER_MIRROR`'s
+/// host, else deb.debian.org:80), for `image build`: the namespace has no route out,
+/// and this process, still in the host's namespace, makes the outgoing connections.
+/// Only this one destination is reachable through it. debootstrap's wget takes it
+/// as `http_proxy` and sends absolute-form requests, which the mirror accepts.
+pub struct MirrorRelay {
+    pub port: u16,
+    listener: std::net::TcpListener,
+}
+
+impl MirrorRelay {
+    pub fn new(ns: &Netns) -> Self {
+        let listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0")).expect("relay listener");
+        let port = listener.local_addr().unwrap().port();
+        let mirror = std::env::var("BANGER_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+        let host = mirror.trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
+        let target = if host.contains(':') { host } else { format!("{host}:80") };
+        let l = listener.try_clone().expect("clone listener");
+        std::thread::spawn(move || {
+            // Ends when the relay drops (shutdown makes accept fail).
+            for inner in l.incoming() {
+                let Ok(inner) = inner else { break };
+                let target = target.clone();
+                std::thread::spawn(move || {
+                    let Ok(outer) = std::net::TcpStream::connect(&target) else { return };
+                    let (mut i2, mut o2) = (inner.try_clone().unwrap(), outer.try_clone().unwrap());
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut i2, &mut o2);
+                        let _ = o2.shutdown(std::net::Shutdown::Write);
+                    });
+                    let (mut inner, mut outer) = (inner, outer);
+                    let _ = std::io::copy(&mut outer, &mut inner);
+                    let _ = inner.shutdown(std::net::Shutdown::Both);
+                    let _ = up.join();
+                });
+            }
+        });
+        MirrorRelay { port, listener }
+    }
+}
+
+impl Drop for MirrorRelay {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        let _ = nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 }
 
@@ -466,7 +704,7 @@ pub fn debian_image() -> (PathBuf, PathBuf, PathBuf) {
         return files;
     }
     let _ = std::fs::remove_dir_all(&root);
-    let mut env = Env::new();
+    let mut env = Env::with_mirror();
     env.start();
     let img = env.json(&["image", "build", "debian", "--quiet"]);
     assert_eq!(img["name"], "debian-bookworm");
@@ -507,7 +745,8 @@ impl Env {
 }
 
 /// Signed releases made with `scripts/release` and openssl keys, served by
-/// `python3 -m http.server` on loopback: `latest` and `v9.1.0` (9.1.0), `v9.0.0`.
+/// `python3 -m http.server` on the loopback of a test's network namespace (where the
+/// `banger update` under test runs): `latest` and `v9.1.0` (9.1.0), `v9.0.0`.
 pub struct Releases {
     pub dir: tempfile::TempDir,
     server: std::process::Child,
@@ -552,7 +791,9 @@ pub fn release(root: &Path, name: &str, version: &str, key: &str, extra: &[&str]
 }
 
 impl Releases {
-    pub fn new() -> Self {
+    /// Releases served in `netns` (e.g. `&env.netns`), reachable at [`Releases::url`]
+    /// from what runs there.
+    pub fn new(netns: &Netns) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "key.pem"]);
@@ -563,7 +804,8 @@ impl Releases {
         release(d, "latest", "9.1.0", k, &[]);
         release(d, "v9.1.0", "9.1.0", k, &[]);
         release(d, "v9.0.0", "9.0.0", k, &[]);
-        let mut server = Command::new("python3")
+        let mut server = netns
+            .cmd("python3")
             .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
             .current_dir(d)
             .stdout(std::process::Stdio::piped())

@@ -102,11 +102,11 @@ fn a_user_without_access_gets_a_permission_error_with_a_hint() {
     env.start();
     // The state dir must be traversable for the socket's own mode to be what decides.
     std::fs::set_permissions(env.state(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = Command::new(bin("banger"))
+    let out = env
+        .netns
+        .cmd_as(bin("banger"), NOBODY)
         .args(["vm", "list"])
         .env("BANGER_STATE_DIR", env.state())
-        .uid(NOBODY)
-        .gid(NOBODY)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
@@ -177,13 +177,16 @@ print(s.makefile().readline())
 
 #[test]
 fn a_vmm_that_dies_during_start_marks_the_vm_failed_and_keeps_its_console() {
-    let scratch = tempfile::tempdir().unwrap();
-    let fake = scratch.path().join("dying-vmm");
+    // A root daemon runs only banger-vmm-qemu or a jailed Firecracker (VMMs never run
+    // as root), so this fake VMM runs under a daemon of its own user, as in system mode.
+    let mut env = Env::new();
+    let fake = env.state().join("dying-vmm");
     std::fs::write(&fake, "#!/bin/sh\necho 'dying-vmm: simulated crash before the API came up'\nexit 1\n").unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut env = Env::with_vmm(&fake);
+    env.use_vmm(&fake);
+    env.run_daemon_as(NOBODY);
     env.start();
-    let k = guest().kernel;
+    let k = env.own_copy(&guest().kernel, "vmlinuz");
     env.ok(&create_args("crashy", k.to_str().unwrap(), &[]));
     let out = env.banger(&["vm", "start", "crashy"]);
     assert_eq!(out.status.code(), Some(1));
@@ -285,7 +288,7 @@ fn a_guest_that_never_opens_ssh_makes_vm_run_give_up_with_its_console() {
 
 #[test]
 fn an_image_build_that_fails_midway_leaves_no_image() {
-    let mut env = Env::new();
+    let mut env = Env::with_mirror();
     env.start();
     let out = env.banger(&["image", "build", "debian", "--name", "broken", "--package", "no-such-package-banger", "--quiet"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

@@ -1,6 +1,8 @@
 //! Fault injection: a daemon or the helper SIGKILLed exactly at each step of create,
 //! start, stop and rm (`BANGER_FAULT=<point>`, banger_helper::fault_point), for
-//! banger-vmm-qemu and the real Firecracker, direct and jailed. After `daemon start`,
+//! banger-vmm-qemu and the real Firecracker (jailed: with root daemons, the only way
+//! Firecracker runs, as banger-vmm; a direct Firecracker as a non-root VMM needs
+//! /dev/kvm, which is root's alone on these hosts). After `daemon start`,
 //! every VMM that runs belongs to a running VM (no orphan), every VM is in a state the
 //! next verb accepts, and `vm rm -f` leaves nothing behind.
 
@@ -27,7 +29,6 @@ const POINTS: [&str; 10] = [
 #[derive(Clone, Copy, Debug)]
 enum Vmm {
     Qemu,
-    Firecracker,
     JailedFirecracker,
 }
 
@@ -35,7 +36,6 @@ impl Vmm {
     fn env(self) -> Env {
         match self {
             Vmm::Qemu => Env::new(),
-            Vmm::Firecracker => Env::with_firecracker(false, None),
             Vmm::JailedFirecracker => Env::with_firecracker(true, None),
         }
     }
@@ -160,9 +160,8 @@ fn run_point(vmm: Vmm, point: &str) {
             assert!(!d.exists(), "{vmm:?} {point}: {} is left", d.display());
         }
         let tap = format!("bg{id}");
-        let link = std::process::Command::new("ip").args(["link", "show", &tap]).output().unwrap();
-        assert!(!link.status.success(), "{vmm:?} {point}: tap {tap} is left");
-        let set = std::process::Command::new("nft").args(["list", "set", "inet", &env.nft_table, "guests"]).output().unwrap();
+        assert!(!env.netns.link_exists(&tap), "{vmm:?} {point}: tap {tap} is left");
+        let set = env.netns.cmd("nft").args(["list", "set", "inet", &env.nft_table, "guests"]).output().unwrap();
         assert!(set.status.success(), "{vmm:?} {point}: nft: {}", stderr(&set));
         assert!(!String::from_utf8_lossy(&set.stdout).contains(&tap), "{vmm:?} {point}: nft element for {tap} is left");
     }
@@ -200,11 +199,6 @@ fn no_fault_at_any_step_orphans_a_banger_vmm_qemu() {
 }
 
 #[test]
-fn no_fault_at_any_step_orphans_a_direct_firecracker() {
-    every_point(Vmm::Firecracker);
-}
-
-#[test]
 fn no_fault_at_any_step_orphans_a_jailed_firecracker() {
     every_point(Vmm::JailedFirecracker);
 }
@@ -233,12 +227,12 @@ fn an_import_interrupted_by_the_daemon_s_death_leaves_no_partial_image() {
 fn a_build_finished_while_the_daemon_died_is_removed_not_published() {
     // A real debootstrap build (about a minute): the daemon dies once the helper has
     // handed it the finished build, before publishing it.
-    let env = Env::new();
+    let env = Env::with_mirror();
     env.start_with_fault(Some("daemon:build:built"));
     let out = env.banger(&["image", "build", "debian", "--quiet"]);
     assert!(!out.status.success(), "the build met the fault");
     let partial = || image_work(&env, ".build-");
-    assert_eq!(partial().len(), 1, "the finished build is in place when the daemon dies");
+    assert_eq!(partial().len(), 1, "the finished build is in place when the daemon dies: {}", stderr(&out));
     env.start_with_fault(None);
     assert_eq!(partial(), Vec::<String>::new(), "the next daemon removed the unpublished build");
     let images = env.json(&["image", "ls"]);

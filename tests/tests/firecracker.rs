@@ -76,9 +76,8 @@ fn assert_no_leftovers(env: &Env, id: &str, pid: i32) {
         assert_eq!(jailed_processes(base), Vec::<i32>::new(), "jailed processes left");
     }
     let tap = format!("bg{id}");
-    let link = Command::new("ip").args(["link", "show", &tap]).output().unwrap();
-    assert!(!link.status.success(), "tap {tap} is left");
-    let set = Command::new("nft").args(["list", "set", "inet", &env.nft_table, "guests"]).output().unwrap();
+    assert!(!env.netns.link_exists(&tap), "tap {tap} is left");
+    let set = env.netns.cmd("nft").args(["list", "set", "inet", &env.nft_table, "guests"]).output().unwrap();
     assert!(set.status.success(), "nft list set failed: {}", stderr(&set));
     assert!(!String::from_utf8_lossy(&set.stdout).contains(&tap), "nft element for {tap} is left");
     for d in [env.state().join("vms").join(id), env.run_dir().join("vms").join(id)] {
@@ -107,17 +106,17 @@ fn lifecycle(jailed: bool, daemon_uid: Option<u32>) {
         // user, and its own log is the VM's vmm.log, not the console.
         let pidfile = std::fs::read_to_string(jail.join("root/firecracker.pid")).unwrap();
         assert_eq!(pidfile.trim(), pid.to_string());
-        assert_eq!(uid, daemon_uid.unwrap_or(0));
+        assert_eq!(uid, env.vmm_user().0, "never root");
         let disk_dev = std::fs::metadata(&disk).unwrap().dev();
         assert_ne!(disk_dev, std::fs::metadata(&jail).unwrap().dev(), "the jail is on another filesystem here");
         // The user's own disk keeps its owner and mode.
         let m = std::fs::metadata(&disk).unwrap();
-        assert_eq!((m.uid(), m.mode() & 0o777), (daemon_uid.unwrap_or(0), 0o644));
+        assert_eq!((m.uid(), m.mode() & 0o777), (env.vmm_user().0, 0o644));
         let vmm_log = std::fs::read_to_string(env.state().join("vms").join(&id).join("vmm.log")).unwrap();
         assert!(vmm_log.contains("Running Firecracker v1.12.1"), "{vmm_log}");
         assert!(!env.console("tiny").contains("Running Firecracker"), "the VMM's log is not in the console");
     } else {
-        assert_eq!(uid, daemon_uid.unwrap_or(0));
+        assert_eq!(uid, env.vmm_user().0, "never root");
     }
 
     // A graceful stop: Ctrl-Alt-Del, the guest resets the machine, Firecracker exits 0.
@@ -143,9 +142,32 @@ fn lifecycle(jailed: bool, daemon_uid: Option<u32>) {
     assert_no_leftovers(&env, &id, pid2);
 }
 
+/// VMMs never run as root. Firecracker reopens its files by path and opens /dev/kvm,
+/// so with a root daemon it runs as banger-vmm only inside the jailer's chroot; a
+/// direct launch is refused, clearly, and leaves nothing behind.
 #[test]
-fn direct_firecracker_with_a_root_daemon_runs_the_whole_lifecycle() {
-    lifecycle(false, None);
+fn direct_firecracker_with_a_root_daemon_is_refused_because_vmms_never_run_as_root() {
+    let mut env = Env::with_firecracker(false, None);
+    env.start();
+    let fc = firecracker();
+    let disk = env.own_copy(&guest().rootfs, "d.ext4");
+    let out = env.banger(&[
+        "vm", "create", "d", "--kernel", fc.tiny_guest.to_str().unwrap(), "--rootfs", disk.to_str().unwrap(),
+        "--memory", "128", "--start",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("VMMs never do") && err.contains("only through the jailer"), "{err}");
+    let vm = env.json(&["vm", "show", "d"]);
+    assert_eq!(vm["state"], "failed", "{vm}");
+    let vmms: Vec<i32> = env
+        .processes()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "firecracker"))
+        .collect();
+    assert_eq!(vmms, Vec::<i32>::new(), "a VMM was started");
+    env.ok(&["vm", "rm", "d"]);
 }
 
 #[test]
@@ -179,7 +201,9 @@ fn adoption(jailed: bool, daemon_uid: Option<u32>) {
             }
             _ => {
                 // `daemon stop` needs root for the helper.
-                let out = Command::new(bin("banger"))
+                let out = env
+                    .netns
+                    .cmd(bin("banger"))
                     .args(["daemon", "stop"])
                     .env("BANGER_STATE_DIR", env.state())
                     .output()
@@ -205,8 +229,8 @@ fn adoption(jailed: bool, daemon_uid: Option<u32>) {
 }
 
 #[test]
-fn a_direct_firecracker_vm_is_adopted_after_sigkill_of_both_daemons_and_daemon_stop() {
-    adoption(false, None);
+fn a_jailed_firecracker_vm_of_a_root_daemon_is_adopted_after_sigkill_of_both_daemons_and_daemon_stop() {
+    adoption(true, None);
 }
 
 #[test]
@@ -301,7 +325,7 @@ fn an_image_without_an_elf_kernel_is_refused_on_firecracker_with_a_clear_error()
 
 #[test]
 fn kill_does_not_wait_behind_a_long_stop_and_bad_stops_and_boot_args_are_refused() {
-    let mut env = Env::with_firecracker(false, None);
+    let mut env = Env::with_firecracker(true, None);
     env.start();
     let fc = firecracker();
     let k = fc.stubborn_guest.to_str().unwrap();

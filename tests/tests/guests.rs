@@ -10,12 +10,8 @@ use std::time::Duration;
 use banger_tests::*;
 
 fn nft_elements(env: &Env) -> String {
-    let out = Command::new("nft").args(["list", "set", "inet", &env.nft_table, "guests"]).output().unwrap();
+    let out = env.netns.cmd("nft").args(["list", "set", "inet", &env.nft_table, "guests"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn link_exists(name: &str) -> bool {
-    std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
 #[test]
@@ -51,7 +47,7 @@ fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
     assert_eq!(env.ok(&["vm", "ip", "dev"]).trim(), ip);
     assert!(ip.starts_with(env.gateway.rsplit_once('.').unwrap().0), "{ip} in {}", env.gateway);
     let tap = format!("bg{id}");
-    assert!(link_exists(&tap));
+    assert!(env.netns.link_exists(&tap));
     assert!(nft_elements(&env).contains(&format!("\"{tap}\" . {ip}")), "{}", nft_elements(&env));
     assert_eq!(vm["disk_method"], "copy", "ext4 here: no reflink");
     let disk = std::path::PathBuf::from(vm["disk"].as_str().unwrap());
@@ -63,7 +59,7 @@ fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
 
     // Stop, start: a new boot on the same disk, same address.
     env.ok(&["vm", "stop", "dev", "--timeout", "60"]);
-    assert!(!link_exists(&tap), "the tap is released while stopped");
+    assert!(!env.netns.link_exists(&tap), "the tap is released while stopped");
     env.ok(&["vm", "start", "dev"]);
     env.wait_ssh("dev");
     let boot2 = env.ssh("dev", "cat /proc/sys/kernel/random/boot_id");
@@ -73,7 +69,7 @@ fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
 
     env.ok(&["vm", "rm", "--force", "dev"]);
     assert!(!disk.exists(), "disk left behind");
-    assert!(!link_exists(&tap), "tap left behind");
+    assert!(!env.netns.link_exists(&tap), "tap left behind");
     assert!(!nft_elements(&env).contains(&tap), "nftables element left behind");
     // The address is free again: the next VM gets it.
     let k = guest().kernel;
@@ -88,9 +84,10 @@ fn two_vms_reach_each_other_and_the_host_and_one_name_wins_a_race() {
     let mut env = Env::new();
     env.start();
     env.import_debian();
-    // The daemon set the bridge up when it started: the host side is there already.
+    // The daemon set the bridge up when it started: the host side is there already,
+    // in the environment's namespace.
     let gw = env.gateway.split('/').next().unwrap().to_string();
-    let listener = std::net::TcpListener::bind((gw.as_str(), 0)).unwrap();
+    let listener = env.netns.run(|| std::net::TcpListener::bind((gw.as_str(), 0))).unwrap();
     let port = listener.local_addr().unwrap().port();
 
     // Two `vm run --name a` at once: exactly one wins; plus b alongside.

@@ -93,7 +93,9 @@ fn daemon_commands_report_socket_status_and_refuse_a_second_daemon() {
     assert_eq!(st["pid"].as_i64().unwrap() as i32, env.daemon_pid());
 
     // A second bangerd on the same state directory refuses, naming the first.
-    let out = std::process::Command::new(bin("bangerd"))
+    let out = env
+        .netns
+        .cmd(bin("bangerd"))
         .arg("--state-dir")
         .arg(env.state())
         .output()
@@ -120,4 +122,40 @@ fn version_and_completion_work_without_a_daemon() {
         let s = env.ok(&["completion", shell]);
         assert!(s.contains("banger") && s.len() > 500, "{shell}");
     }
+}
+
+/// The rule "tests stay on this machine's own networks": the environment's bridge,
+/// nftables table and the VM's tap are in the namespace the test made, never in the
+/// host's, and so are the daemons and the VMM; deleting the namespace leaves nothing.
+#[test]
+fn an_environment_s_bridge_table_taps_and_processes_live_in_its_own_network_namespace() {
+    let mut env = Env::new();
+    env.start();
+    let vm = env.boot("ns");
+    let pid = vm["pid"].as_i64().unwrap() as i32;
+    let tap = format!("bg{}", vm["id"].as_str().unwrap());
+    env.wait_console("ns", "BANGER_READY");
+
+    for link in [&env.bridge, &tap] {
+        assert!(env.netns.link_exists(link), "{link} is not in {}", env.netns.name);
+        let host = std::process::Command::new("ip").args(["link", "show", "dev", link]).output().unwrap();
+        assert!(!host.status.success(), "{link} is in the host's namespace");
+    }
+    assert!(env.netns.nft_table_exists(&env.nft_table), "table {} is not in {}", env.nft_table, env.netns.name);
+    let host = std::process::Command::new("nft").args(["list", "table", "inet", &env.nft_table]).output().unwrap();
+    assert!(!host.status.success(), "table {} is in the host's namespace", env.nft_table);
+    let inside = env.netns.pids();
+    for (what, p) in [("bangerd", env.daemon_pid()), ("bangerd-root", env.helper_pid()), ("the VMM", pid)] {
+        assert!(inside.contains(&p), "{what} (pid {p}) is not in {}", env.netns.name);
+    }
+
+    let (ns, bridge, table) = (env.netns.path(), env.bridge.clone(), env.nft_table.clone());
+    drop(env);
+    assert!(!ns.exists(), "{} is left", ns.display());
+    for link in [&bridge, &tap] {
+        let host = std::process::Command::new("ip").args(["link", "show", "dev", link]).output().unwrap();
+        assert!(!host.status.success(), "{link} reached the host's namespace when the environment ended");
+    }
+    let host = std::process::Command::new("nft").args(["list", "table", "inet", &table]).output().unwrap();
+    assert!(!host.status.success(), "table {table} is in the host's namespace");
 }

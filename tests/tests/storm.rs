@@ -74,7 +74,9 @@ fn a_fault_storm_keeps_every_live_vm_and_orphans_nothing() {
                     wait_for(Duration::from_secs(10), &format!("seed {seed} fault {f}: {label}"), || !alive(p));
                 }
                 None => {
-                    let out = std::process::Command::new(bin("banger"))
+                    let out = env
+                        .netns
+                        .cmd(bin("banger"))
                         .args(["daemon", "stop"])
                         .env("BANGER_STATE_DIR", env.state())
                         .output()

@@ -1,7 +1,8 @@
 //! banger under a real systemd (PID 1 of a systemd-nspawn container built by
 //! scripts/nspawn-root): `banger system install`, a VM, then restarts of both units.
 //! The VM keeps its VMM pid and its boot id, and the VMM lives in its own scope under
-//! banger.slice, outside both units' cgroups.
+//! banger.slice, outside both units' cgroups. Each container runs in a network
+//! namespace of the test's own (`--network-namespace-path`), never the host's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,10 +12,12 @@ use banger_tests::*;
 
 
 struct Container {
-    net: u32,
     nspawn: Child,
     init: i32,
     log: PathBuf,
+    /// The container's network namespace: its banger's bridge, taps and nftables
+    /// table are made here, and go with it.
+    netns: Netns,
     _dir: tempfile::TempDir,
 }
 
@@ -26,11 +29,11 @@ fn cache() -> PathBuf {
 
 impl Container {
     fn boot(net: u32) -> Self {
-        Self::boot_with(net, &[])
+        Self::boot_with(net, Netns::new(), &[])
     }
 
-    /// Boots with extra `--bind-ro=HOST:GUEST` mounts.
-    fn boot_with(net: u32, extra_ro: &[(&Path, &str)]) -> Self {
+    /// Boots in `netns` with extra `--bind-ro=HOST:GUEST` mounts.
+    fn boot_with(net: u32, netns: Netns, extra_ro: &[(&Path, &str)]) -> Self {
         let root = cache().join("nspawn/root");
         assert!(root.join(".banger-stamp").exists(), "{} missing: run scripts/nspawn-root (scripts/test does)", root.display());
         let dir = tempfile::tempdir().unwrap();
@@ -43,8 +46,9 @@ impl Container {
             .arg(&root)
             .arg(format!("--bind-ro={}:/opt/banger", bin_dir().display()))
             .arg(format!("--bind-ro={}:/opt/guest", cache().join("guest").display()))
-            // Taps and the bridge: the container shares the host's network namespace,
-            // so the test gives banger a bridge, subnet and table of its own.
+            // Taps and the bridge, in the test's network namespace (never the host's);
+            // a bridge, subnet and table of its own anyway.
+            .arg(format!("--network-namespace-path={}", netns.path().display()))
             .args(["--bind=/dev/net/tun", "--capability=CAP_NET_ADMIN", "--property=DeviceAllow=/dev/net/tun rwm"])
             // /dev/kvm for the real Firecracker (its jailer makes its own nodes).
             .args(["--bind=/dev/kvm", "--property=DeviceAllow=/dev/kvm rwm"])
@@ -54,7 +58,7 @@ impl Container {
             .stderr(out)
             .spawn()
             .expect("systemd-nspawn");
-        let mut c = Container { net, init: 0, nspawn, log, _dir: dir };
+        let mut c = Container { init: 0, nspawn, log, netns, _dir: dir };
         // The container's PID 1 is the child of systemd-nspawn once it has exec'd
         // systemd: a child seen earlier may be nspawn's own short-lived helper, and
         // nsenter into it fails once it is gone.
@@ -140,10 +144,7 @@ impl Drop for Container {
         }
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
-        // The container shared our network namespace: remove what banger made there.
-        let (bridge, _, table) = net_names_n(self.net);
-        let _ = Command::new("nft").args(["delete", "table", "inet", &table]).output();
-        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+        // The bridge, taps and nftables table go with `self.netns`.
     }
 }
 
@@ -180,7 +181,8 @@ fn under_systemd_unit_restarts_never_touch_a_vm() {
     assert!(status.contains("bangerd.service") && status.contains("active"), "{status}");
     let info = c.json(&["daemon", "status"]);
     assert_eq!(info["state_dir"], "/var/lib/banger");
-    assert!(std::path::Path::new("/sys/class/net").join(&bridge).exists(), "the helper used /etc/default/banger");
+    assert!(c.netns.link_exists(&bridge), "the helper used /etc/default/banger");
+    assert!(!Path::new("/sys/class/net").join(&bridge).exists(), "the bridge is not in the host's namespace");
 
     c.ok(&["install", "-o", "banger", "-g", "banger", "-m", "0644", "/opt/guest/rootfs.ext4", "/var/tmp/sd.ext4"]);
     let vm = c.json(&[
@@ -196,7 +198,7 @@ fn under_systemd_unit_restarts_never_touch_a_vm() {
 
     // The VMM runs as the banger user, in its own scope under banger.slice.
     let tap = format!("bg{}", vm["id"].as_str().unwrap());
-    assert!(std::path::Path::new("/sys/class/net").join(&tap).exists(), "tap {tap} missing");
+    assert!(c.netns.link_exists(&tap), "tap {tap} missing");
     let cgroup = c.ok(&["cat", &format!("/proc/{pid}/cgroup")]);
     assert!(cgroup.contains("banger.slice/banger-vm-"), "VMM not in its own scope: {cgroup}");
     let owner = c.ok(&["stat", "-c", "%U", &format!("/proc/{pid}")]);
@@ -227,18 +229,20 @@ fn under_systemd_unit_restarts_never_touch_a_vm() {
 }
 
 /// The update smoke scenarios under systemd, with releases signed by `openssl` and
-/// served by `python3 -m http.server` on the (shared) loopback: check, unknown
-/// version, dry run, a real swap that keeps the VM, a release whose daemon fails to
-/// start (rolled back and restarted), and the daemon admin commands.
+/// served by `python3 -m http.server` on the loopback of the container's network
+/// namespace: check, unknown version, dry run, a real swap that keeps the VM, a
+/// release whose daemon fails to start (rolled back and restarted), and the daemon
+/// admin commands.
 #[test]
 fn under_systemd_updates_swap_restart_and_roll_back_with_the_vm_alive() {
-    let r = Releases::new();
+    let netns = Netns::new();
+    let r = Releases::new(&netns);
     // A release whose bangerd passes --check-migrations but exits 1 as the daemon.
     r.failing_daemon_release("/opt/banger/bangerd");
 
     let (kernel, _, _) = debian_image();
     let image_dir = kernel.parent().unwrap().to_path_buf();
-    let c = Container::boot_with(1, &[(r.dir.path(), "/opt/rel"), (&image_dir, "/opt/img")]);
+    let c = Container::boot_with(1, netns, &[(r.dir.path(), "/opt/rel"), (&image_dir, "/opt/img")]);
     let (bridge, gateway, table) = net_names_n(1);
     c.ok(&["sh", "-c", &format!(
         "printf 'BANGER_BRIDGE={bridge}\\nBANGER_GATEWAY={gateway}\\nBANGER_NFT_TABLE={table}\\n' > /etc/default/banger"
@@ -328,11 +332,12 @@ fn tiny_counter(c: &Container, vm: &str) -> u64 {
 /// rollback, with a tiny-guest VM alive throughout (same pid, counter advancing).
 #[test]
 fn under_systemd_a_jailed_firecracker_vm_survives_restarts_updates_and_rollbacks() {
-    let r = Releases::new();
+    let netns = Netns::new();
+    let r = Releases::new(&netns);
     r.failing_daemon_release("/opt/banger/bangerd");
     let fc = firecracker();
     let fc_dir = fc.tiny_guest.parent().unwrap().to_path_buf();
-    let c = Container::boot_with(2, &[(r.dir.path(), "/opt/rel"), (&fc_dir, "/opt/fc")]);
+    let c = Container::boot_with(2, netns, &[(r.dir.path(), "/opt/rel"), (&fc_dir, "/opt/fc")]);
     let (bridge, gateway, table) = net_names_n(2);
     c.ok(&["sh", "-c", &format!(
         "printf 'BANGER_BRIDGE={bridge}\\nBANGER_GATEWAY={gateway}\\nBANGER_NFT_TABLE={table}\\n\

@@ -1,5 +1,6 @@
 //! `banger update` against real signed releases: keys made and releases signed with
-//! `openssl` by `scripts/release`, served by `python3 -m http.server` on loopback,
+//! `openssl` by `scripts/release`, served by `python3 -m http.server` on the loopback
+//! of the environment's network namespace,
 //! binaries installed into a private directory the update swaps. Plain processes
 //! (no systemd): the restarts go through `banger daemon stop/start`.
 //!
@@ -9,7 +10,7 @@
 //! space to stage; no root; an unknown version. Each: refused, binaries unchanged.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -63,8 +64,8 @@ fn assert_unchanged(env: &Env, bins: &Path, before: &[String], what: &str) {
 
 #[test]
 fn check_dry_run_no_root_and_unknown_versions_change_nothing() {
-    let r = Releases::new();
     let (env, bins) = installed_env();
+    let r = Releases::new(&env.netns);
     let before = hashes(bins.path());
     let latest = r.url("latest");
 
@@ -79,9 +80,7 @@ fn check_dry_run_no_root_and_unknown_versions_change_nothing() {
 
     let pubkey = r.dir.path().join("pub.pem");
     let out = env
-        .cmd(&["update", "--manifest-url", &latest, "--pubkey-file", pubkey.to_str().unwrap()])
-        .uid(65534)
-        .gid(65534)
+        .cmd_as(Some(65534), &["update", "--manifest-url", &latest, "--pubkey-file", pubkey.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -97,8 +96,8 @@ fn check_dry_run_no_root_and_unknown_versions_change_nothing() {
 
 #[test]
 fn tampered_foreign_expired_oversized_and_truncated_releases_are_refused() {
-    let r = Releases::new();
     let (env, bins) = installed_env();
+    let r = Releases::new(&env.netns);
     let before = hashes(bins.path());
     let cases: Vec<(&str, String, &str)> = vec![
         // One byte flipped in place: the same size, so only the hash check can catch it.
@@ -165,12 +164,13 @@ fn tampered_foreign_expired_oversized_and_truncated_releases_are_refused() {
 
 #[test]
 fn a_server_that_stops_mid_download_and_no_space_to_stage_are_refused() {
-    let r = Releases::new();
     let (env, bins) = installed_env();
+    let r = Releases::new(&env.netns);
     let before = hashes(bins.path());
-    // A server that serves the signed metadata, then cuts an artefact short.
+    // A server that serves the signed metadata, then cuts an artefact short (on the
+    // loopback of the environment's namespace, where `banger update` runs).
     let rel = r.dir.path().join("latest");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = env.netns.run(|| std::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
     let rel2 = rel.clone();
     std::thread::spawn(move || {
@@ -204,7 +204,9 @@ fn a_server_that_stops_mid_download_and_no_space_to_stage_are_refused() {
     }
     let small_before = hashes(small.path());
     let pubkey = r.dir.path().join("pub.pem");
-    let out = Command::new(small.path().join("banger"))
+    let out = env
+        .netns
+        .cmd(small.path().join("banger"))
         .args(["update", "--manifest-url", &r.url("latest"), "--pubkey-file", pubkey.to_str().unwrap()])
         .env("BANGER_STATE_DIR", env.state())
         .output()
@@ -219,8 +221,8 @@ fn a_server_that_stops_mid_download_and_no_space_to_stage_are_refused() {
 
 #[test]
 fn an_update_swaps_and_restarts_with_the_vm_alive_and_a_failing_daemon_rolls_back() {
-    let r = Releases::new();
     let (env, bins) = installed_env();
+    let r = Releases::new(&env.netns);
     let g = guest();
     let disk = env.state().join("u.ext4");
     std::fs::copy(&g.rootfs, &disk).unwrap();

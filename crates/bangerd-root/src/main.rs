@@ -141,18 +141,18 @@ fn run(args: Args) -> Result<()> {
             );
         }
     }
-    // A VMM running as the daemon's user opens its tap through /dev/net/tun. Debian's
-    // udev rules make that node 0666 (taps stay private: a persistent tap can only be
-    // attached by its owner). The host's device node is the administrator's: where it
-    // is tighter, say what will fail rather than change it. (A jailed VMM gets its own
-    // node from the jailer.)
-    if allow_uid != 0 && args.jailer.is_none() {
+    // A VMM (never root: the daemon's user, or the VMM user under a root daemon) opens
+    // its tap through /dev/net/tun. Debian's udev rules make that node 0666 (taps stay
+    // private: a persistent tap can only be attached by its owner). The host's device
+    // node is the administrator's: where it is tighter, say what will fail rather than
+    // change it. (A jailed VMM gets its own node from the jailer.)
+    if args.jailer.is_none() {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(m) = std::fs::metadata("/dev/net/tun")
             && m.permissions().mode() & 0o006 != 0o006
         {
             tracing::warn!(
-                "/dev/net/tun is mode {:o}: VMMs running as uid {allow_uid} cannot open their taps, so VMs with a \
+                "/dev/net/tun is mode {:o}: VMMs (which never run as root) cannot open their taps, so VMs with a \
                  network will fail to start; Debian's default is 0666 (taps stay private to their owners)",
                 m.permissions().mode() & 0o7777
             );
