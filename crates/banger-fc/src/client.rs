@@ -24,6 +24,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The socket is served by another process than the VMM banger launched: the
+    /// name was pointed elsewhere (the VMM's directory is its user's, and a guest that
+    /// took the VMM over could do that). Nothing was sent.
+    #[error("the VMM API socket {path} is served by pid {got:?}, not by the VMM (pid {want}); nothing was sent")]
+    WrongPeer { path: PathBuf, want: i32, got: Option<i32> },
     #[error("HTTP exchange with the VMM failed on {method} {uri}")]
     Http {
         method: Method,
@@ -51,11 +56,20 @@ pub enum Error {
 pub struct Client {
     socket: PathBuf,
     timeout: Duration,
+    peer: Option<i32>,
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into(), timeout: Duration::from_secs(10) }
+        Self { socket: socket.into(), timeout: Duration::from_secs(10), peer: None }
+    }
+
+    /// Talks only to a socket that process `pid` serves (SO_PEERCRED of the connection
+    /// is the listener's): a request, and the VM configuration or shutdown it carries,
+    /// never reaches whatever else the socket's name was made to lead to.
+    pub fn with_peer(mut self, pid: i32) -> Self {
+        self.peer = Some(pid);
+        self
     }
 
     /// Per-request timeout (connect + exchange). InstanceStart under software
@@ -152,6 +166,12 @@ impl Client {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| Error::Connect { path: self.socket.clone(), source })?;
+        if let Some(want) = self.peer {
+            let got = stream.peer_cred().ok().and_then(|c| c.pid());
+            if got != Some(want) {
+                return Err(Error::WrongPeer { path: self.socket.clone(), want, got });
+            }
+        }
         let http_err = |source| Error::Http { method: method.clone(), uri: uri.into(), source };
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http_err)?;
@@ -223,7 +243,7 @@ mod tests {
             .stderr(log)
             .spawn()
             .unwrap();
-        let c = Client::new(&sock).with_timeout(Duration::from_secs(5));
+        let c = Client::new(&sock).with_timeout(Duration::from_secs(5)).with_peer(child.id() as i32);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while c.instance_info().await.is_err() {
             assert!(std::time::Instant::now() < deadline, "firecracker never answered");
@@ -293,5 +313,31 @@ mod tests {
         assert_eq!(c.instance_info().await.unwrap().state, "Paused");
         c.patch_vm(VmStateRequest::Resumed).await.unwrap();
         c.send_ctrl_alt_del().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_socket_served_by_another_process_gets_nothing() {
+        // The name leads to a listener of this process, not the VMM's: refused before
+        // a byte is written; the same socket with its real server's pid connects.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let me = std::process::id() as i32;
+        match Client::new(&sock).with_peer(me + 1).instance_info().await {
+            Err(Error::WrongPeer { want, got, .. }) => assert_eq!((want, got), (me + 1, Some(me))),
+            other => panic!("{other:?}"),
+        }
+        listener.set_nonblocking(true).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 16];
+        // Blocking, with a deadline: a child another test forks holds a copy of the
+        // client's descriptor until it execs, so the end of the stream may come late.
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let r = std::io::Read::read(&mut conn, &mut buf);
+        assert!(matches!(r, Ok(0)), "nothing was sent to the stranger: {r:?}");
+        drop(conn);
+        let r = Client::new(&sock).with_peer(me).with_timeout(Duration::from_millis(200)).instance_info().await;
+        assert!(matches!(r, Err(Error::Timeout { .. })), "the right peer is talked to: {r:?}");
     }
 }

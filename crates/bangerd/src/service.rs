@@ -542,7 +542,9 @@ impl Service {
         let (p, st) = (rec.pid.unwrap_or(0), rec.pid_start_time.unwrap_or(0));
         self.store.set_state(&rec.id, VmState::Stopping, None, Some((p, st)), None)?;
         banger_helper::fault_point("daemon:stop:stopping");
-        let client = banger_fc::Client::new(self.dirs.api_socket(&vm_id));
+        // Only the VMM itself hears the shutdown: its socket's directory is the VMM
+        // user's, so the name alone proves nothing.
+        let client = banger_fc::Client::new(self.dirs.api_socket(&vm_id)).with_peer(p);
         let graceful = match client.send_ctrl_alt_del().await {
             Ok(()) => wait_gone(p, st, timeout).await,
             Err(e) => {
@@ -761,7 +763,7 @@ impl Service {
                 reason: format!("pid {p} is now {comm:?}, not the VMM; neither adopted nor killed"),
             });
         }
-        let client = banger_fc::Client::new(&api_sock).with_timeout(Duration::from_secs(2));
+        let client = banger_fc::Client::new(&api_sock).with_timeout(Duration::from_secs(2)).with_peer(p);
         let info = client.instance_info().await;
         match info {
             Ok(i) if i.state == "Not started" => {
@@ -845,7 +847,8 @@ fn ssh_files(state_dir: &Path, name: &str, keys: &[String]) -> std::result::Resu
 
 /// Waits until the VMM is ready, then configures and starts it.
 async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Result<(), String> {
-    let client = banger_fc::Client::new(&l.api_sock);
+    // The VM's configuration (its disk, its tap) goes only to the VMM just launched.
+    let client = banger_fc::Client::new(&l.api_sock).with_peer(l.pid);
     let deadline = Instant::now() + API_READY_TIMEOUT;
     loop {
         if pid::start_time(l.pid) != Some(l.start_time) {
