@@ -548,4 +548,130 @@ mod tests {
             assert_eq!(VmState::parse(s.as_str()), Some(s));
         }
     }
+
+    #[test]
+    fn every_state_allows_exactly_the_verbs_of_the_lifecycle_table() {
+        use VmState::*;
+        // (state, has_vmm, start, stop, kill, remove): docs/architecture.md's table.
+        let table = [
+            (Created, false, true, false, false, true),
+            (Starting, true, false, false, true, false),
+            (Running, true, false, true, true, false),
+            (Stopping, true, false, true, true, false),
+            (Stopped, false, true, false, false, true),
+            (Failed, false, true, false, false, true),
+        ];
+        for (s, vmm, start, stop, kill, remove) in table {
+            assert_eq!(
+                (s.has_vmm(), s.can_start(), s.can_stop(), s.can_kill(), s.can_remove()),
+                (vmm, start, stop, kill, remove),
+                "{s}"
+            );
+            assert_eq!(s.to_string(), s.as_str());
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::Value::String(s.as_str().into()));
+        }
+        assert_eq!(VmState::parse("Running"), None);
+        assert_eq!(VmState::parse(""), None);
+    }
+
+    #[test]
+    fn upper_bounds_of_memory_disks_and_keys_are_enforced_at_the_limit() {
+        let mut s = spec("a");
+        s.memory_mib = MAX_MEMORY_MIB;
+        assert_eq!(s.validate(), Ok(()));
+        s.memory_mib = MAX_MEMORY_MIB + 1;
+        assert_eq!(s.validate(), Err(ValidationError::Memory(MAX_MEMORY_MIB + 1)));
+        let mut s = spec("a");
+        s.kernel = None;
+        s.image = Some("img".into());
+        for (size, ok) in [(255, false), (256, true), (16 * 1024 * 1024, true), (16 * 1024 * 1024 + 1, false)] {
+            s.disk_size_mib = Some(size);
+            assert_eq!(s.validate(), if ok { Ok(()) } else { Err(ValidationError::DiskSize(size)) }, "{size}");
+        }
+        s.disk_size_mib = None;
+        let long = |n: usize| format!("ssh-ed25519 {}", "A".repeat(n - 12));
+        for (key, ok) in [
+            (long(16 * 1024), true),
+            (long(16 * 1024 + 1), false),
+            ("ecdsa-sha2-nistp256 AAAA".to_string(), true),
+            ("sk-ssh-ed25519@openssh.com AAAA".to_string(), true),
+            ("ssh-ed25519 AAAA\rx".to_string(), false),
+            ("ssh-ed25519 AAAA\0x".to_string(), false),
+            ("rsa AAAA".to_string(), false),
+        ] {
+            s.ssh_keys = vec![key.clone()];
+            assert_eq!(s.validate().is_ok(), ok, "{:?}", &key[..key.len().min(30)]);
+        }
+        // The error quotes at most 40 characters of a refused key.
+        s.ssh_keys = vec![format!("x{}", "y".repeat(100))];
+        match s.validate() {
+            Err(ValidationError::SshKey(k)) => assert_eq!(k.chars().count(), 40),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_user_named_path_must_be_absolute() {
+        for what in ["kernel", "initrd", "rootfs"] {
+            let mut s = spec("a");
+            let rel = Some(PathBuf::from("rel/file"));
+            match what {
+                "kernel" => s.kernel = rel,
+                "initrd" => s.initrd = rel,
+                _ => s.rootfs = rel,
+            }
+            assert_eq!(s.validate(), Err(ValidationError::RelativePath { what, path: "rel/file".into() }));
+        }
+        let mut s = spec("a");
+        s.initrd = Some("/i".into());
+        s.rootfs = Some("/r".into());
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn image_names_follow_the_vm_name_rule() {
+        assert_eq!(validate_image_name("debian-bookworm"), Ok(()));
+        assert_eq!(validate_image_name("../x"), Err(ValidationError::ImageName("../x".into())));
+        assert_eq!(VmName::new("dev-1").unwrap().to_string(), "dev-1");
+        assert_eq!(serde_json::to_string(&VmName::new("dev-1").unwrap()).unwrap(), "\"dev-1\"");
+    }
+
+    #[test]
+    fn a_summary_carries_the_vm_s_own_fields() {
+        let mut sp = spec("web");
+        sp.vcpus = 3;
+        sp.memory_mib = 512;
+        sp.image = Some("img".into());
+        let vm = Vm {
+            id: "0123456789ab".into(),
+            name: VmName::new("web").unwrap(),
+            state: VmState::Running,
+            spec: sp,
+            created_at: "2026-12-01T00:00:00Z".into(),
+            updated_at: "x".into(),
+            pid: Some(42),
+            vmm: "firecracker".into(),
+            last_error: None,
+            console_log: "/c".into(),
+            ip: Some("172.30.0.2".into()),
+            disk: None,
+            disk_method: None,
+            image_digest: None,
+            host_key: None,
+        };
+        let s = VmSummary::from(&vm);
+        assert_eq!(
+            (s.id.as_str(), s.name.as_str(), s.state, s.vcpus, s.memory_mib, s.pid, s.vmm.as_str()),
+            ("0123456789ab", "web", VmState::Running, 3, 512, Some(42), "firecracker")
+        );
+        assert_eq!((s.created_at.as_str(), s.ip.as_deref(), s.image.as_deref()), ("2026-12-01T00:00:00Z", Some("172.30.0.2"), Some("img")));
+    }
+
+    #[test]
+    fn a_spec_with_only_a_name_and_kernel_gets_the_documented_defaults() {
+        let s: VmSpec = serde_json::from_str(r#"{"name":"a","kernel":"/k"}"#).unwrap();
+        assert_eq!((s.vcpus, s.memory_mib), (1, 256));
+        let b: ImageBuildRequest = serde_json::from_str(r#"{"name":"x"}"#).unwrap();
+        assert_eq!(b.release, "bookworm");
+    }
 }

@@ -151,4 +151,51 @@ mod tests {
             assert!(parse_sums(bad.as_bytes()).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn version_parts_are_plain_digits_and_print_back() {
+        for bad in ["+1.2.3", "1.+2.3", "1.2. 3", "1.2.3 "] {
+            assert!(Version::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(Version::parse("v1.20.3").unwrap().to_string(), "1.20.3");
+        assert_eq!(Version::parse("4294967295.0.0"), Some(Version(u32::MAX, 0, 0)));
+        assert!(Version::parse("4294967296.0.0").is_none(), "overflow");
+    }
+
+    #[test]
+    fn an_artefact_hash_must_be_64_hex_digits() {
+        let good = manifest("0.2.0", "2027-01-01T00:00:00Z");
+        let a64 = "a".repeat(64);
+        for bad in ["a".repeat(63), "a".repeat(65), "g".repeat(64), format!("{}-", "a".repeat(63))] {
+            let m = good.replacen(&a64, &bad, 1);
+            match Manifest::parse(m.as_bytes()) {
+                Err(UpdateError::MalformedManifest(e)) => assert_eq!(e, "bad sha256 for banger", "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(Manifest::parse(good.replace(&a64, &"A".repeat(64)).as_bytes()).is_ok(), "capitals are hex");
+        let schema2 = good.replace(r#""schema":1"#, r#""schema":2"#);
+        assert!(matches!(Manifest::parse(schema2.as_bytes()), Err(UpdateError::MalformedManifest(e)) if e == "unknown schema 2"));
+    }
+
+    #[test]
+    fn each_rule_of_a_sums_line_is_checked_on_its_own() {
+        let h = "b".repeat(64);
+        for (line, why) in [
+            (format!("{}  banger", "b".repeat(63)), "63 digits"),
+            (format!("{}  banger", "b".repeat(65)), "65 digits"),
+            (format!("{}  banger", "x".repeat(64)), "64 non-hex"),
+            (format!("{h}  "), "no name"),
+            (format!("{h}  a/banger"), "a path"),
+            (format!("{h}\tbanger"), "a tab"),
+        ] {
+            match parse_sums(line.as_bytes()) {
+                Err(UpdateError::MalformedSums(e)) => assert!(e.starts_with("bad line"), "{why}: {e}"),
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+        assert!(matches!(parse_sums(&[0xff, 0xfe]), Err(UpdateError::MalformedSums(e)) if e == "not UTF-8"));
+        let upper = format!("{}  banger\n\n  \n", "B".repeat(64));
+        assert_eq!(parse_sums(upper.as_bytes()).unwrap(), vec![(h, "banger".to_string())], "lowercased, blank lines skipped");
+    }
 }
