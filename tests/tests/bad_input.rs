@@ -297,12 +297,20 @@ fn an_image_build_that_fails_midway_leaves_no_image() {
     assert_eq!(env.json(&["image", "ls"]).as_array().unwrap().len(), 0);
     let leftovers: Vec<_> = std::fs::read_dir(env.state().join("images")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(leftovers.is_empty(), "half-made image left: {leftovers:?}");
-    // Bad arguments never reach debootstrap.
-    for args in [&["--release", "sid;rm"][..], &["--package=--include=evil"], &["--package", "Bad Name"]] {
+    // Bad arguments never reach debootstrap: each is refused as a bad request with
+    // its own reason (a debootstrap run would fail with "debootstrap failed" instead).
+    for (args, why) in [
+        (&["--name", "evil", "--release", "sid;rm"][..], r#"unknown release "sid;rm""#),
+        (&["--release", "sid;rm"], r#"invalid image name "debian-sid;rm""#),
+        (&["--package=--include=evil"], r#"invalid package name "--include=evil""#),
+        (&["--package", "Bad Name"], r#"invalid package name "Bad Name""#),
+    ] {
         let mut a = vec!["image", "build", "debian", "--quiet"];
         a.extend_from_slice(args);
         let out = env.banger(&a);
-        assert_eq!(out.status.code(), Some(7), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(7), "{args:?}: {err}");
+        assert!(err.contains(why) && !err.contains("debootstrap failed"), "{args:?}: {err}");
     }
 }
 

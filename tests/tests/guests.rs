@@ -11,6 +11,8 @@ use banger_tests::*;
 
 fn nft_elements(env: &Env) -> String {
     let out = env.netns.cmd("nft").args(["list", "set", "inet", &env.nft_table, "guests"]).output().unwrap();
+    // An absent element must mean absent, not that nft failed to list the set.
+    assert!(out.status.success(), "nft list set: {}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

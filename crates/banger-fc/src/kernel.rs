@@ -201,4 +201,31 @@ mod tests {
         let elf = fake_elf(10);
         assert_eq!(extract_vmlinux(&elf).unwrap(), elf);
     }
+
+    /// A real Debian kernel (the test guest's, `scripts/guest-assets`): what comes out
+    /// is checked by what the kernel itself says, not by the extractor's assumptions.
+    #[test]
+    fn a_real_debian_kernel_yields_its_own_x86_64_elf() {
+        let cache = std::env::var_os("BANGER_CACHE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache"));
+        let vmlinuz = cache.join("guest/vmlinuz");
+        let bz = std::fs::read(&vmlinuz)
+            .unwrap_or_else(|e| panic!("{}: {e}; run scripts/guest-assets", vmlinuz.display()));
+        // A bzImage: the boot protocol's "HdrS" at 0x202 (Documentation/x86/boot.rst).
+        assert_eq!(&bz[0x202..0x206], b"HdrS", "not a bzImage");
+        let elf = extract_vmlinux(&bz).unwrap();
+        assert!(elf.len() > bz.len(), "decompressed: {} of {} bytes", elf.len(), bz.len());
+        // ELF64, little-endian, an executable for x86-64 (e_machine 62).
+        assert_eq!((&elf[..4], elf[4], elf[5]), (&ELF_MAGIC[..], 2, 1));
+        assert_eq!(u16::from_le_bytes([elf[16], elf[17]]), 2, "ET_EXEC");
+        assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 62, "EM_X86_64");
+        // The banner the bzImage's own header points at is inside the vmlinux.
+        let off = u16::from_le_bytes([bz[0x20e], bz[0x20f]]) as usize + 0x200;
+        let banner = &bz[off..off + bz[off..].iter().position(|b| *b == 0).unwrap()];
+        let version = std::str::from_utf8(banner).unwrap().split(' ').next().unwrap();
+        assert!(version.starts_with(|c: char| c.is_ascii_digit()), "{version}");
+        let needle = format!("Linux version {version}");
+        assert!(elf.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} is not in the extracted kernel");
+    }
 }

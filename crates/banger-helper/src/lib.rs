@@ -38,6 +38,15 @@ impl VmId {
     }
 }
 
+/// A `&VmId` reads as the `&str` it holds (it is only ever made by [`VmId::new`]), so
+/// code that stores or prints ids takes it as it is.
+impl std::ops::Deref for VmId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl<'de> Deserialize<'de> for VmId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         VmId::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
@@ -532,6 +541,15 @@ pub enum ClientError {
     UnexpectedReply(Reply),
 }
 
+/// How long the client waits for the helper's reply: image builds run for minutes
+/// (debootstrap), everything else is quick.
+fn reply_deadline(req: &Request) -> Duration {
+    match req {
+        Request::BuildImage { .. } => Duration::from_secs(30 * 60),
+        _ => Duration::from_secs(60),
+    }
+}
+
 /// Blocking client: one connection per call, like the helper's synchronous design.
 #[derive(Debug, Clone)]
 pub struct HelperClient {
@@ -546,12 +564,7 @@ impl HelperClient {
     pub fn call(&self, req: &Request) -> Result<Reply, ClientError> {
         let mut stream = UnixStream::connect(&self.socket)
             .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
-        // Image builds run for minutes; everything else is quick.
-        let limit = match req {
-            Request::BuildImage { .. } => Duration::from_secs(1800),
-            _ => Duration::from_secs(60),
-        };
-        stream.set_read_timeout(Some(limit))?;
+        stream.set_read_timeout(Some(reply_deadline(req)))?;
         let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
         // A refused caller is answered (and closed) before the helper reads: the
@@ -701,5 +714,66 @@ mod tests {
             serde_json::to_string(&r).unwrap(),
             r#"{"op":"create_vm_dirs","vm_id":"0123456789ab"}"#
         );
+    }
+
+    #[test]
+    fn builds_get_half_an_hour_for_a_reply_and_everything_else_a_minute() {
+        let build = Request::BuildImage {
+            build_id: VmId::new("0123456789ab").unwrap(),
+            release: Release::new("bookworm").unwrap(),
+            packages: Vec::new(),
+        };
+        assert_eq!(reply_deadline(&build), Duration::from_secs(1800));
+        assert_eq!(reply_deadline(&Request::Ping {}), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn tools_are_found_by_absolute_path_in_the_documented_order() {
+        let dirs = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+        let sh = tool("sh");
+        assert!(sh.is_absolute() && sh.exists(), "{}", sh.display());
+        let at = dirs.iter().position(|d| sh.parent() == Some(Path::new(d))).expect("in one of the dirs");
+        for earlier in &dirs[..at] {
+            assert!(!Path::new(earlier).join("sh").exists(), "{earlier}/sh comes first");
+        }
+        // Nothing found: the bare name, so the error names what is missing.
+        assert_eq!(tool("no-such-tool-banger"), PathBuf::from("no-such-tool-banger"));
+    }
+
+    #[test]
+    fn the_boot_id_is_this_boot_s_uuid() {
+        let id = boot_id();
+        assert_eq!(id.len(), 36, "{id:?}");
+        for (i, c) in id.chars().enumerate() {
+            let dash = [8, 13, 18, 23].contains(&i);
+            assert!(if dash { c == '-' } else { c.is_ascii_hexdigit() }, "{id:?}");
+        }
+        assert_eq!(boot_id(), id, "stable within a boot");
+    }
+
+    /// Run by `a_fault_point_kills_its_process_only_when_named` in a child process.
+    #[test]
+    #[ignore = "run as a child by a_fault_point_kills_its_process_only_when_named"]
+    fn fault_point_child() {
+        fault_point("test:fault:here");
+        println!("survived the fault point");
+    }
+
+    #[test]
+    fn a_fault_point_kills_its_process_only_when_named() {
+        use std::os::unix::process::ExitStatusExt;
+        let run = |fault: &str| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "tests::fault_point_child", "--ignored", "--nocapture", "--test-threads=1"])
+                .env("BANGER_FAULT", fault)
+                .output()
+                .unwrap()
+        };
+        let hit = run("test:fault:here");
+        assert_eq!(hit.status.signal(), Some(libc::SIGKILL), "{hit:?}");
+        assert!(String::from_utf8_lossy(&hit.stderr).contains("BANGER_FAULT: killing myself at test:fault:here"));
+        let missed = run("test:fault:elsewhere");
+        assert!(missed.status.success(), "{missed:?}");
+        assert!(String::from_utf8_lossy(&missed.stdout).contains("survived the fault point"));
     }
 }

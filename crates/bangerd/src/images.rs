@@ -119,14 +119,8 @@ impl Service {
 
     pub async fn build_image(&self, req: ImageBuildRequest) -> Result<Image> {
         validate_image_name(&req.name)?;
-        let release = Release::new(req.release.clone())
-            .map_err(|e| ServiceError::Invalid(banger_api::ValidationError::ImageName(e.to_string())))?;
-        let packages = req
-            .packages
-            .iter()
-            .map(|p| PackageName::new(p.clone()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| ServiceError::Invalid(banger_api::ValidationError::ImageName(e.to_string())))?;
+        let release = Release::new(req.release.clone())?;
+        let packages = req.packages.iter().map(|p| PackageName::new(p.clone())).collect::<std::result::Result<Vec<_>, _>>()?;
         if self.store.image(&req.name)?.is_some() {
             return Err(ServiceError::NameTaken(format!("image {}", req.name)));
         }
