@@ -255,6 +255,38 @@ impl VmState {
     pub fn can_remove(self) -> bool {
         !self.has_vmm()
     }
+
+    /// The lifecycle as a table: every state change the daemon records goes through
+    /// here, so a change the table does not name is an error naming both states.
+    ///
+    /// | from | to | by |
+    /// |---|---|---|
+    /// | created, stopped, failed | starting | `start` |
+    /// | starting | starting | the launched VMM's pid is recorded |
+    /// | starting | running | InstanceStart acknowledged |
+    /// | starting | failed, stopped | the start failed; `kill`; the VMM ended |
+    /// | running | stopping | `stop` |
+    /// | running, stopping | running | adopted at reconcile (an interrupted stop) |
+    /// | running, stopping | stopped, failed | stopped, killed, or the VMM ended |
+    /// | stopping | stopping | a second `stop` |
+    pub fn valid_transition(self, to: VmState) -> Result<(), InvalidTransition> {
+        use VmState::*;
+        let ok = match self {
+            Created | Stopped | Failed => matches!(to, Starting),
+            Starting => matches!(to, Starting | Running | Failed | Stopped),
+            Running => matches!(to, Running | Stopping | Stopped | Failed),
+            Stopping => matches!(to, Stopping | Running | Stopped | Failed),
+        };
+        if ok { Ok(()) } else { Err(InvalidTransition { from: self, to }) }
+    }
+}
+
+/// A state change the lifecycle does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a VM cannot go from {from} to {to}")]
+pub struct InvalidTransition {
+    pub from: VmState,
+    pub to: VmState,
 }
 
 impl fmt::Display for VmState {
@@ -673,5 +705,47 @@ mod tests {
         assert_eq!((s.vcpus, s.memory_mib), (1, 256));
         let b: ImageBuildRequest = serde_json::from_str(r#"{"name":"x"}"#).unwrap();
         assert_eq!(b.release, "bookworm");
+    }
+
+    #[test]
+    fn every_transition_is_allowed_or_refused_as_the_table_says() {
+        use VmState::*;
+        let all = [Created, Starting, Running, Stopping, Stopped, Failed];
+        let allowed = [
+            (Created, Starting),
+            (Stopped, Starting),
+            (Failed, Starting),
+            (Starting, Starting),
+            (Starting, Running),
+            (Starting, Failed),
+            (Starting, Stopped),
+            (Running, Running),
+            (Running, Stopping),
+            (Running, Stopped),
+            (Running, Failed),
+            (Stopping, Stopping),
+            (Stopping, Running),
+            (Stopping, Stopped),
+            (Stopping, Failed),
+        ];
+        for from in all {
+            for to in all {
+                let r = from.valid_transition(to);
+                if allowed.contains(&(from, to)) {
+                    assert_eq!(r, Ok(()), "{from} -> {to}");
+                } else {
+                    assert_eq!(r, Err(InvalidTransition { from, to }), "{from} -> {to}");
+                    assert_eq!(r.unwrap_err().to_string(), format!("a VM cannot go from {from} to {to}"));
+                }
+            }
+        }
+        // The verbs' guards agree with the table: a verb allowed in a state has a
+        // transition out of it.
+        // (Starting -> Starting records the pid; it is not a second `start`.)
+        for s in all {
+            assert!(!s.can_start() || s.valid_transition(Starting).is_ok(), "{s}");
+            assert_eq!(s.can_stop(), s.valid_transition(Stopping).is_ok(), "{s}");
+            assert_eq!(s.can_kill(), s.valid_transition(Stopped).is_ok(), "{s}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use banger_helper::{
 use rand::Rng;
 
 use crate::handles::{self, Handles};
-use crate::store::{Store, StoreError, VmRecord};
+use crate::store::{StateUpdate, Store, StoreError, VmRecord};
 
 /// How long InstanceStart may take (QEMU under TCG is slower than Firecracker).
 const INSTANCE_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,6 +30,9 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ServiceError {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// A build's release or package name, refused before anything runs.
+    #[error(transparent)]
+    BuildArgument(#[from] banger_helper::ArgError),
     #[error("no VM named {0:?}")]
     NotFound(String),
     #[error("a VM named {0} already exists")]
@@ -79,9 +82,10 @@ impl ServiceError {
     /// The one place errors become kinds (and so HTTP statuses and exit codes).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ServiceError::Invalid(_) | ServiceError::ImportRefused { .. } | ServiceError::FileRefused { .. } => {
-                ErrorKind::BadRequest
-            }
+            ServiceError::Invalid(_)
+            | ServiceError::BuildArgument(_)
+            | ServiceError::ImportRefused { .. }
+            | ServiceError::FileRefused { .. } => ErrorKind::BadRequest,
             ServiceError::NotFound(_) | ServiceError::ImageNotFound(_) => ErrorKind::NotFound,
             ServiceError::NameTaken(_)
             | ServiceError::InvalidState { .. }
@@ -99,10 +103,23 @@ impl ServiceError {
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
+/// The privileged boundary as the service sees it: one closed [`Request`], one
+/// [`Reply`]. [`HelperClient`] talks to bangerd-root over its socket; the unit tests
+/// put a recording fake behind it, so the lifecycle's rules run without root.
+pub trait Helper: Send + Sync + 'static {
+    fn call(&self, req: &Request) -> std::result::Result<Reply, ClientError>;
+}
+
+impl Helper for HelperClient {
+    fn call(&self, req: &Request) -> std::result::Result<Reply, ClientError> {
+        HelperClient::call(self, req)
+    }
+}
+
 pub struct Service {
     pub(crate) dirs: Dirs,
     pub(crate) store: Store,
-    helper: HelperClient,
+    helper: Arc<dyn Helper>,
     /// One lock per VM id: verbs on one VM are serialized, different VMs run in parallel.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The helper's network (bridge, gateway, prefix), learnt at start.
@@ -153,11 +170,11 @@ pub enum Reconciled {
 }
 
 impl Service {
-    pub fn new(dirs: Dirs, store: Store, helper: HelperClient) -> Self {
+    pub fn new(dirs: Dirs, store: Store, helper: impl Helper) -> Self {
         Self {
             dirs,
             store,
-            helper,
+            helper: Arc::new(helper),
             locks: Mutex::new(HashMap::new()),
             network: std::sync::OnceLock::new(),
             vmm: std::sync::OnceLock::new(),
@@ -168,6 +185,20 @@ impl Service {
 
     pub fn dirs(&self) -> &Dirs {
         &self.dirs
+    }
+
+    /// The opening every verb shares (refresh, check, act, save): find the VM by name,
+    /// hold its lock for the verb, and see it as it is now: a VMM that died while
+    /// nobody looked is recorded as ended before the verb decides anything.
+    async fn open(&self, name: &str) -> Result<(VmRecord, tokio::sync::OwnedMutexGuard<()>)> {
+        let first = self.record(name)?;
+        let guard = self.lock_for(&first.id).lock_owned().await;
+        let rec = self.record(name)?;
+        if rec.id != first.id {
+            // Removed and made anew under the same name while we waited: not this VM.
+            return Err(ServiceError::NotFound(name.to_string()));
+        }
+        Ok((self.refresh(rec).await?, guard))
     }
 
     fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -201,9 +232,9 @@ impl Service {
     }
 
     pub fn to_api(&self, r: &VmRecord) -> Vm {
-        let id = VmId::new(r.id.clone()).expect("stored ids are valid");
+        let id = r.id.clone();
         Vm {
-            id: r.id.clone(),
+            id: r.id.to_string(),
             name: r.name.clone(),
             state: r.state,
             spec: r.spec.clone(),
@@ -246,7 +277,7 @@ impl Service {
         let lock = self.lock_for(&rec.id);
         let _g = lock.lock().await;
         if let Err(e) = self.provision(&rec).await {
-            let vm_id = VmId::new(rec.id.clone()).expect("fresh id is valid");
+            let vm_id = rec.id.clone();
             let _ = self.helper(Request::RemoveVmState { vm_id: vm_id.clone() }).await;
             let _ = self.helper(Request::RemoveVmRuntime { vm_id }).await;
             self.store.delete(&rec.id)?;
@@ -262,7 +293,7 @@ impl Service {
         self.store.allocate_address(&rec.id, net.gateway, net.prefix_len)?;
         let Some(image_name) = &rec.spec.image else { return Ok(()) };
         let image = self.store.image(image_name)?.ok_or_else(|| ServiceError::ImageNotFound(image_name.clone()))?;
-        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        let vm_id = rec.id.clone();
         self.helper(Request::CreateVmDirs { vm_id: vm_id.clone() }).await?;
         let src = self.dirs.images().join(&image.digest).join("rootfs.ext4");
         let dst = self.dirs.vm_disk(&vm_id);
@@ -330,7 +361,7 @@ impl Service {
         let (state, err) = self.how_it_ended(&rec).await;
         tracing::info!(vm = %rec.name, "VMM is gone; marking {state}");
         self.release_runtime(&rec.id).await?;
-        self.store.set_state(&rec.id, state, None, None, err.as_deref().or(rec.last_error.as_deref()))?;
+        self.store.set_state(&rec.id, StateUpdate::to(state).error(err.as_deref().or(rec.last_error.as_deref())))?;
         Ok(self.store.get_by_id(&rec.id)?.expect("row exists"))
     }
 
@@ -339,7 +370,7 @@ impl Service {
     /// helper that launched it knows the status; after a helper restart it is unknown
     /// and the VM is `stopped` with a note saying so.
     async fn how_it_ended(&self, rec: &VmRecord) -> (VmState, Option<String>) {
-        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        let vm_id = rec.id.clone();
         let exit = match (rec.pid, rec.pid_start_time) {
             (Some(pid), Some(start_time)) => {
                 match self.helper(Request::VmmExited { vm_id: vm_id.clone(), pid, start_time }).await {
@@ -369,18 +400,14 @@ impl Service {
 
     /// Releases what only a running VM holds: its tap and its run directory. The
     /// address and disk stay until `rm`, so a VM keeps its address across restarts.
-    async fn release_runtime(&self, id: &str) -> Result<()> {
-        let vm_id = VmId::new(id).expect("stored ids are valid");
+    async fn release_runtime(&self, vm_id: &VmId) -> Result<()> {
         self.helper(Request::DeleteTap { vm_id: vm_id.clone() }).await?;
-        self.helper(Request::RemoveVmRuntime { vm_id }).await?;
+        self.helper(Request::RemoveVmRuntime { vm_id: vm_id.clone() }).await?;
         Ok(())
     }
 
     pub async fn start(&self, name: &str) -> Result<Vm> {
-        let rec = self.record(name)?;
-        let lock = self.lock_for(&rec.id);
-        let _g = lock.lock().await;
-        let rec = self.refresh(self.record(name)?).await?;
+        let (rec, _g) = self.open(name).await?;
         if !rec.state.can_start() {
             return Err(ServiceError::InvalidState {
                 name: name.into(),
@@ -389,13 +416,13 @@ impl Service {
                 hint: "",
             });
         }
-        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
-        self.store.set_state(&rec.id, VmState::Starting, None, None, None)?;
+        let vm_id = rec.id.clone();
+        self.store.set_state(&rec.id, StateUpdate::to(VmState::Starting))?;
         // Only this boot's console lines explain this boot's failure.
         let console_from = std::fs::metadata(self.dirs.console_log(&vm_id)).map(|m| m.len()).unwrap_or(0);
         match self.launch_and_boot(&vm_id, &rec).await {
             Ok(l) => {
-                self.store.set_state(&rec.id, VmState::Running, Some(&l.vmm_name), Some((l.pid, l.start_time)), None)?;
+                self.store.set_state(&rec.id, StateUpdate::to(VmState::Running).vmm(Some(&l.vmm_name)).process(Some((l.pid, l.start_time))))?;
                 tracing::info!(vm = %rec.name, pid = l.pid, "running");
             }
             Err((launched, reason)) => {
@@ -408,7 +435,7 @@ impl Service {
                     Some((&self.dirs.console_log(&vm_id), console_from)),
                     &self.dirs.vmm_log(&vm_id),
                 );
-                self.store.set_state(&rec.id, VmState::Failed, launched.as_ref().map(|l| l.vmm_name.as_str()), None, Some(&reason))?;
+                self.store.set_state(&rec.id, StateUpdate::to(VmState::Failed).vmm(launched.as_ref().map(|l| l.vmm_name.as_str())).error(Some(&reason)))?;
                 tracing::warn!(vm = %rec.name, "start failed: {reason}");
                 return Err(ServiceError::StartFailed { name: name.into(), reason });
             }
@@ -451,7 +478,7 @@ impl Service {
         handles::write(&self.dirs.handles(vm_id), &h)
             .map_err(|e| fail(Some(&l), format!("cannot write handles.json: {e}")))?;
         self.store
-            .set_state(&rec.id, VmState::Starting, Some(&l.vmm_name), Some((l.pid, l.start_time)), None)
+            .set_state(&rec.id, StateUpdate::to(VmState::Starting).vmm(Some(&l.vmm_name)).process(Some((l.pid, l.start_time))))
             .map_err(|e| fail(Some(&l), chain(&e)))?;
         banger_helper::fault_point("daemon:start:saved");
         if let Some((tap, _)) = &plan.nic {
@@ -522,10 +549,7 @@ impl Service {
     }
 
     pub async fn stop(&self, name: &str, timeout: Duration) -> Result<Vm> {
-        let rec = self.record(name)?;
-        let lock = self.lock_for(&rec.id);
-        let _g = lock.lock().await;
-        let rec = self.refresh(self.record(name)?).await?;
+        let (rec, _g) = self.open(name).await?;
         if !rec.state.has_vmm() {
             // Already stopped: nothing to do, as `docker stop` on a stopped container.
             return Ok(self.to_api(&rec));
@@ -538,9 +562,9 @@ impl Service {
                 hint: "; use `banger vm kill` to end it now",
             });
         }
-        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        let vm_id = rec.id.clone();
         let (p, st) = (rec.pid.unwrap_or(0), rec.pid_start_time.unwrap_or(0));
-        self.store.set_state(&rec.id, VmState::Stopping, None, Some((p, st)), None)?;
+        self.store.set_state(&rec.id, StateUpdate::to(VmState::Stopping).process(Some((p, st))))?;
         banger_helper::fault_point("daemon:stop:stopping");
         // Only the VMM itself hears the shutdown: its socket's directory is the VMM
         // user's, so the name alone proves nothing.
@@ -557,7 +581,7 @@ impl Service {
             self.kill_and_wait(&vm_id, p, st).await?;
         }
         self.release_runtime(&rec.id).await?;
-        self.store.set_state(&rec.id, VmState::Stopped, None, None, None)?;
+        self.store.set_state(&rec.id, StateUpdate::to(VmState::Stopped))?;
         tracing::info!(vm = %name, graceful, "stopped");
         Ok(self.to_api(&self.record(name)?))
     }
@@ -575,7 +599,7 @@ impl Service {
                     && r.state == VmState::Stopping
                     && let (Some(p), Some(st)) = (r.pid, r.pid_start_time)
                 {
-                    let vm_id = VmId::new(r.id.clone()).expect("stored ids are valid");
+                    let vm_id = r.id.clone();
                     self.helper(Request::SignalVmm { vm_id, pid: p, start_time: st, signal: VmmSignal::Kill }).await?;
                 }
                 lock.lock().await
@@ -590,13 +614,13 @@ impl Service {
     }
 
     async fn kill_locked(&self, rec: &VmRecord) -> Result<()> {
-        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        let vm_id = rec.id.clone();
         if let (Some(p), Some(st)) = (rec.pid, rec.pid_start_time) {
             self.kill_and_wait(&vm_id, p, st).await?;
         }
         banger_helper::fault_point("daemon:kill:signalled");
         self.release_runtime(&rec.id).await?;
-        self.store.set_state(&rec.id, VmState::Stopped, None, None, None)?;
+        self.store.set_state(&rec.id, StateUpdate::to(VmState::Stopped))?;
         tracing::info!(vm = %rec.name, "killed");
         Ok(())
     }
@@ -609,10 +633,7 @@ impl Service {
     }
 
     pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
-        let rec = self.record(name)?;
-        let lock = self.lock_for(&rec.id);
-        let _g = lock.lock().await;
-        let rec = self.refresh(self.record(name)?).await?;
+        let (rec, _g) = self.open(name).await?;
         if !rec.state.can_remove() {
             if !force {
                 return Err(ServiceError::InvalidState {
@@ -625,11 +646,11 @@ impl Service {
             self.kill_locked(&rec).await?;
         }
         banger_helper::fault_point("daemon:rm:killed");
-        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        let vm_id = rec.id.clone();
         self.release_runtime(&rec.id).await?;
         self.helper(Request::RemoveVmState { vm_id }).await?;
         self.store.delete(&rec.id)?;
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.id);
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(rec.id.as_str());
         tracing::info!(vm = %name, "removed");
         Ok(())
     }
@@ -638,7 +659,7 @@ impl Service {
     pub async fn console(&self, name: &str, offset: u64) -> Result<(Vec<u8>, u64)> {
         use std::io::{Read, Seek, SeekFrom};
         let rec = self.record(name)?;
-        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        let vm_id = rec.id.clone();
         let path = self.dirs.console_log(&vm_id);
         let mut f = match std::fs::File::open(&path) {
             Ok(f) => f,
@@ -727,10 +748,10 @@ impl Service {
     }
 
     async fn reconcile_one(&self, rec: &VmRecord) -> Result<Reconciled> {
-        let vm_id = VmId::new(rec.id.clone()).expect("stored ids are valid");
+        let vm_id = rec.id.clone();
         let api_sock = self.dirs.api_socket(&vm_id);
         let vmm_name = if rec.vmm.is_empty() { "banger-vmm-qemu".to_string() } else { rec.vmm.clone() };
-        let mark = |state: VmState, err: Option<&str>| self.store.set_state(&rec.id, state, None, None, err);
+        let mark = |state: VmState, err: Option<&str>| self.store.set_state(&rec.id, StateUpdate::to(state).error(err));
 
         if !self.dirs.vm_run_dir(&vm_id).exists() {
             mark(VmState::Stopped, None)?;
@@ -739,7 +760,7 @@ impl Service {
             });
         }
         // Where to look: handles.json, else the database, else the socket's owner.
-        let known = handles::read(&self.dirs.handles(&vm_id)).ok().filter(|h| h.vm_id == rec.id);
+        let known = handles::read(&self.dirs.handles(&vm_id)).ok().filter(|h| h.vm_id == rec.id.as_str());
         let candidate = match &known {
             Some(h) => Some((h.pid, h.start_time)),
             None => match (rec.pid, rec.pid_start_time) {
@@ -778,7 +799,7 @@ impl Service {
                     tracing::warn!(vm = %rec.name, "VMM pid {p} is alive but its API did not answer: {e}");
                 }
                 let h = Handles {
-                    vm_id: rec.id.clone(),
+                    vm_id: rec.id.to_string(),
                     pid: p,
                     start_time: st,
                     vmm_name: vmm_name.clone(),
@@ -795,7 +816,7 @@ impl Service {
                 // runs, and `vm stop` (or `vm kill`) is legal on it again.
                 let note = (rec.state == VmState::Stopping)
                     .then_some("a stop was interrupted when the daemon stopped; the VM still runs");
-                self.store.set_state(&rec.id, VmState::Running, Some(&vmm_name), Some((p, st)), note)?;
+                self.store.set_state(&rec.id, StateUpdate::to(VmState::Running).vmm(Some(&vmm_name)).process(Some((p, st))).error(note))?;
                 Ok(Reconciled::Adopted { pid: p })
             }
         }
@@ -1009,4 +1030,193 @@ pub(crate) fn open_as(who: Identity, path: &std::path::Path, write: bool) -> std
         return Err(std::io::Error::other("not a regular file"));
     }
     Ok(f)
+}
+
+
+#[cfg(test)]
+mod tests {
+    //! The lifecycle's rules without root: a real store (SQLite in a temporary
+    //! directory), real processes for VMMs (`sleep`, checked by pid and start time as
+    //! the daemon does), and a recording fake behind [`Helper`].
+
+    use super::*;
+    use banger_helper::VmmExit;
+
+    /// Records every request; answers with `answer`.
+    struct Fake {
+        seen: Arc<Mutex<Vec<Request>>>,
+        answer: Box<dyn Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync>,
+    }
+
+    impl Helper for Fake {
+        fn call(&self, req: &Request) -> std::result::Result<Reply, ClientError> {
+            self.seen.lock().unwrap().push(req.clone());
+            (self.answer)(req)
+        }
+    }
+
+    struct T {
+        svc: Service,
+        seen: Arc<Mutex<Vec<Request>>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl T {
+        /// Request kinds the helper was asked for, in order (`op` of the wire form).
+        fn ops(&self) -> Vec<String> {
+            self.seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| serde_json::to_value(r).unwrap()["op"].as_str().unwrap().to_string())
+                .collect()
+        }
+        fn state(&self, name: &str) -> VmRecord {
+            self.svc.store.get_by_name(name).unwrap().unwrap()
+        }
+    }
+
+    fn service(answer: impl Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync + 'static) -> T {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs::under(dir.path());
+        std::fs::create_dir_all(&dirs.run).unwrap();
+        let store = Store::open(&dir.path().join("banger.db")).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let fake = Fake { seen: seen.clone(), answer: Box::new(answer) };
+        T { svc: Service::new(dirs, store, fake), seen, _dir: dir }
+    }
+
+    fn spec(name: &str) -> VmSpec {
+        serde_json::from_value(serde_json::json!({"name": name, "kernel": "/k"})).unwrap()
+    }
+
+    /// A VM recorded as running with `pid` as its VMM, its run directory in place.
+    fn running(t: &T, name: &str, id: &str, pid: i32, start_time: u64) -> VmRecord {
+        let rec = t.svc.store.insert(id, &spec(name), (0, 0)).unwrap();
+        t.svc.store.set_state(id, StateUpdate::to(VmState::Starting)).unwrap();
+        let up = StateUpdate::to(VmState::Running).vmm(Some("banger-vmm-qemu")).process(Some((pid, start_time)));
+        t.svc.store.set_state(id, up).unwrap();
+        std::fs::create_dir_all(t.svc.dirs.vm_run_dir(&rec.id)).unwrap();
+        t.state(name)
+    }
+
+    /// A pid that no longer runs (a child that exited and was reaped).
+    fn dead_pid() -> i32 {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        c.wait().unwrap();
+        c.id() as i32
+    }
+
+    fn done(req: &Request) -> std::result::Result<Reply, ClientError> {
+        Ok(match req {
+            Request::SignalVmm { .. } => Reply::Signalled { was_alive: true },
+            Request::VmmExited { .. } => Reply::Exited { exit: None },
+            Request::Launches {} => Reply::Launches { launches: Vec::new() },
+            _ => Reply::Done,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_vmm_that_died_unseen_is_recorded_with_how_it_ended_and_its_runtime_released() {
+        for (exit, state, error) in [
+            (Some(VmmExit { code: None, signal: Some(9) }), VmState::Failed, Some("the VMM ended unexpectedly (killed by signal 9)")),
+            (Some(VmmExit { code: Some(0), signal: None }), VmState::Stopped, None),
+            (None, VmState::Stopped, Some("its exit status is unknown")),
+        ] {
+            let e = exit.clone();
+            let t = service(move |r| match r {
+                Request::VmmExited { .. } => Ok(Reply::Exited { exit: e.clone() }),
+                r => done(r),
+            });
+            let pid = dead_pid();
+            running(&t, "gone", "0123456789ab", pid, 1);
+            // `stop` finds nothing to stop once it has seen the VMM is gone.
+            let vm = t.svc.stop("gone", Duration::from_secs(1)).await.unwrap();
+            assert_eq!(vm.state, state, "{exit:?}");
+            let rec = t.state("gone");
+            assert_eq!((rec.pid, rec.pid_start_time), (None, None), "{exit:?}");
+            match error {
+                Some(e) => assert!(rec.last_error.as_deref().unwrap_or_default().contains(e), "{exit:?}: {:?}", rec.last_error),
+                None => assert_eq!(rec.last_error, None),
+            }
+            assert_eq!(t.ops(), ["vmm_exited", "delete_tap", "remove_vm_runtime"], "{exit:?}");
+            let Request::VmmExited { vm_id, pid: p, start_time } = &t.seen.lock().unwrap()[0] else { unreachable!() };
+            assert_eq!((vm_id.as_str(), *p, *start_time), ("0123456789ab", pid, 1), "the helper is asked about that VMM");
+        }
+    }
+
+    #[tokio::test]
+    async fn verbs_the_state_does_not_allow_are_refused_without_asking_the_helper() {
+        let t = service(done);
+        let me = std::process::id() as i32;
+        let st = pid::start_time(me).unwrap();
+        running(&t, "live", "00000000000a", me, st);
+        match t.svc.start("live").await {
+            Err(ServiceError::InvalidState { state, action, .. }) => assert_eq!((state, action), (VmState::Running, "start")),
+            other => panic!("{other:?}"),
+        }
+        match t.svc.remove("live", false).await {
+            Err(ServiceError::InvalidState { state, action, .. }) => assert_eq!((state, action), (VmState::Running, "remove")),
+            other => panic!("{other:?}"),
+        }
+        // Stopping or killing a VM that never ran is a no-op, as `docker stop` is.
+        t.svc.store.insert("00000000000b", &spec("new"), (0, 0)).unwrap();
+        assert_eq!(t.svc.stop("new", Duration::from_secs(1)).await.unwrap().state, VmState::Created);
+        assert_eq!(t.svc.kill("new").await.unwrap().state, VmState::Created);
+        assert!(matches!(t.svc.stop("nope", Duration::from_secs(1)).await, Err(ServiceError::NotFound(_))));
+        assert_eq!(t.ops(), Vec::<String>::new(), "nothing reached the helper");
+        assert_eq!(t.state("live").state, VmState::Running);
+    }
+
+    #[tokio::test]
+    async fn kill_and_rm_force_end_exactly_the_recorded_vmm_then_release_it() {
+        for force_rm in [false, true] {
+            let child = Arc::new(Mutex::new(std::process::Command::new("sleep").arg("60").spawn().unwrap()));
+            let pid = child.lock().unwrap().id() as i32;
+            let st = pid::start_time(pid).unwrap();
+            let c = child.clone();
+            let t = service(move |r| {
+                if let Request::SignalVmm { pid: p, start_time, signal: VmmSignal::Kill, .. } = r {
+                    // The helper's own checks: the recorded (pid, start time) only.
+                    assert_eq!((*p, *start_time), (pid, st));
+                    let mut c = c.lock().unwrap();
+                    c.kill().unwrap();
+                    c.wait().unwrap();
+                }
+                done(r)
+            });
+            running(&t, "vm", "0123456789ab", pid, st);
+            if force_rm {
+                t.svc.remove("vm", true).await.unwrap();
+                assert!(t.svc.store.get_by_name("vm").unwrap().is_none());
+                assert_eq!(t.ops(), ["signal_vmm", "delete_tap", "remove_vm_runtime", "delete_tap", "remove_vm_runtime", "remove_vm_state"]);
+            } else {
+                assert_eq!(t.svc.kill("vm").await.unwrap().state, VmState::Stopped);
+                assert_eq!(t.ops(), ["signal_vmm", "delete_tap", "remove_vm_runtime"]);
+                let rec = t.state("vm");
+                assert_eq!((rec.pid, rec.pid_start_time), (None, None));
+            }
+            assert_eq!(pid::start_time(pid), None, "the VMM is gone");
+        }
+    }
+
+    #[tokio::test]
+    async fn reconcile_kills_nothing_it_cannot_identify() {
+        let t = service(done);
+        // Run directory gone (a reboot): stopped, nothing signalled.
+        let me = std::process::id() as i32;
+        let st = pid::start_time(me).unwrap();
+        let a = running(&t, "rebooted", "00000000000a", me, st);
+        std::fs::remove_dir_all(t.svc.dirs.vm_run_dir(&a.id)).unwrap();
+        // A recorded pid that is now another process (this test, not a VMM): stopped,
+        // and that process left alone.
+        running(&t, "reused", "00000000000b", me, st);
+        let out = t.svc.reconcile().await.unwrap();
+        let find = |n: &str| out.iter().find(|(name, _)| name == n).map(|(_, r)| r.clone()).unwrap();
+        assert!(matches!(find("rebooted"), Reconciled::Cleaned { reason } if reason.contains("run directory is gone")));
+        assert!(matches!(find("reused"), Reconciled::LeftAlone { reason } if reason.contains("neither adopted nor killed")));
+        assert_eq!(t.state("rebooted").state, VmState::Stopped);
+        assert_eq!(t.state("reused").state, VmState::Stopped);
+        assert!(!t.ops().contains(&"signal_vmm".to_string()), "{:?}", t.ops());
+    }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, RwLock};
 
 use banger_api::{VmName, VmSpec, VmState};
+use banger_helper::VmId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
@@ -89,12 +90,48 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("stored VM {id} has an unreadable {what}: {detail}")]
     Corrupt { id: String, what: &'static str, detail: String },
+    #[error("VM {id}: {source}")]
+    Transition {
+        id: String,
+        #[source]
+        source: banger_api::InvalidTransition,
+    },
+    #[error("VM {0} does not exist")]
+    Gone(String),
+}
+
+/// A state change, as [`Store::set_state`] records it: the new state, and what is
+/// known of the VMM with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateUpdate<'a> {
+    pub to: VmState,
+    /// The VMM binary's name; `None` keeps what is recorded.
+    pub vmm: Option<&'a str>,
+    /// The VMM's (pid, start time); `None` clears it.
+    pub process: Option<(i32, u64)>,
+    /// The VM's `last_error`; `None` clears it.
+    pub error: Option<&'a str>,
+}
+
+impl<'a> StateUpdate<'a> {
+    pub fn to(to: VmState) -> Self {
+        Self { to, vmm: None, process: None, error: None }
+    }
+    pub fn vmm(self, vmm: Option<&'a str>) -> Self {
+        Self { vmm, ..self }
+    }
+    pub fn process(self, process: Option<(i32, u64)>) -> Self {
+        Self { process, ..self }
+    }
+    pub fn error(self, error: Option<&'a str>) -> Self {
+        Self { error, ..self }
+    }
 }
 
 /// One row of `vms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmRecord {
-    pub id: String,
+    pub id: VmId,
     pub name: VmName,
     pub state: VmState,
     pub spec: VmSpec,
@@ -139,7 +176,7 @@ struct Mirror {
 
 impl Mirror {
     fn put(&mut self, r: VmRecord) {
-        self.names.insert(r.id.clone(), r.name.to_string());
+        self.names.insert(r.id.to_string(), r.name.to_string());
         self.by_name.insert(r.name.to_string(), r);
     }
 }
@@ -199,7 +236,7 @@ fn now() -> String {
 
 pub fn summary(r: &VmRecord) -> banger_api::VmSummary {
     banger_api::VmSummary {
-        id: r.id.clone(),
+        id: r.id.to_string(),
         name: r.name.clone(),
         state: r.state,
         vcpus: r.spec.vcpus,
@@ -269,8 +306,9 @@ impl VmRecordRaw {
         let name = VmName::new(self.name.clone()).map_err(|e| corrupt("name", e.to_string()))?;
         let state = VmState::parse(&self.state).ok_or_else(|| corrupt("state", self.state.clone()))?;
         let spec = serde_json::from_str(&self.spec).map_err(|e| corrupt("spec", e.to_string()))?;
+        let id = VmId::new(self.id.clone()).map_err(|e| corrupt("id", e.to_string()))?;
         Ok(VmRecord {
-            id: self.id,
+            id,
             name,
             state,
             spec,
@@ -384,27 +422,34 @@ impl Store {
 
     /// Sets the state and the runtime columns in one statement, so a crash never
     /// leaves a running state without its pid or the reverse.
-    pub fn set_state(
-        &self,
-        id: &str,
-        state: VmState,
-        vmm: Option<&str>,
-        pid: Option<(i32, u64)>,
-        last_error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE vms SET state = ?2, vmm = COALESCE(?3, vmm), pid = ?4, pid_start_time = ?5,
-                 last_error = ?6, updated_at = ?7 WHERE id = ?1",
-            params![
-                id,
-                state.as_str(),
-                vmm,
-                pid.map(|p| p.0),
-                pid.map(|p| p.1 as i64),
-                last_error,
-                now()
-            ],
-        )?;
+    /// Records a state change, if the lifecycle allows it from the stored state
+    /// ([`VmState::valid_transition`]); otherwise nothing changes.
+    pub fn set_state(&self, id: &str, u: StateUpdate<'_>) -> Result<(), StoreError> {
+        {
+            let conn = self.conn();
+            let from: Option<String> =
+                conn.query_row("SELECT state FROM vms WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+            let from = from.ok_or_else(|| StoreError::Gone(id.to_string()))?;
+            let from = VmState::parse(&from).ok_or_else(|| StoreError::Corrupt {
+                id: id.to_string(),
+                what: "state",
+                detail: from.clone(),
+            })?;
+            from.valid_transition(u.to).map_err(|source| StoreError::Transition { id: id.to_string(), source })?;
+            conn.execute(
+                "UPDATE vms SET state = ?2, vmm = COALESCE(?3, vmm), pid = ?4, pid_start_time = ?5,
+                     last_error = ?6, updated_at = ?7 WHERE id = ?1",
+                params![
+                    id,
+                    u.to.as_str(),
+                    u.vmm,
+                    u.process.map(|p| p.0),
+                    u.process.map(|p| p.1 as i64),
+                    u.error,
+                    now()
+                ],
+            )?;
+        }
         self.reload(id)?;
         Ok(())
     }
@@ -548,11 +593,37 @@ mod tests {
         assert_eq!(r.spec, spec("a"));
         assert_eq!(r.owner, Some((1000, 1000)), "the creator is kept");
         assert!(matches!(s.insert("0123456789ac", &spec("a"), (0, 0)), Err(StoreError::NameTaken(_))));
-        s.set_state(&r.id, VmState::Running, Some("banger-vmm-qemu"), Some((42, 7)), None).unwrap();
+        s.set_state(&r.id, StateUpdate::to(VmState::Starting)).unwrap();
+        let up = StateUpdate::to(VmState::Running).vmm(Some("banger-vmm-qemu")).process(Some((42, 7)));
+        s.set_state(&r.id, up).unwrap();
         let r = s.get_by_name("a").unwrap().unwrap();
         assert_eq!((r.state, r.pid, r.pid_start_time, r.vmm.as_str()), (VmState::Running, Some(42), Some(7), "banger-vmm-qemu"));
         s.delete(&r.id).unwrap();
         assert!(s.get_by_name("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_transition_the_lifecycle_does_not_allow_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let r = s.insert("0123456789ab", &spec("a"), (0, 0)).unwrap();
+        // created -> running skips the start.
+        let up = StateUpdate::to(VmState::Running).vmm(Some("firecracker")).process(Some((42, 7)));
+        match s.set_state(&r.id, up) {
+            Err(StoreError::Transition { id, source }) => {
+                assert_eq!(id, r.id.as_str());
+                assert_eq!((source.from, source.to), (VmState::Created, VmState::Running));
+            }
+            other => panic!("{other:?}"),
+        }
+        let after = s.get_by_id(&r.id).unwrap().unwrap();
+        assert_eq!(after, r, "the refused change was not recorded");
+        // A failure keeps its error and clears the process; vmm stays when not given.
+        s.set_state(&r.id, StateUpdate::to(VmState::Starting).vmm(Some("firecracker")).process(Some((5, 6)))).unwrap();
+        s.set_state(&r.id, StateUpdate::to(VmState::Failed).error(Some("boom"))).unwrap();
+        let f = s.get_by_id(&r.id).unwrap().unwrap();
+        assert_eq!((f.state, f.pid, f.pid_start_time, f.vmm.as_str(), f.last_error.as_deref()), (VmState::Failed, None, None, "firecracker", Some("boom")));
+        assert!(matches!(s.set_state("0123456789ff", StateUpdate::to(VmState::Starting)), Err(StoreError::Gone(_))));
     }
 
     #[test]
