@@ -776,4 +776,33 @@ mod tests {
         assert!(missed.status.success(), "{missed:?}");
         assert!(String::from_utf8_lossy(&missed.stdout).contains("survived the fault point"));
     }
+
+    /// Needs root (as the helper runs): the identity is taken for real.
+    #[test]
+    fn as_identity_checks_every_file_as_that_user_and_leaves_the_caller_as_it_was() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"root's").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let public = dir.path().join("public");
+        std::fs::write(&public, b"anyone's").unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let nobody = Identity { uid: 65534, gid: 65534 };
+
+        let (s, p) = as_identity(nobody, || (std::fs::read(&secret), std::fs::read(&public))).unwrap();
+        assert_eq!(s.unwrap_err().kind(), std::io::ErrorKind::PermissionDenied, "root's 0600 file");
+        assert_eq!(p.unwrap(), b"anyone's");
+        // What it creates is its own.
+        let made = dir.path().join("made");
+        as_identity(nobody, || std::fs::write(&made, b"x")).unwrap().unwrap();
+        let m = std::fs::metadata(&made).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+        // The caller's own thread is untouched, and root runs `f` in place.
+        assert_eq!(std::fs::read(&secret).unwrap(), b"root's");
+        let here = std::thread::current().id();
+        let (there, read) = as_identity(Identity { uid: 0, gid: 0 }, || (std::thread::current().id(), std::fs::read(&secret))).unwrap();
+        assert_eq!((there, read.unwrap()), (here, b"root's".to_vec()));
+    }
 }
