@@ -253,4 +253,67 @@ mod tests {
         assert!(ensure_owned_subdir(dir.path(), "evil", owner, 0o700).is_err());
         assert_eq!(fs::metadata(victim.path()).unwrap().uid(), 0);
     }
+
+    #[test]
+    fn a_planted_link_as_the_parent_is_refused_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = tempfile::tempdir().unwrap();
+        let link = dir.path().join("run");
+        std::os::unix::fs::symlink(victim.path(), &link).unwrap();
+        let e = ensure_owned_subdir(&link, "vms", Caller { uid: 4242, gid: 4242 }, 0o700).unwrap_err();
+        assert!(matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)), "{e}");
+        assert!(!victim.path().join("vms").exists(), "nothing was made through the link");
+    }
+
+    #[test]
+    fn usable_by_reads_the_owner_group_or_other_bits_that_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        fs::write(&p, b"x").unwrap();
+        std::os::unix::fs::chown(&p, Some(1000), Some(2000)).unwrap();
+        let owner = RunAs { uid: 1000, gid: 9, groups: vec![] };
+        let by_gid = RunAs { uid: 1001, gid: 2000, groups: vec![] };
+        let by_group = RunAs { uid: 1001, gid: 9, groups: vec![7, 2000] };
+        let other = RunAs { uid: 1001, gid: 9, groups: vec![7] };
+        // (mode, who, read, write)
+        let cases: [(u32, &RunAs, bool, bool); 12] = [
+            (0o600, &owner, true, true),
+            (0o400, &owner, true, false),
+            (0o200, &owner, false, false),
+            (0o066, &owner, false, false),
+            (0o060, &by_gid, true, true),
+            (0o040, &by_gid, true, false),
+            (0o606, &by_gid, false, false),
+            (0o060, &by_group, true, true),
+            (0o020, &by_group, false, false),
+            (0o006, &other, true, true),
+            (0o004, &other, true, false),
+            (0o660, &other, false, false),
+        ];
+        for (mode, who, read, write) in cases {
+            fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+            let f = File::open(&p).unwrap();
+            assert_eq!((usable_by(&f, who, false), usable_by(&f, who, true)), (read, write), "{mode:o} {who:?}");
+        }
+    }
+
+    #[test]
+    fn a_root_tree_must_be_made_of_directories_and_errors_keep_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        let e = check_root_owned(&file).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        // Made once, accepted again.
+        let base = dir.path().join("base");
+        ensure_root_dir(&base, 0o711).unwrap();
+        ensure_root_dir(&base, 0o711).unwrap();
+        // Beneath a file: the creation's own error, not a later check's.
+        let e = ensure_root_dir(&file.join("x"), 0o711).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotADirectory, "{e}");
+        // remove_tree: a missing tree is fine, any other failure is reported.
+        remove_tree(&dir.path().join("missing")).unwrap();
+        let e = remove_tree(&file.join("x")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotADirectory, "{e}");
+    }
 }
