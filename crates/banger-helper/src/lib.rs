@@ -595,6 +595,13 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_id_reads_as_its_digits() {
+        let id = VmId::new("0123456789ab").unwrap();
+        let s: &str = &id;
+        assert_eq!((s, id.as_str(), id.to_string().as_str()), ("0123456789ab", "0123456789ab", "0123456789ab"));
+    }
+
+    #[test]
     fn requests_with_bad_ids_do_not_deserialize() {
         let r: Result<Request, _> =
             serde_json::from_str(r#"{"op":"create_vm_dirs","vm_id":"../../../etc"}"#);
