@@ -2,6 +2,8 @@
 //! error body. No I/O lives here, so both ends agree on one definition of every
 //! payload and every validation rule.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::path::PathBuf;
 

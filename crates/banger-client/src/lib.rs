@@ -1,5 +1,7 @@
 //! Typed client for `bangerd`'s `/v1` API over its Unix socket, plus a raw escape hatch.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 
 use banger_api::{

@@ -11,6 +11,8 @@
 //!
 //! Nothing here spawns processes; the root helper does that with what [`launch`] builds.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod kernel;
 pub mod launch;

@@ -11,6 +11,8 @@
 //! signature first (small, capped), then the manifest against the sums, then each
 //! artefact against both, each download capped at its announced size.
 
+#![forbid(unsafe_code)]
+
 pub mod fetch;
 pub mod manifest;
 pub mod signature;

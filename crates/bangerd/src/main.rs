@@ -2,6 +2,8 @@
 //! the single-instance lock, the store, reconcile, then the API until SIGTERM.
 //! Shutting down never touches running VMs.
 
+#![forbid(unsafe_code)]
+
 mod api;
 mod disk;
 mod handles;
