@@ -1,0 +1,137 @@
+//! What a VMM boots with (the boot plan) and configuring a launched VMM over its API.
+
+use super::*;
+
+impl Service {
+    /// What the VMM is given: kernel, initrd and root disk (from the image or the
+    /// spec), the command line with the guest's network, and the NIC.
+    pub(super) fn boot_plan(&self, vm_id: &VmId, rec: &VmRecord) -> std::result::Result<BootPlan, String> {
+        let spec = &rec.spec;
+        let net = self.network();
+        let vmm = self.vmm.get().expect("helper_ping ran before serving");
+        let files = match &rec.image_digest {
+            Some(digest) => {
+                let dir = self.dirs.images().join(digest);
+                let digest = Digest::new(digest.clone()).map_err(|e| e.to_string())?;
+                let image = || spec.image.clone().unwrap_or_else(|| digest.as_str().to_string());
+                let kernel = if vmm.boots_bzimage() {
+                    ImageFile::Vmlinuz
+                } else if dir.join("vmlinux").exists() {
+                    ImageFile::Vmlinux
+                } else {
+                    return Err(format!(
+                        "image {} has no ELF vmlinux, and {} loads only an ELF kernel \
+                         (banger could not extract one from its vmlinuz; re-import it with an ELF --kernel)",
+                        image(),
+                        vmm.name
+                    ));
+                };
+                let initrd = dir
+                    .join("initrd.img")
+                    .exists()
+                    .then(|| BootFile::Image { digest: digest.clone(), file: ImageFile::Initrd });
+                BootFiles {
+                    kernel: BootFile::Image { digest, file: kernel },
+                    initrd,
+                    rootfs: Some(BootFile::VmDisk {}),
+                }
+            }
+            None => BootFiles {
+                kernel: BootFile::Named { path: spec.kernel.clone().ok_or("the VM has neither an image nor a kernel")? },
+                initrd: spec.initrd.clone().map(|path| BootFile::Named { path }),
+                rootfs: spec.rootfs.clone().map(|path| BootFile::Named { path }),
+            },
+        };
+        let mut args = spec.boot_args.clone().unwrap_or_else(|| DEFAULT_BOOT_ARGS.into());
+        let nic = match &rec.ip {
+            Some(ip) => {
+                let addr: std::net::Ipv4Addr = ip.parse().map_err(|_| format!("bad stored address {ip}"))?;
+                args.push_str(&format!(
+                    " net.ifnames=0 banger.ip={ip}/{} banger.gw={} banger.hostname={}",
+                    net.prefix_len, net.gateway, rec.name
+                ));
+                let o = addr.octets();
+                let mac = format!("06:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+                Some((NetworkConfig::tap_name(vm_id), mac))
+            }
+            None => None,
+        };
+        Ok(BootPlan { vcpus: spec.vcpus, memory_mib: spec.memory_mib, files, boot_args: args, nic })
+    }
+}
+
+/// Everything the VMM is configured with.
+#[derive(Debug, Clone)]
+pub(super) struct BootPlan {
+    vcpus: u32,
+    memory_mib: u32,
+    /// Kernel, initrd and disk, by id: the helper opens them and says which paths the
+    /// VMM's API gets (host paths, or the jail's `/kernel`, `/initrd`, `/rootfs`).
+    pub(super) files: BootFiles,
+    boot_args: String,
+    /// (tap, guest MAC)
+    pub(super) nic: Option<(String, String)>,
+}
+
+/// Waits until the VMM is ready, then configures and starts it.
+pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Result<(), String> {
+    // The VM's configuration (its disk, its tap) goes only to the VMM just launched.
+    let client = banger_fc::Client::new(&l.api_sock).with_peer(l.pid);
+    let deadline = Instant::now() + API_READY_TIMEOUT;
+    loop {
+        if pid::start_time(l.pid) != Some(l.start_time) {
+            return Err("the VMM exited before its API socket answered".into());
+        }
+        if client.instance_info().await.is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the VMM's API socket did not answer within {API_READY_TIMEOUT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let e = |e: banger_fc::ClientError| chain(&e);
+    client
+        .put_machine_config(&MachineConfiguration {
+            vcpu_count: plan.vcpus,
+            mem_size_mib: plan.memory_mib,
+            smt: None,
+            track_dirty_pages: None,
+            huge_pages: None,
+        })
+        .await
+        .map_err(e)?;
+    client
+        .put_boot_source(&BootSource {
+            kernel_image_path: l.paths.kernel.clone(),
+            initrd_path: l.paths.initrd.clone(),
+            boot_args: Some(plan.boot_args.clone()),
+        })
+        .await
+        .map_err(e)?;
+    if let Some((tap, mac)) = &plan.nic {
+        client
+            .put_network_interface(&banger_fc::models::NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: tap.clone(),
+                guest_mac: Some(mac.clone()),
+            })
+            .await
+            .map_err(e)?;
+    }
+    if let Some(rootfs) = &l.paths.rootfs {
+        client
+            .put_drive(&Drive {
+                drive_id: "rootfs".into(),
+                is_root_device: true,
+                path_on_host: Some(rootfs.clone()),
+                is_read_only: Some(false),
+                cache_type: None,
+                io_engine: None,
+            })
+            .await
+            .map_err(e)?;
+    }
+    client.clone().with_timeout(INSTANCE_START_TIMEOUT).instance_start().await.map_err(e)?;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! `vm start`: launch the VMM through the helper, configure it over its API, start the guest.
+
+use super::*;
+
+impl Service {
+    pub async fn start(&self, name: &str) -> Result<Vm> {
+        let (rec, _g) = self.open(name).await?;
+        if !rec.state.can_start() {
+            return Err(ServiceError::InvalidState {
+                name: name.into(),
+                state: rec.state,
+                action: "start",
+                hint: "",
+            });
+        }
+        let vm_id = rec.id.clone();
+        self.store.set_state(&rec.id, StateUpdate::to(VmState::Starting))?;
+        // Only this boot's console lines explain this boot's failure.
+        let console_from = std::fs::metadata(self.dirs.console_log(&vm_id)).map(|m| m.len()).unwrap_or(0);
+        match self.launch_and_boot(&vm_id, &rec).await {
+            Ok(l) => {
+                self.store.set_state(&rec.id, StateUpdate::to(VmState::Running).vmm(Some(&l.vmm_name)).process(Some((l.pid, l.start_time))))?;
+                tracing::info!(vm = %rec.name, pid = l.pid, "running");
+            }
+            Err((launched, reason)) => {
+                if let Some(l) = &launched {
+                    let _ = self.kill_and_wait(&vm_id, l.pid, l.start_time).await;
+                }
+                let _ = self.release_runtime(&rec.id).await;
+                let reason = with_console_tail(
+                    &reason,
+                    Some((&self.dirs.console_log(&vm_id), console_from)),
+                    &self.dirs.vmm_log(&vm_id),
+                );
+                self.store.set_state(&rec.id, StateUpdate::to(VmState::Failed).vmm(launched.as_ref().map(|l| l.vmm_name.as_str())).error(Some(&reason)))?;
+                tracing::warn!(vm = %rec.name, "start failed: {reason}");
+                return Err(ServiceError::StartFailed { name: name.into(), reason });
+            }
+        }
+        Ok(self.to_api(&self.record(name)?))
+    }
+
+    /// Launch through the helper, record the handles, configure over the API and start
+    /// the instance. On failure returns what was launched (to kill) and why.
+    async fn launch_and_boot(
+        &self,
+        vm_id: &VmId,
+        rec: &VmRecord,
+    ) -> std::result::Result<Launched, (Option<Launched>, String)> {
+        let fail = |l: Option<&Launched>, e: String| (l.cloned(), e);
+        self.helper(Request::CreateVmDirs { vm_id: vm_id.clone() }).await.map_err(|e| fail(None, chain(&e)))?;
+        let _ = std::fs::remove_file(self.dirs.handles(vm_id));
+        let plan = self.boot_plan(vm_id, rec).map_err(|e| fail(None, e))?;
+        let reply = self
+            .helper(Request::LaunchVmm {
+                vm_id: vm_id.clone(),
+                files: plan.files.clone(),
+                owner: rec.owner.map(|(uid, gid)| Identity { uid, gid }),
+            })
+            .await
+            .map_err(|e| fail(None, chain(&e)))?;
+        let Reply::Launched(l) = reply else {
+            return Err(fail(None, format!("unexpected helper reply {reply:?}")));
+        };
+        banger_helper::fault_point("daemon:start:launched");
+        let h = Handles {
+            vm_id: vm_id.to_string(),
+            pid: l.pid,
+            start_time: l.start_time,
+            vmm_name: l.vmm_name.clone(),
+            api_sock: l.api_sock.clone(),
+            chroot: l.chroot.clone(),
+            pidfile: l.pidfile.clone(),
+        };
+        handles::write(&self.dirs.handles(vm_id), &h)
+            .map_err(|e| fail(Some(&l), format!("cannot write handles.json: {e}")))?;
+        self.store
+            .set_state(&rec.id, StateUpdate::to(VmState::Starting).vmm(Some(&l.vmm_name)).process(Some((l.pid, l.start_time))))
+            .map_err(|e| fail(Some(&l), chain(&e)))?;
+        banger_helper::fault_point("daemon:start:saved");
+        if let Some((tap, _)) = &plan.nic {
+            let ip = rec.ip.as_deref().unwrap_or_default().parse().map_err(|_| fail(Some(&l), "no address".into()))?;
+            self.helper(Request::CreateTap { vm_id: vm_id.clone(), guest_ip: ip })
+                .await
+                .map_err(|e| fail(Some(&l), format!("{tap}: {}", chain(&e))))?;
+        }
+        configure(&l, &plan).await.map_err(|e| fail(Some(&l), e))?;
+        banger_helper::fault_point("daemon:start:configured");
+        Ok(l)
+    }
+}
