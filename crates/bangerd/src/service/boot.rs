@@ -5,26 +5,21 @@ use super::*;
 impl Service {
     /// What the VMM is given: kernel, initrd and root disk (from the image or the
     /// spec), the command line with the guest's network, and the NIC.
-    pub(super) fn boot_plan(&self, vm_id: &VmId, rec: &VmRecord) -> std::result::Result<BootPlan, String> {
+    pub(super) fn boot_plan(&self, vm_id: &VmId, rec: &VmRecord) -> std::result::Result<BootPlan, BootError> {
         let spec = &rec.spec;
         let net = self.network();
         let vmm = self.vmm.get().expect("helper_ping ran before serving");
         let files = match &rec.image_digest {
             Some(digest) => {
                 let dir = self.dirs.images().join(digest);
-                let digest = Digest::new(digest.clone()).map_err(|e| e.to_string())?;
+                let digest = Digest::new(digest.clone()).map_err(BootError::Digest)?;
                 let image = || spec.image.clone().unwrap_or_else(|| digest.as_str().to_string());
                 let kernel = if vmm.boots_bzimage() {
                     ImageFile::Vmlinuz
                 } else if dir.join("vmlinux").exists() {
                     ImageFile::Vmlinux
                 } else {
-                    return Err(format!(
-                        "image {} has no ELF vmlinux, and {} loads only an ELF kernel \
-                         (banger could not extract one from its vmlinuz; re-import it with an ELF --kernel)",
-                        image(),
-                        vmm.name
-                    ));
+                    return Err(BootError::NoElfKernel { image: image(), vmm: vmm.name.clone() });
                 };
                 let initrd = dir
                     .join("initrd.img")
@@ -37,7 +32,7 @@ impl Service {
                 }
             }
             None => BootFiles {
-                kernel: BootFile::Named { path: spec.kernel.clone().ok_or("the VM has neither an image nor a kernel")? },
+                kernel: BootFile::Named { path: spec.kernel.clone().ok_or(BootError::NoKernel)? },
                 initrd: spec.initrd.clone().map(|path| BootFile::Named { path }),
                 rootfs: spec.rootfs.clone().map(|path| BootFile::Named { path }),
             },
@@ -45,7 +40,7 @@ impl Service {
         let mut args = spec.boot_args.clone().unwrap_or_else(|| DEFAULT_BOOT_ARGS.into());
         let nic = match &rec.ip {
             Some(ip) => {
-                let addr: std::net::Ipv4Addr = ip.parse().map_err(|_| format!("bad stored address {ip}"))?;
+                let addr: std::net::Ipv4Addr = ip.parse().map_err(|_| BootError::Address(ip.clone()))?;
                 args.push_str(&format!(
                     " net.ifnames=0 banger.ip={ip}/{} banger.gw={} banger.hostname={}",
                     net.prefix_len, net.gateway, rec.name
@@ -58,6 +53,29 @@ impl Service {
         };
         Ok(BootPlan { vcpus: spec.vcpus, memory_mib: spec.memory_mib, files, boot_args: args, nic })
     }
+}
+
+/// Why a VM could not be planned for its VMM, or its VMM not configured.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BootError {
+    #[error(
+        "image {image} has no ELF vmlinux, and {vmm} loads only an ELF kernel \
+         (banger could not extract one from its vmlinuz; re-import it with an ELF --kernel)"
+    )]
+    NoElfKernel { image: String, vmm: String },
+    #[error("the VM's stored image digest is invalid")]
+    Digest(#[source] banger_helper::ArgError),
+    #[error("the VM has neither an image nor a kernel")]
+    NoKernel,
+    #[error("bad stored address {0}")]
+    Address(String),
+    #[error("the VMM exited before its API socket answered")]
+    VmmExited,
+    #[error("the VMM's API socket did not answer within {0:?}")]
+    ApiNotReady(Duration),
+    /// The VMM refused a configuration call (its own `fault_message` inside).
+    #[error(transparent)]
+    Api(#[from] banger_fc::ClientError),
 }
 
 /// Everything the VMM is configured with.
@@ -74,23 +92,22 @@ pub(super) struct BootPlan {
 }
 
 /// Waits until the VMM is ready, then configures and starts it.
-pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Result<(), String> {
+pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Result<(), BootError> {
     // The VM's configuration (its disk, its tap) goes only to the VMM just launched.
     let client = banger_fc::Client::new(&l.api_sock).with_peer(l.pid);
     let deadline = Instant::now() + API_READY_TIMEOUT;
     loop {
         if pid::start_time(l.pid) != Some(l.start_time) {
-            return Err("the VMM exited before its API socket answered".into());
+            return Err(BootError::VmmExited);
         }
         if client.instance_info().await.is_ok() {
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("the VMM's API socket did not answer within {API_READY_TIMEOUT:?}"));
+            return Err(BootError::ApiNotReady(API_READY_TIMEOUT));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let e = |e: banger_fc::ClientError| chain(&e);
     client
         .put_machine_config(&MachineConfiguration {
             vcpu_count: plan.vcpus,
@@ -100,7 +117,7 @@ pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Res
             huge_pages: None,
         })
         .await
-        .map_err(e)?;
+        ?;
     client
         .put_boot_source(&BootSource {
             kernel_image_path: l.paths.kernel.clone(),
@@ -108,7 +125,7 @@ pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Res
             boot_args: Some(plan.boot_args.clone()),
         })
         .await
-        .map_err(e)?;
+        ?;
     if let Some((tap, mac)) = &plan.nic {
         client
             .put_network_interface(&banger_fc::models::NetworkInterface {
@@ -117,7 +134,7 @@ pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Res
                 guest_mac: Some(mac.clone()),
             })
             .await
-            .map_err(e)?;
+            ?;
     }
     if let Some(rootfs) = &l.paths.rootfs {
         client
@@ -130,8 +147,8 @@ pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Res
                 io_engine: None,
             })
             .await
-            .map_err(e)?;
+            ?;
     }
-    client.clone().with_timeout(INSTANCE_START_TIMEOUT).instance_start().await.map_err(e)?;
+    client.clone().with_timeout(INSTANCE_START_TIMEOUT).instance_start().await?;
     Ok(())
 }

@@ -1,6 +1,31 @@
 //! `vm start`: launch the VMM through the helper, configure it over its API, start the guest.
 
 use super::*;
+use boot::BootError;
+
+/// Why a start failed, before the console's tail is added to it.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StartError {
+    /// The root helper failed or refused (its reason inside).
+    #[error(transparent)]
+    Helper(Box<ServiceError>),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("the root helper answered the launch with {0:?}")]
+    UnexpectedReply(Box<Reply>),
+    #[error("cannot write handles.json")]
+    Handles(#[source] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the VM has no address for its tap")]
+    NoAddress,
+    #[error("{tap}")]
+    Tap {
+        tap: String,
+        #[source]
+        source: Box<ServiceError>,
+    },
+}
 
 impl Service {
     pub async fn start(&self, name: &str) -> Result<Vm> {
@@ -22,7 +47,8 @@ impl Service {
                 self.store.set_state(&rec.id, StateUpdate::to(VmState::Running).vmm(Some(&l.vmm_name)).process(Some((l.pid, l.start_time))))?;
                 tracing::info!(vm = %rec.name, pid = l.pid, "running");
             }
-            Err((launched, reason)) => {
+            Err((launched, e)) => {
+                let reason = chain(&e);
                 if let Some(l) = &launched {
                     let _ = self.kill_and_wait(&vm_id, l.pid, l.start_time).await;
                 }
@@ -46,11 +72,12 @@ impl Service {
         &self,
         vm_id: &VmId,
         rec: &VmRecord,
-    ) -> std::result::Result<Launched, (Option<Launched>, String)> {
-        let fail = |l: Option<&Launched>, e: String| (l.cloned(), e);
-        self.helper(Request::CreateVmDirs { vm_id: vm_id.clone() }).await.map_err(|e| fail(None, chain(&e)))?;
+    ) -> std::result::Result<Launched, (Option<Launched>, StartError)> {
+        let fail = |l: Option<&Launched>, e: StartError| (l.cloned(), e);
+        let helper = |e: ServiceError| StartError::Helper(Box::new(e));
+        self.helper(Request::CreateVmDirs { vm_id: vm_id.clone() }).await.map_err(|e| fail(None, helper(e)))?;
         let _ = std::fs::remove_file(self.dirs.handles(vm_id));
-        let plan = self.boot_plan(vm_id, rec).map_err(|e| fail(None, e))?;
+        let plan = self.boot_plan(vm_id, rec).map_err(|e| fail(None, e.into()))?;
         let reply = self
             .helper(Request::LaunchVmm {
                 vm_id: vm_id.clone(),
@@ -58,9 +85,9 @@ impl Service {
                 owner: rec.owner.map(|(uid, gid)| Identity { uid, gid }),
             })
             .await
-            .map_err(|e| fail(None, chain(&e)))?;
+            .map_err(|e| fail(None, helper(e)))?;
         let Reply::Launched(l) = reply else {
-            return Err(fail(None, format!("unexpected helper reply {reply:?}")));
+            return Err(fail(None, StartError::UnexpectedReply(Box::new(reply))));
         };
         banger_helper::fault_point("daemon:start:launched");
         let h = Handles {
@@ -73,18 +100,18 @@ impl Service {
             pidfile: l.pidfile.clone(),
         };
         handles::write(&self.dirs.handles(vm_id), &h)
-            .map_err(|e| fail(Some(&l), format!("cannot write handles.json: {e}")))?;
+            .map_err(|e| fail(Some(&l), StartError::Handles(e)))?;
         self.store
             .set_state(&rec.id, StateUpdate::to(VmState::Starting).vmm(Some(&l.vmm_name)).process(Some((l.pid, l.start_time))))
-            .map_err(|e| fail(Some(&l), chain(&e)))?;
+            .map_err(|e| fail(Some(&l), e.into()))?;
         banger_helper::fault_point("daemon:start:saved");
         if let Some((tap, _)) = &plan.nic {
-            let ip = rec.ip.as_deref().unwrap_or_default().parse().map_err(|_| fail(Some(&l), "no address".into()))?;
+            let ip = rec.ip.as_deref().unwrap_or_default().parse().map_err(|_| fail(Some(&l), StartError::NoAddress))?;
             self.helper(Request::CreateTap { vm_id: vm_id.clone(), guest_ip: ip })
                 .await
-                .map_err(|e| fail(Some(&l), format!("{tap}: {}", chain(&e))))?;
+                .map_err(|e| fail(Some(&l), StartError::Tap { tap: tap.clone(), source: Box::new(e) }))?;
         }
-        configure(&l, &plan).await.map_err(|e| fail(Some(&l), e))?;
+        configure(&l, &plan).await.map_err(|e| fail(Some(&l), e.into()))?;
         banger_helper::fault_point("daemon:start:configured");
         Ok(l)
     }
