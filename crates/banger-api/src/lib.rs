@@ -27,6 +27,23 @@ pub const MIN_MEMORY_MIB: u32 = 128;
 /// Largest memory size, in MiB (1 TiB); a typo guard, not a capacity check.
 pub const MAX_MEMORY_MIB: u32 = 1024 * 1024;
 
+/// An error and its causes on one line, as banger prints errors everywhere (the CLI's
+/// stderr, the daemon's error bodies and logs): `error: cause: cause`. A cause whose
+/// text the line already holds (an error that quotes its source) is not repeated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// Why a value was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ValidationError {
@@ -749,5 +766,26 @@ mod tests {
             assert_eq!(s.can_stop(), s.valid_transition(Stopping).is_ok(), "{s}");
             assert_eq!(s.can_kill(), s.valid_transition(Stopped).is_ok(), "{s}");
         }
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_and_never_says_a_cause_twice() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Leaf(&'static str);
+        #[derive(Debug, thiserror::Error)]
+        #[error("{msg}")]
+        struct Wrap {
+            msg: String,
+            #[source]
+            source: Box<dyn std::error::Error + Send + Sync>,
+        }
+        let leaf = || Box::new(Leaf("Permission denied (os error 13)"));
+        let e = Wrap { msg: "cannot start VM a".into(), source: Box::new(Wrap { msg: "cannot open /k".into(), source: leaf() }) };
+        assert_eq!(error_chain(&e), "cannot start VM a: cannot open /k: Permission denied (os error 13)");
+        // A layer that already quotes its cause.
+        let quoted = Wrap { msg: "the helper refused: VMMs never run as root".into(), source: Box::new(Leaf("VMMs never run as root")) };
+        assert_eq!(error_chain(&quoted), "the helper refused: VMMs never run as root");
+        assert_eq!(error_chain(&Leaf("alone")), "alone");
     }
 }

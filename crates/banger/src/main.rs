@@ -121,19 +121,7 @@ async fn run(cli: &Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
+use banger_api::error_chain as chain;
 
 fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);

@@ -412,17 +412,8 @@ async fn wait_gone(p: i32, st: u64, timeout: Duration) -> bool {
 }
 
 
-/// An error and its causes on one line.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+/// An error and its causes on one line (the one formatter: [`banger_api::error_chain`]).
+pub use banger_api::error_chain as chain;
 
 /// Appends the last lines of the console (from `offset`: this boot's part) and of the
 /// VMM log (one per boot), which usually say why.
