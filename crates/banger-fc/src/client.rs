@@ -36,6 +36,14 @@ pub enum Error {
         #[source]
         source: hyper::Error,
     },
+    /// The reply was cut, broken, or longer than [`MAX_REPLY`].
+    #[error("cannot read the VMM's reply to {method} {uri} (at most {MAX_REPLY} bytes)")]
+    Reply {
+        method: Method,
+        uri: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the VMM did not answer {method} {uri} within {timeout:?}")]
     Timeout { method: Method, uri: String, timeout: Duration },
     /// The VMM refused the request; `fault_message` is Firecracker's text, verbatim.
@@ -50,6 +58,12 @@ pub enum Error {
         source: serde_json::Error,
     },
 }
+
+/// The longest reply body read from a VMM (Firecracker's largest, `GET /vm/config`,
+/// is a few KiB).
+pub const MAX_REPLY: usize = 1 << 20;
+/// The longest `fault_message` kept: it ends up in a VM's `last_error`.
+pub const MAX_FAULT_MESSAGE: usize = 4096;
 
 /// Client for one VMM's API socket.
 #[derive(Debug, Clone)]
@@ -191,19 +205,38 @@ impl Client {
             .expect("request parts are valid");
         let resp = sender.send_request(req).await.map_err(http_err)?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(http_err)?.to_bytes();
+        // What a VMM answers is bounded: a VMM its guest took over could stream
+        // without end at the daemon, which reads every reply.
+        let bytes = http_body_util::Limited::new(resp.into_body(), MAX_REPLY)
+            .collect()
+            .await
+            .map_err(|source| Error::Reply { method: method.clone(), uri: uri.into(), source })?
+            .to_bytes();
         Ok((status, bytes))
     }
 }
 
+/// `s` cut to [`MAX_FAULT_MESSAGE`] bytes (at a character boundary).
+fn truncated(mut s: String) -> String {
+    if s.len() > MAX_FAULT_MESSAGE {
+        let mut end = MAX_FAULT_MESSAGE;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
 fn fault(method: Method, uri: &str, status: StatusCode, body: &[u8]) -> Error {
     match serde_json::from_slice::<FaultBody>(body) {
-        Ok(f) => Error::Fault { method, uri: uri.into(), status, fault_message: f.fault_message },
+        Ok(f) => Error::Fault { method, uri: uri.into(), status, fault_message: truncated(f.fault_message) },
         Err(_) => Error::Unexpected {
             method,
             uri: uri.into(),
             status,
-            body: String::from_utf8_lossy(body).into_owned(),
+            body: truncated(String::from_utf8_lossy(body).into_owned()),
         },
     }
 }
@@ -339,5 +372,41 @@ mod tests {
         drop(conn);
         let r = Client::new(&sock).with_peer(me).with_timeout(Duration::from_millis(200)).instance_info().await;
         assert!(matches!(r, Err(Error::Timeout { .. })), "the right peer is talked to: {r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_vmm_that_answers_without_end_is_cut_off_and_its_faults_are_bounded() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        // Answers every request: an endless chunked body, then (next connection) a
+        // fault far longer than a message.
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (mut c, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                if n == 0 {
+                    let _ = c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await;
+                    let chunk = format!("{:x}\r\n{}\r\n", 65536, "x".repeat(65536));
+                    while c.write_all(chunk.as_bytes()).await.is_ok() {}
+                } else {
+                    let body = format!("{{\"fault_message\":\"{}\"}}", "y".repeat(100_000));
+                    let head = format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n", body.len());
+                    let _ = c.write_all(head.as_bytes()).await;
+                    let _ = c.write_all(body.as_bytes()).await;
+                }
+            }
+        });
+        let c = Client::new(&sock).with_peer(std::process::id() as i32);
+        match c.instance_info().await {
+            Err(Error::Reply { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        match c.send_ctrl_alt_del().await {
+            Err(Error::Fault { fault_message, .. }) => assert_eq!(fault_message.len(), MAX_FAULT_MESSAGE + 3),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -49,9 +49,9 @@ pub fn find_pid_in(proc_root: &Path, api_sock: &Path, exec_name: &str) -> Result
         api_sock.parent().unwrap_or(Path::new("/")).join(target)
     };
     let pidfile = target.parent().unwrap_or(Path::new("/")).join(format!("{exec_name}.pid"));
-    let content = match fs::read_to_string(&pidfile) {
-        Ok(c) => c,
-        Err(_) => return Err(PidError::PidfileMissing(pidfile)),
+    let content = match read_pidfile(&pidfile) {
+        Some(c) => c,
+        None => return Err(PidError::PidfileMissing(pidfile)),
     };
     let pid = match content.trim().parse::<i32>() {
         Ok(p) if p > 0 => p,
@@ -65,6 +65,26 @@ pub fn find_pid_in(proc_root: &Path, api_sock: &Path, exec_name: &str) -> Result
         return Err(PidError::WrongComm { pid, path: pidfile, expected, actual });
     }
     Ok(pid)
+}
+
+/// A pidfile's first bytes, if it is a regular file reached without following a
+/// link at its own name. Whoever can change the socket's link chooses this path, so
+/// a FIFO (which would block), a device (`/dev/zero`, which never ends) or a link to
+/// one is refused, and at most 32 bytes are read.
+fn read_pidfile(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut buf = String::new();
+    f.take(32).read_to_string(&mut buf).ok()?;
+    Some(buf)
 }
 
 /// The kernel keeps the first 15 bytes of the executable's name in `comm`.
@@ -365,5 +385,28 @@ mod tests {
         // The same argument in another directory names another socket.
         assert!(find_pid(&other.path().join("api.sock"), "sh").is_err());
         assert!(find_pid(&dir.path().join("api.sock.qmp"), "sh").is_err());
+    }
+
+    #[test]
+    fn a_pidfile_that_is_a_link_a_fifo_or_a_device_is_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let jail = d.path().join("jail");
+        std::fs::create_dir(&jail).unwrap();
+        symlink(jail.join("firecracker.socket"), d.path().join("api.sock")).unwrap();
+        let pidfile = jail.join("firecracker.pid");
+        // A link to an endless device.
+        symlink("/dev/zero", &pidfile).unwrap();
+        assert!(matches!(find_pid(&d.path().join("api.sock"), "firecracker"), Err(PidError::PidfileMissing(_))));
+        std::fs::remove_file(&pidfile).unwrap();
+        // A FIFO: refused at once, not waited on.
+        nix::unistd::mkfifo(&pidfile, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(find_pid(&d.path().join("api.sock"), "firecracker"), Err(PidError::PidfileMissing(_))));
+        std::fs::remove_file(&pidfile).unwrap();
+        // A regular file far longer than a pid: only its start is read.
+        std::fs::write(&pidfile, format!("{}{}", std::process::id(), " ".repeat(1 << 20))).unwrap();
+        match find_pid(&d.path().join("api.sock"), "firecracker") {
+            Err(PidError::WrongComm { pid, .. }) => assert_eq!(pid, std::process::id() as i32),
+            other => panic!("{other:?}"),
+        }
     }
 }

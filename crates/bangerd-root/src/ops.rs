@@ -188,7 +188,7 @@ impl Helper {
                 Ok(Reply::Exited { exit })
             }
             Request::SignalVmm { vm_id, pid, start_time, signal } => {
-                self.signal(vm_id, *pid, *start_time, *signal)
+                self.signal(caller, vm_id, *pid, *start_time, *signal)
             }
             Request::RemoveVmRuntime { vm_id } => {
                 self.end_recorded(vm_id)?;
@@ -767,7 +767,7 @@ impl Helper {
         }))
     }
 
-    fn signal(&self, id: &VmId, p: i32, start_time: u64, sig: VmmSignal) -> Response {
+    fn signal(&self, caller: Caller, id: &VmId, p: i32, start_time: u64, sig: VmmSignal) -> Response {
         if p <= 1 {
             return Err(failed(format!("refusing to signal pid {p}")));
         }
@@ -780,7 +780,9 @@ impl Helper {
         // socket (an exact argument, or the jail's pidfile with the VMM's comm). A
         // process merely named like a VMM is not enough: it may be anyone's.
         let recorded = self.read_record(id).is_some_and(|r| (r.pid, r.start_time) == (p, start_time));
-        let identified = recorded || pid::find_pid(&sock, &self.vmm_name) == Ok(p);
+        // The socket's link and the pidfile beside its target are the caller's to
+        // change: they are followed with the caller's rights only.
+        let identified = recorded || caller_does(caller, || Ok(pid::find_pid(&sock, &self.vmm_name)))? == Ok(p);
         if !identified {
             return Err(failed(format!(
                 "pid {p} is not the VMM of VM {id}; it was not signalled"

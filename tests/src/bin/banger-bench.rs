@@ -1,25 +1,21 @@
 //! banger-bench: side-by-side figures for docs/performance.md.
 //!
 //! 1. `vm create` + `vm start` until InstanceStart returns (guest boot excluded),
-//!    against the floor: the same VMM launched and configured by hand with the same
-//!    API calls by `scripts/bench-floor` (curl over the socket). Runs alternate so a
-//!    noisy machine hits both sides alike; medians and the ratio are printed.
+//!    against the floor: the same VMM binary launched and configured from this one
+//!    process with the same API calls banger makes (banger_fc's client; no shell, no
+//!    curl), its tap made here too with the same ioctls. Runs alternate so a noisy
+//!    machine hits both sides alike; medians and the ratio are printed. With
+//!    banger-vmm-qemu (the test guest and its disk) and, with `--vmm firecracker`,
+//!    the real Firecracker (its tiny guest, no disk).
 //! 2. `vm list` with 1,000 VMs in the store against `vm list` with 1.
-//!
 //! 3. Disk clones of a 1 GiB and an 8 GiB image, per method (reflink on a
 //!    loop-mounted btrfs, sparse copy on ext4), through `vm create`, beside `cp`.
 //! 4. `vm run` to SSH-ready, split into banger's steps and the guest's boot.
-//! 5. Daemon start to ready with 0, 10 and 30 running VMs (reconcile cost).
+//! 5. Daemon start to ready with 0, 10 and 30 running VMs (reconcile cost); with
+//!    `--vmm firecracker`, live jailed Firecracker VMs and bangerd's memory.
 //!
-//! 6. With `--vmm firecracker`: the real Firecracker (scripts/firecracker-assets) and
-//!    its tiny guest. `start` against a floor that launches the same firecracker and
-//!    makes the same API calls from this one process (banger_fc's client, no shell,
-//!    no curl; banger's VMs also get a tap, the floor does not); `reconcile` with 0,
-//!    10 and 30 live VMs (bangerd restarted, the helper kept) and bangerd's memory.
-//!
-//! Usage: banger-bench [--runs N] [--list-vms N] [--only start,list,disk,run,reconcile]
-//!                     [--vmm qemu|firecracker]
-//! (needs root, scripts/guest-assets, and for `run` the cached Debian test image)
+//! Needs root, scripts/guest-assets (and scripts/firecracker-assets for
+//! `--vmm firecracker`), and for `run` the cached Debian test image.
 
 use std::path::Path;
 use std::process::Command;
@@ -36,34 +32,30 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn only(part: &str) -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)) {
-        Some(list) => list.split(',').any(|p| p == part),
-        None => true,
-    }
-}
-
-fn firecracker_chosen() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2).any(|w| w[0] == "--vmm" && w[1] == "firecracker")
+/// What to measure; every figure of a part is printed with its floor.
+#[derive(Debug, clap::Parser)]
+#[command(name = "banger-bench", about = "Side-by-side figures for docs/performance.md")]
+struct Args {
+    /// Runs per figure (medians are printed).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// VMs in the store for the `list` part.
+    #[arg(long, default_value_t = 1000)]
+    list_vms: usize,
+    /// Parts to run (default: all).
+    #[arg(long, value_delimiter = ',', value_parser = ["start", "list", "disk", "run", "reconcile"])]
+    only: Vec<String>,
+    /// The VMM banger runs.
+    #[arg(long, default_value = "qemu", value_parser = ["qemu", "firecracker"])]
+    vmm: String,
 }
 
 fn main() {
-    let runs = arg("--runs", 20);
-    let list_vms = arg("--list-vms", 1000);
-    if firecracker_chosen() {
+    let a = <Args as clap::Parser>::parse();
+    let only = |part: &str| a.only.is_empty() || a.only.iter().any(|p| p == part);
+    if a.vmm == "firecracker" {
         if only("start") {
-            fc::bench_start(runs);
+            fc::bench_start(a.runs);
         }
         if only("reconcile") {
             fc::bench_reconcile();
@@ -71,10 +63,10 @@ fn main() {
         return;
     }
     if only("start") {
-        bench_start(runs);
+        bench_start(a.runs);
     }
     if only("list") {
-        bench_list(runs, list_vms);
+        bench_list(a.runs, a.list_vms);
     }
     if only("disk") {
         bench_disk();
@@ -87,9 +79,116 @@ fn main() {
     }
 }
 
+/// The floor's own tap, made as the helper makes one (TUNSETIFF, TUNSETPERSIST on
+/// /dev/net/tun, in the environment's network namespace) and removed after.
+mod tap {
+    use std::os::fd::AsRawFd;
+
+    nix::ioctl_write_int!(tunsetiff, b'T', 202);
+    nix::ioctl_write_int!(tunsetpersist, b'T', 203);
+
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+
+    /// Sets `name` persistent (`on`) or removes it.
+    pub fn persist(name: &str, on: bool) {
+        const IFF_TAP: libc::c_short = 0x0002;
+        const IFF_NO_PI: libc::c_short = 0x1000;
+        const IFF_VNET_HDR: libc::c_short = 0x4000;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").expect("/dev/net/tun");
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+        for (d, s) in req.name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: an open /dev/net/tun and a properly laid out struct ifreq.
+        unsafe {
+            tunsetiff(f.as_raw_fd(), &req as *const IfReq as u64).expect("TUNSETIFF");
+            tunsetpersist(f.as_raw_fd(), on as u64).expect("TUNSETPERSIST");
+        }
+    }
+}
+
+/// What the floor's VMM is given, as banger gives it.
+pub struct FloorVm<'a> {
+    pub vmm: &'a Path,
+    pub kernel: &'a Path,
+    pub initrd: Option<&'a Path>,
+    pub rootfs: Option<&'a Path>,
+    pub memory_mib: u32,
+}
+
+/// The floor, once: in `netns`, make a tap, launch the VMM, wait for its API socket,
+/// PUT machine-config, boot-source, the NIC and the root drive, InstanceStart.
+/// Returns the time from before the tap to InstanceStart's answer.
+pub fn floor_once(rt: &tokio::runtime::Runtime, netns: &banger_tests::Netns, vm: &FloorVm) -> Duration {
+    use banger_fc::models::{BootSource, Drive, MachineConfiguration, NetworkInterface};
+    let dir = tempfile::Builder::new().prefix("fl").tempdir_in("/tmp").unwrap();
+    let sock = dir.path().join("api.sock");
+    let console = std::fs::File::create(dir.path().join("console.log")).unwrap();
+    let tap_name = "bgfloor0";
+    let t = Instant::now();
+    netns.run(|| tap::persist(tap_name, true));
+    let mut cmd = Command::new(vm.vmm);
+    cmd.arg("--api-sock").arg(&sock).args(["--id", "floor"]);
+    cmd.stdin(std::process::Stdio::null()).stdout(console.try_clone().unwrap()).stderr(console);
+    netns.enter(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    rt.block_on(async {
+        let c = banger_fc::Client::new(&sock).with_timeout(Duration::from_secs(60));
+        while c.instance_info().await.is_err() {
+            tokio::task::yield_now().await;
+        }
+        c.put_machine_config(&MachineConfiguration {
+            vcpu_count: 1,
+            mem_size_mib: vm.memory_mib,
+            smt: None,
+            track_dirty_pages: None,
+            huge_pages: None,
+        })
+        .await
+        .unwrap();
+        c.put_boot_source(&BootSource {
+            kernel_image_path: vm.kernel.display().to_string(),
+            initrd_path: vm.initrd.map(|p| p.display().to_string()),
+            boot_args: Some("console=ttyS0 reboot=k panic=1".into()),
+        })
+        .await
+        .unwrap();
+        c.put_network_interface(&NetworkInterface {
+            iface_id: "eth0".into(),
+            host_dev_name: tap_name.into(),
+            guest_mac: Some("06:00:0a:00:00:02".into()),
+        })
+        .await
+        .unwrap();
+        if let Some(rootfs) = vm.rootfs {
+            c.put_drive(&Drive {
+                drive_id: "rootfs".into(),
+                is_root_device: true,
+                path_on_host: Some(rootfs.display().to_string()),
+                is_read_only: Some(false),
+                cache_type: None,
+                io_engine: None,
+            })
+            .await
+            .unwrap();
+        }
+        c.instance_start().await.unwrap();
+    });
+    let d = t.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    netns.run(|| tap::persist(tap_name, false));
+    d
+}
+
 fn bench_start(runs: usize) {
     let g = guest();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
     // --- 1. start latency against the floor ---
     let mut env = Env::new();
@@ -112,23 +211,22 @@ fn bench_start(runs: usize) {
         ours.push(t.elapsed());
         env.ok(&["vm", "rm", "--force", &name]);
 
-        let dir = tempfile::Builder::new().prefix("fl").tempdir_in("/tmp").unwrap();
-        let t = Instant::now();
-        let out = Command::new(repo.join("scripts/bench-floor"))
-            .arg(bin("banger-vmm-qemu"))
-            .arg(dir.path())
-            .args([&g.kernel, &g.initrd, &disk])
-            .output()
-            .unwrap();
-        floor.push(t.elapsed());
-        assert!(out.status.success(), "floor script failed: {}", String::from_utf8_lossy(&out.stderr));
-        let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("floor prints the VMM pid");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        floor.push(floor_once(
+            &rt,
+            &env.netns,
+            &FloorVm {
+                vmm: &bin("banger-vmm-qemu"),
+                kernel: &g.kernel,
+                initrd: Some(&g.initrd),
+                rootfs: Some(&disk),
+                memory_mib: 256,
+            },
+        ));
         let _ = std::fs::remove_file(&disk);
     }
     let (o, f) = (median(ours.clone()), median(floor.clone()));
     println!("start: banger vm create + vm start (median of {runs}): {:.1} ms", ms(o));
-    println!("start: floor, curl over the socket (median of {runs}):  {:.1} ms", ms(f));
+    println!("start: floor, same VMM and calls from one process, tap included (median of {runs}): {:.1} ms", ms(f));
     println!("start: ratio banger / floor: {:.3}", o.as_secs_f64() / f.as_secs_f64());
     println!(
         "start: banger min/max {:.1}/{:.1} ms, floor min/max {:.1}/{:.1} ms",
@@ -340,62 +438,17 @@ mod banger_client_for_bench {
 mod fc {
     use std::time::{Duration, Instant};
 
-    use banger_fc::models::{BootSource, MachineConfiguration};
     use banger_tests::{Env, firecracker, wait_for};
 
     use super::{median, ms};
-
-    /// The floor: firecracker launched and configured from this process with the
-    /// calls banger makes (machine-config, boot-source, InstanceStart).
-    fn floor_once(rt: &tokio::runtime::Runtime) -> Duration {
-        let fc = firecracker();
-        let dir = tempfile::Builder::new().prefix("fl").tempdir_in("/tmp").unwrap();
-        let sock = dir.path().join("api.sock");
-        let console = std::fs::File::create(dir.path().join("console.log")).unwrap();
-        let t = Instant::now();
-        let mut child = std::process::Command::new(&fc.firecracker)
-            .arg("--api-sock")
-            .arg(&sock)
-            .args(["--id", "floor"])
-            .stdin(std::process::Stdio::null())
-            .stdout(console.try_clone().unwrap())
-            .stderr(console)
-            .spawn()
-            .unwrap();
-        rt.block_on(async {
-            let c = banger_fc::Client::new(&sock);
-            while c.instance_info().await.is_err() {
-                tokio::task::yield_now().await;
-            }
-            c.put_machine_config(&MachineConfiguration {
-                vcpu_count: 1,
-                mem_size_mib: 128,
-                smt: None,
-                track_dirty_pages: None,
-                huge_pages: None,
-            })
-            .await
-            .unwrap();
-            c.put_boot_source(&BootSource {
-                kernel_image_path: fc.tiny_guest.display().to_string(),
-                initrd_path: None,
-                boot_args: Some("console=ttyS0 reboot=k panic=1".into()),
-            })
-            .await
-            .unwrap();
-            c.instance_start().await.unwrap();
-        });
-        let d = t.elapsed();
-        let _ = child.kill();
-        let _ = child.wait();
-        d
-    }
 
     pub fn bench_start(runs: usize) {
         let fc = firecracker();
         let k = fc.tiny_guest.to_str().unwrap().to_string();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let mut env = Env::with_firecracker(false, None);
+        // Jailed: a root daemon runs Firecracker only through the jailer (VMMs never
+        // run as root). The floor runs the bare binary: the least machinery.
+        let mut env = Env::with_firecracker(true, None);
         env.start();
         let (mut ours, mut floor) = (Vec::new(), Vec::new());
         for i in 0..runs {
@@ -405,7 +458,11 @@ mod fc {
             env.ok(&["vm", "start", &name]);
             ours.push(t.elapsed());
             env.ok(&["vm", "rm", "--force", &name]);
-            floor.push(floor_once(&rt));
+            floor.push(super::floor_once(
+                &rt,
+                &env.netns,
+                &super::FloorVm { vmm: &fc.firecracker, kernel: &fc.tiny_guest, initrd: None, rootfs: None, memory_mib: 128 },
+            ));
         }
         let (o, f) = (median(ours), median(floor));
         println!("firecracker start: banger vm create + vm start (median of {runs}): {:.1} ms", ms(o));
@@ -425,7 +482,7 @@ mod fc {
     pub fn bench_reconcile() {
         let fc = firecracker();
         let k = fc.tiny_guest.to_str().unwrap().to_string();
-        let mut env = Env::with_firecracker(false, None);
+        let mut env = Env::with_firecracker(true, None);
         env.start();
         let mut booted = 0;
         let (mut medians, mut rss) = (Vec::new(), Vec::new());

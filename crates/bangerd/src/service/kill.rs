@@ -22,7 +22,12 @@ impl Service {
                 lock.lock().await
             }
         };
-        let rec = self.refresh(self.record(name)?).await?;
+        let now = self.record(name)?;
+        if now.id != rec.id {
+            // Removed and made anew under the same name while we waited: not this VM.
+            return Err(ServiceError::NotFound(name.to_string()));
+        }
+        let rec = self.refresh(now).await?;
         if !rec.state.can_kill() {
             return Ok(self.to_api(&rec));
         }
