@@ -94,21 +94,25 @@ mod tap {
         _pad: [u8; 22],
     }
 
-    /// Sets `name` persistent (`on`) or removes it.
-    pub fn persist(name: &str, on: bool) {
+    /// Sets `name` persistent (`on`) or removes it (EBUSY while a VMM still holds it).
+    pub fn persist(name: &str, on: bool) -> nix::Result<()> {
         const IFF_TAP: libc::c_short = 0x0002;
         const IFF_NO_PI: libc::c_short = 0x1000;
         const IFF_VNET_HDR: libc::c_short = 0x4000;
         let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").expect("/dev/net/tun");
+        if name.len() >= libc::IFNAMSIZ {
+            return Err(nix::errno::Errno::ENAMETOOLONG);
+        }
         let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
         for (d, s) in req.name.iter_mut().zip(name.bytes()) {
             *d = s as libc::c_char;
         }
         // SAFETY: an open /dev/net/tun and a properly laid out struct ifreq.
         unsafe {
-            tunsetiff(f.as_raw_fd(), &req as *const IfReq as u64).expect("TUNSETIFF");
-            tunsetpersist(f.as_raw_fd(), on as u64).expect("TUNSETPERSIST");
+            tunsetiff(f.as_raw_fd(), &req as *const IfReq as u64)?;
+            tunsetpersist(f.as_raw_fd(), on as u64)?;
         }
+        Ok(())
     }
 }
 
@@ -129,9 +133,11 @@ pub fn floor_once(rt: &tokio::runtime::Runtime, netns: &banger_tests::Netns, vm:
     let dir = tempfile::Builder::new().prefix("fl").tempdir_in("/tmp").unwrap();
     let sock = dir.path().join("api.sock");
     let console = std::fs::File::create(dir.path().join("console.log")).unwrap();
-    let tap_name = "bgfloor0";
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let tap_name = format!("bgfl{}", RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let tap_name = tap_name.as_str();
     let t = Instant::now();
-    netns.run(|| tap::persist(tap_name, true));
+    netns.run(|| tap::persist(tap_name, true)).expect("the floor's tap");
     let mut cmd = Command::new(vm.vmm);
     cmd.arg("--api-sock").arg(&sock).args(["--id", "floor"]);
     cmd.stdin(std::process::Stdio::null()).stdout(console.try_clone().unwrap()).stderr(console);
@@ -182,7 +188,10 @@ pub fn floor_once(rt: &tokio::runtime::Runtime, netns: &banger_tests::Netns, vm:
     let d = t.elapsed();
     let _ = child.kill();
     let _ = child.wait();
-    netns.run(|| tap::persist(tap_name, false));
+    // The VMM's own children (QEMU) let go of the tap as they die.
+    banger_tests::wait_for(Duration::from_secs(10), "the floor's tap to be free", || {
+        netns.run(|| tap::persist(tap_name, false)).is_ok()
+    });
     d
 }
 
