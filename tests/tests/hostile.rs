@@ -339,3 +339,22 @@ fn links_the_daemon_s_user_plants_where_the_helper_starts_reach_nothing_of_root_
         assert_eq!(inside, vec![std::ffi::OsString::from("root-owned")], "{what}: something was made in root's directory");
     }
 }
+
+/// Members act on their own VMs only: another's (here root's) VM is listed, and
+/// nothing more: no console, no details (its errors may quote the console), no verb.
+#[test]
+fn a_member_cannot_read_or_act_on_a_vm_another_user_created() {
+    let (env, _) = member_env();
+    let g = guest();
+    env.ok(&["vm", "create", "roots", "--kernel", g.kernel.to_str().unwrap()]);
+    let listed = member(&env, &["--json", "vm", "list"]);
+    assert!(listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains("roots"), "{}", stderr(&listed));
+    for verb in [&["vm", "show", "roots"][..], &["vm", "logs", "roots"], &["vm", "start", "roots"], &["vm", "stop", "roots"], &["vm", "kill", "roots"], &["vm", "rm", "-f", "roots"]] {
+        let out = member(&env, verb);
+        assert_eq!(out.status.code(), Some(6), "{verb:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("VM roots belongs to uid 0; only its creator"), "{verb:?}: {}", stderr(&out));
+    }
+    let vm = env.json(&["vm", "show", "roots"]);
+    assert_eq!(vm["state"], "created", "nothing the member asked for happened: {vm}");
+    env.ok(&["vm", "rm", "roots"]);
+}

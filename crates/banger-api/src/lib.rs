@@ -473,6 +473,8 @@ pub struct DaemonInfo {
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     BadRequest,
+    /// The caller may not act on this (a VM another member created).
+    Forbidden,
     NotFound,
     Conflict,
     Internal,

@@ -134,6 +134,7 @@ fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
                     ErrorKind::NotFound => exit::NOT_FOUND,
                     ErrorKind::Conflict => exit::CONFLICT,
                     ErrorKind::BadRequest => exit::INVALID,
+                    ErrorKind::Forbidden => exit::PERMISSION,
                     ErrorKind::Internal => exit::FAILURE,
                 },
                 _ => exit::FAILURE,

@@ -70,6 +70,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match self.0.kind {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,7 +112,12 @@ async fn create_vm(
     Ok((StatusCode::CREATED, Json(s.service.create(spec, identity(peer)).await?)))
 }
 
-async fn show_vm(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult<impl IntoResponse> {
+async fn show_vm(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> AppResult<impl IntoResponse> {
+    s.service.authorize(&name, identity(peer))?;
     Ok(Json(s.service.get(&name).await?))
 }
 
@@ -123,22 +129,31 @@ struct RemoveQuery {
 
 async fn remove_vm(
     State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
     Path(name): Path<String>,
     Query(q): Query<RemoveQuery>,
 ) -> AppResult<impl IntoResponse> {
+    s.service.authorize(&name, identity(peer))?;
     s.service.remove(&name, q.force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn start_vm(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult<impl IntoResponse> {
+async fn start_vm(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> AppResult<impl IntoResponse> {
+    s.service.authorize(&name, identity(peer))?;
     Ok(Json(s.service.start(&name).await?))
 }
 
 async fn stop_vm(
     State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
     Path(name): Path<String>,
     body: Result<Json<StopRequest>, JsonRejection>,
 ) -> AppResult<impl IntoResponse> {
+    s.service.authorize(&name, identity(peer))?;
     let req = match body {
         Ok(Json(r)) => r,
         // An empty body means the defaults.
@@ -150,7 +165,12 @@ async fn stop_vm(
     Ok(Json(s.service.stop(&name, timeout).await?))
 }
 
-async fn kill_vm(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult<impl IntoResponse> {
+async fn kill_vm(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> AppResult<impl IntoResponse> {
+    s.service.authorize(&name, identity(peer))?;
     Ok(Json(s.service.kill(&name).await?))
 }
 
@@ -162,9 +182,11 @@ struct LogsQuery {
 
 async fn vm_logs(
     State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
     Path(name): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> AppResult<impl IntoResponse> {
+    s.service.authorize(&name, identity(peer))?;
     let (bytes, next) = s.service.console(&name, q.offset).await?;
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/octet-stream"));

@@ -51,6 +51,8 @@ pub enum ServiceError {
     BuildArgument(#[from] banger_helper::ArgError),
     #[error("no VM named {0:?}")]
     NotFound(String),
+    #[error("VM {name} belongs to uid {owner}; only its creator, root and the daemon's user may act on it")]
+    NotOwner { name: String, owner: u32 },
     #[error("a VM named {0} already exists")]
     NameTaken(String),
     #[error("no free guest address left in {0}; remove a VM or configure a larger subnet")]
@@ -102,6 +104,7 @@ impl ServiceError {
             | ServiceError::BuildArgument(_)
             | ServiceError::ImportRefused { .. }
             | ServiceError::FileRefused { .. } => ErrorKind::BadRequest,
+            ServiceError::NotOwner { .. } => ErrorKind::Forbidden,
             ServiceError::NotFound(_) | ServiceError::ImageNotFound(_) => ErrorKind::NotFound,
             ServiceError::NameTaken(_)
             | ServiceError::InvalidState { .. }
@@ -215,6 +218,21 @@ impl Service {
             return Err(ServiceError::NotFound(name.to_string()));
         }
         Ok((self.refresh(rec).await?, guard))
+    }
+
+    /// Whether `who` may act on VM `name`: its creator, root, and the daemon's own
+    /// user (who owns all of banger's state anyway). Other members of group
+    /// `banger` see it in `vm list` and nothing more: not its console, its errors or
+    /// its verbs. A VM recorded before creators were (schema < 3) is root's.
+    pub fn authorize(&self, name: &str, who: Identity) -> Result<()> {
+        if who.uid == 0 || who.uid == nix::unistd::geteuid().as_raw() {
+            return Ok(());
+        }
+        let rec = self.record(name)?;
+        match rec.owner {
+            Some((uid, _)) if uid == who.uid => Ok(()),
+            owner => Err(ServiceError::NotOwner { name: name.into(), owner: owner.map_or(0, |(uid, _)| uid) }),
+        }
     }
 
     fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -674,5 +692,27 @@ mod tests {
         assert_eq!(t.state("rebooted").state, VmState::Stopped);
         assert_eq!(t.state("reused").state, VmState::Stopped);
         assert!(!t.ops().contains(&"signal_vmm".to_string()), "{:?}", t.ops());
+    }
+
+    #[tokio::test]
+    async fn members_act_on_their_own_vms_only() {
+        let t = service(done);
+        t.svc.store.insert("00000000000a", &spec("alices"), (1000, 1000)).unwrap();
+        t.svc.store.insert("00000000000b", &spec("roots"), (0, 0)).unwrap();
+        let alice = Identity { uid: 1000, gid: 1000 };
+        let bob = Identity { uid: 1001, gid: 1000 };
+        t.svc.authorize("alices", alice).unwrap();
+        for (who, vm, owner) in [(bob, "alices", 1000), (alice, "roots", 0)] {
+            match t.svc.authorize(vm, who) {
+                Err(ServiceError::NotOwner { name, owner: o }) => assert_eq!((name.as_str(), o), (vm, owner)),
+                other => panic!("{who:?} on {vm}: {other:?}"),
+            }
+        }
+        assert_eq!(ServiceError::NotOwner { name: "x".into(), owner: 0 }.kind(), ErrorKind::Forbidden);
+        // Root and the daemon's own user act on any VM.
+        t.svc.authorize("alices", Identity { uid: 0, gid: 0 }).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        t.svc.authorize("alices", Identity { uid: me, gid: me }).unwrap();
+        assert!(matches!(t.svc.authorize("nope", bob), Err(ServiceError::NotFound(_))));
     }
 }
