@@ -187,4 +187,44 @@ mod tests {
         drop((other, many));
         assert_eq!(slots.lock().unwrap().total, 0);
     }
+
+    /// A request over a real socket through `serve`: the handler sees the caller's
+    /// SO_PEERCRED identity, bodies over the limit are refused before the handler
+    /// runs, and `serve` returns once shutdown is asked for.
+    #[tokio::test]
+    async fn serve_hands_handlers_the_caller_and_bounds_bodies_and_stops_on_shutdown() {
+        use axum::routing::{get, post};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("bangerd.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let app = Router::new()
+            .route("/who", get(|axum::Extension(p): axum::Extension<Peer>| async move { format!("{}:{}", p.uid, p.gid) }))
+            .route("/echo", post(|body: axum::body::Bytes| async move { body.len().to_string() }))
+            .layer(axum::middleware::from_fn(bounded_body));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, async { let _ = stopped.await; }, Duration::from_secs(5)));
+        let ask = |req: Vec<u8>| {
+            let sock = sock.clone();
+            async move {
+                let mut c = tokio::net::UnixStream::connect(&sock).await.unwrap();
+                c.write_all(&req).await.unwrap();
+                let mut out = Vec::new();
+                c.read_to_end(&mut out).await.unwrap();
+                String::from_utf8_lossy(&out).into_owned()
+            }
+        };
+        let me = format!("{}:{}", nix::unistd::geteuid(), nix::unistd::getegid());
+        let who = ask(b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec()).await;
+        assert!(who.starts_with("HTTP/1.1 200") && who.ends_with(&me), "{who}");
+        let small = ask(b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello".to_vec()).await;
+        assert!(small.starts_with("HTTP/1.1 200") && small.ends_with("\r\n5"), "{small}");
+        let mut big = format!("POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1).into_bytes();
+        big.extend(std::iter::repeat_n(b'x', MAX_BODY + 1));
+        let big = ask(big).await;
+        assert!(big.starts_with("HTTP/1.1 413"), "{}", &big[..big.len().min(200)]);
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server).await.expect("serve returns on shutdown").unwrap();
+        assert!(tokio::net::UnixStream::connect(&sock).await.is_err(), "the listener is closed");
+    }
 }
