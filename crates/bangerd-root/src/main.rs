@@ -15,7 +15,6 @@ mod safe;
 mod spawn;
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
@@ -333,10 +332,16 @@ fn bind(sock: &std::path::Path) -> Result<UnixListener> {
         std::fs::remove_file(sock)
             .with_context(|| format!("cannot remove stale socket {}", sock.display()))?;
     }
-    let listener =
-        UnixListener::bind(sock).with_context(|| format!("cannot bind {}", sock.display()))?;
-    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o666))?;
-    Ok(listener)
+    // The socket is made 0666 by bind itself (umask 0111 for that one call), never
+    // chmodded by path afterwards: the run directory is the daemon's user's, who could
+    // swap the name for a link to a file of root's between bind and a chmod (root
+    // would then make that file 0666), and no caller ever sees the socket with
+    // another mode (a race the tests met: a non-root CLI refused, then starting a
+    // second helper).
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o111));
+    let bound = UnixListener::bind(sock);
+    nix::sys::stat::umask(old);
+    bound.with_context(|| format!("cannot bind {}", sock.display()))
 }
 
 fn serve(helper: &ops::Helper, conn: UnixStream, allow_uid: u32) -> Result<()> {
@@ -393,4 +398,44 @@ fn vmm_user(name: &str) -> Result<Option<(String, safe::RunAs)>> {
     let cname = std::ffi::CString::new(name)?;
     let groups = nix::unistd::getgrouplist(&cname, u.gid)?.into_iter().map(|g| g.as_raw()).collect();
     Ok(Some((name.to_string(), safe::RunAs { uid: u.uid.as_raw(), gid: u.gid.as_raw(), groups })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    /// Runs the test below alone in a child process: bind sets the process-wide
+    /// umask for a moment, which the other tests of this binary must not see.
+    #[test]
+    fn the_socket_is_born_0666_and_a_planted_link_is_replaced_not_followed() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::bind_alone", "--ignored", "--test-threads=1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+
+    /// The helper's socket is born 0666 (nothing is chmodded by a path the daemon's
+    /// user could swap), a link planted at its name is replaced, not followed, and the
+    /// process's umask is what it was.
+    #[test]
+    #[ignore = "run alone by the_socket_is_born_0666_and_a_planted_link_is_replaced_not_followed"]
+    fn bind_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"root's").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let sock = d.path().join("root.sock");
+        std::os::unix::fs::symlink(&victim, &sock).unwrap();
+        let before = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
+        let _listener = super::bind(&sock).unwrap();
+        let after = nix::sys::stat::umask(before);
+        assert_eq!(after.bits(), 0o027, "the umask is restored");
+        let m = std::fs::symlink_metadata(&sock).unwrap();
+        assert!(m.file_type().is_socket(), "{:?}", m.file_type());
+        assert_eq!(m.permissions().mode() & 0o777, 0o666);
+        let v = std::fs::metadata(&victim).unwrap();
+        assert_eq!((v.permissions().mode() & 0o777, std::fs::read(&victim).unwrap()), (0o600, b"root's".to_vec()));
+    }
 }

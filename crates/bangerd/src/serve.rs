@@ -81,6 +81,33 @@ fn take_slot(slots: &Arc<Mutex<Slots>>, uid: u32) -> Option<Slot> {
     Some(Slot { slots: slots.clone(), uid })
 }
 
+/// How often a repeated warning is logged at most: a caller that makes the daemon
+/// refuse or fail thousands of times a second must not fill the disk with its log.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// A rate limit for one repeated warning: [`Every::due`] says whether to log now, and
+/// how many events the line stands for (this one and those not logged since).
+struct Every {
+    every: Duration,
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl Every {
+    fn new(every: Duration) -> Self {
+        Self { every, last: None, since: 0 }
+    }
+
+    fn due(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.since += 1;
+        if self.last.is_some_and(|l| now.duration_since(l) < self.every) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
 /// Reads the whole body within [`BODY_TIMEOUT`] and [`MAX_BODY`], so no handler ever
 /// waits on a caller that stopped sending.
 pub async fn bounded_body(req: Request, next: Next) -> Response {
@@ -109,8 +136,8 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Mutex::new(Slots::default()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut refused_since_log = 0u64;
-    let mut last_log = std::time::Instant::now() - Duration::from_secs(60);
+    let mut accept_log = Every::new(LOG_EVERY);
+    let mut refused_log = Every::new(LOG_EVERY);
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -119,9 +146,8 @@ pub async fn serve(
                 Err(e) => {
                     // Out of descriptors (or another transient error): wait instead of
                     // spinning on a listener that stays readable.
-                    if last_log.elapsed() > Duration::from_secs(5) {
+                    if accept_log.due(std::time::Instant::now()).is_some() {
                         tracing::warn!("accept failed: {e}; pausing");
-                        last_log = std::time::Instant::now();
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -133,11 +159,8 @@ pub async fn serve(
         let peer = Peer { uid: cred.uid(), gid: cred.gid() };
         let Some(slot) = take_slot(&slots, peer.uid) else {
             // Closed at once, unread: a caller over its share learns it by EOF.
-            refused_since_log += 1;
-            if last_log.elapsed() > Duration::from_secs(5) {
-                tracing::warn!(uid = peer.uid, refused = refused_since_log, "connection limit reached; refusing connections");
-                refused_since_log = 0;
-                last_log = std::time::Instant::now();
+            if let Some(refused) = refused_log.due(std::time::Instant::now()) {
+                tracing::warn!(uid = peer.uid, refused, "connection limit reached; refusing connections");
             }
             continue;
         };
@@ -173,6 +196,10 @@ mod tests {
         let mine: Vec<_> = (0..MAX_PER_UID).map(|_| take_slot(&slots, 1000).expect("under the cap")).collect();
         assert!(take_slot(&slots, 1000).is_none(), "one uid is capped");
         let other = take_slot(&slots, 1001).expect("another uid still gets in");
+        let mut mine = mine;
+        mine.truncate(MAX_PER_UID - 3);
+        assert_eq!(slots.lock().unwrap().per_uid.get(&1000), Some(&(MAX_PER_UID - 3)), "each release counts once");
+        assert!(take_slot(&slots, 1000).is_some(), "a released slot can be taken again");
         drop(mine);
         assert_eq!(slots.lock().unwrap().per_uid.get(&1000), None, "released slots are returned");
         let mut many = Vec::new();
@@ -226,5 +253,18 @@ mod tests {
         stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), server).await.expect("serve returns on shutdown").unwrap();
         assert!(tokio::net::UnixStream::connect(&sock).await.is_err(), "the listener is closed");
+    }
+
+    #[test]
+    fn a_repeated_warning_is_logged_once_per_period_with_what_it_stands_for() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut e = Every::new(Duration::from_secs(5));
+        assert_eq!(e.due(at(0)), Some(1), "the first one is logged");
+        assert_eq!(e.due(at(1000)), None);
+        assert_eq!(e.due(at(4999)), None);
+        assert_eq!(e.due(at(5000)), Some(3), "the period is over: this one and the two held back");
+        assert_eq!(e.due(at(5001)), None);
+        assert_eq!(e.due(at(20_000)), Some(2));
     }
 }
