@@ -775,14 +775,20 @@ impl Helper {
             // Gone, or the pid now belongs to another process: nothing to do.
             return Ok(Reply::Signalled { was_alive: false });
         }
-        let sock = self.dirs.api_socket(id);
-        // This VM's VMM: the one its launch record names, or the one serving its
-        // socket (an exact argument, or the jail's pidfile with the VMM's comm). A
-        // process merely named like a VMM is not enough: it may be anyone's.
+        // This VM's VMM: the one its launch record names (root's record, written
+        // before that process could run: spawn.rs), or else the one serving its
+        // socket (an exact argument, or the jail's pidfile with the VMM's comm) *and*
+        // running as the user this caller's VMMs run as. The socket's link and that
+        // pidfile are the caller's to write, so they are followed with the caller's
+        // rights, and what they name is believed only for a process of the VMM user:
+        // never root's, nor anyone else's that is merely called like the VMM.
         let recorded = self.read_record(id).is_some_and(|r| (r.pid, r.start_time) == (p, start_time));
-        // The socket's link and the pidfile beside its target are the caller's to
-        // change: they are followed with the caller's rights only.
-        let identified = recorded || caller_does(caller, || Ok(pid::find_pid(&sock, &self.vmm_name)))? == Ok(p);
+        let identified = recorded || {
+            let sock = self.dirs.api_socket(id);
+            let served = caller_does(caller, || Ok(pid::find_pid(&sock, &self.vmm_name)))? == Ok(p);
+            let vmm_uid = self.vmm_identity(caller).ok().map(|r| r.uid);
+            served && vmm_uid.is_some() && fs::metadata(format!("/proc/{p}")).ok().map(|m| std::os::unix::fs::MetadataExt::uid(&m)) == vmm_uid
+        };
         if !identified {
             return Err(failed(format!(
                 "pid {p} is not the VMM of VM {id}; it was not signalled"
@@ -966,6 +972,38 @@ mod tests {
         h.handle(NOBODY, &Request::RemoveVmState { vm_id: id() }).unwrap_or_else(|f| panic!("{}", f.message));
         assert_eq!(fs::read(&root_file).unwrap(), b"root's");
         assert_eq!(fs::metadata(&root_file).unwrap().uid(), 0);
+    }
+
+    /// The daemon's user points the VM's socket at a directory of its own whose
+    /// pidfile names a process of root's called like the VMM: a process the launch
+    /// record does not name is believed only if it runs as the VMM user, so root's
+    /// process lives.
+    #[test]
+    fn signal_believes_the_launch_record_not_a_pidfile_the_caller_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = nobody_s(dir.path());
+        h.handle(NOBODY, &Request::CreateVmDirs { vm_id: id() }).unwrap();
+        let mut victim = std::process::Command::new("/bin/sleep").arg("60").spawn().unwrap();
+        let vpid = victim.id() as i32;
+        let st = pid::start_time(vpid).unwrap();
+        let theirs = dir.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        fs::write(theirs.join("sleep.pid"), vpid.to_string()).unwrap();
+        let vmm_dir = h.dirs.vmm_dir(&id());
+        fs::create_dir_all(&vmm_dir).unwrap();
+        std::os::unix::fs::symlink(theirs.join("firecracker.socket"), h.dirs.api_socket(&id())).unwrap();
+        for d in [&theirs, &vmm_dir] {
+            std::os::unix::fs::chown(d, Some(NOBODY.uid), Some(NOBODY.gid)).unwrap();
+        }
+        // (The planted link does lead to that process: banger-fc's own lookup finds it.)
+        assert_eq!(pid::find_pid(&h.dirs.api_socket(&id()), "sleep"), Ok(vpid));
+        let f = h
+            .handle(NOBODY, &Request::SignalVmm { vm_id: id(), pid: vpid, start_time: st, signal: VmmSignal::Kill })
+            .unwrap_err();
+        assert!(f.message.contains("not the VMM"), "{}", f.message);
+        assert!(victim.try_wait().unwrap().is_none(), "root's process was signalled");
+        let _ = victim.kill();
+        let _ = victim.wait();
     }
 
     #[test]
