@@ -97,8 +97,17 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
         };
         if !helper_answers(dirs) {
             let log = dirs.state.join("bangerd-root.log");
-            spawn_detached(&bin_dir.join("bangerd-root"), &state_args, &log)?;
-            wait_until(Duration::from_secs(10), &log, "bangerd-root", || async { helper_answers(dirs) }).await?;
+            if nix::unistd::geteuid().is_root() {
+                spawn_detached(&bin_dir.join("bangerd-root"), &state_args, &log)?;
+            }
+            // Only root can start the root helper; anyone else waits for it (it may be
+            // starting right now) and is told how to start it.
+            let ready = wait_until(Duration::from_secs(10), &log, "bangerd-root", || async { helper_answers(dirs) }).await;
+            if !nix::unistd::geteuid().is_root() {
+                ready.context("the root helper is not running, and only root can start it: `sudo banger daemon start`")?;
+            } else {
+                ready?;
+            }
         }
         if !daemon_answers(dirs).await {
             let log = dirs.state.join("bangerd.log");
