@@ -61,7 +61,11 @@ pub fn guest() -> Guest {
         rootfs: root.join("rootfs.ext4"),
     };
     for p in [&g.kernel, &g.initrd, &g.rootfs] {
-        assert!(p.exists(), "{} is missing: run scripts/guest-assets (scripts/test does)", p.display());
+        assert!(
+            p.exists(),
+            "{} is missing: run scripts/guest-assets (scripts/test does)",
+            p.display()
+        );
     }
     g
 }
@@ -115,7 +119,11 @@ pub fn firecracker() -> Firecracker {
         stubborn_guest: root.join("tiny-guest-stubborn"),
     };
     for p in [&f.firecracker, &f.jailer, &f.tiny_guest, &f.stubborn_guest] {
-        assert!(p.exists(), "{} is missing: run scripts/firecracker-assets (scripts/test does)", p.display());
+        assert!(
+            p.exists(),
+            "{} is missing: run scripts/firecracker-assets (scripts/test does)",
+            p.display()
+        );
     }
     f
 }
@@ -125,7 +133,9 @@ pub fn vmm_user() -> (u32, u32) {
     let u = nix::unistd::User::from_name("banger-vmm")
         .ok()
         .flatten()
-        .expect("the system user banger-vmm is missing: run scripts/install-deps (scripts/test does)");
+        .expect(
+            "the system user banger-vmm is missing: run scripts/install-deps (scripts/test does)",
+        );
     (u.uid.as_raw(), u.gid.as_raw())
 }
 
@@ -134,7 +144,10 @@ static NEXT_ENV: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::ne
 impl Env {
     pub fn new() -> Self {
         // Short paths keep Unix socket paths far below the 108-byte limit.
-        let dir = tempfile::Builder::new().prefix("bg").tempdir_in("/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("bg")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         Self::in_dir(dir)
     }
 
@@ -181,7 +194,8 @@ impl Env {
 
     /// Makes this environment's helper launch `vmm` instead of banger-vmm-qemu.
     pub fn use_vmm(&mut self, vmm: &Path) {
-        self.helper_args.extend(["--vmm".into(), vmm.display().to_string()]);
+        self.helper_args
+            .extend(["--vmm".into(), vmm.display().to_string()]);
     }
 
     /// An environment whose helper launches the real Firecracker, directly or through
@@ -191,8 +205,15 @@ impl Env {
         let mut e = Self::new();
         e.helper_args = vec!["--vmm".into(), fc.firecracker.display().to_string()];
         if jailed {
-            let base = tempfile::Builder::new().prefix("bgjail").tempdir_in("/dev/shm").expect("jail base");
-            std::fs::set_permissions(base.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+            let base = tempfile::Builder::new()
+                .prefix("bgjail")
+                .tempdir_in("/dev/shm")
+                .expect("jail base");
+            std::fs::set_permissions(
+                base.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o711),
+            )
+            .unwrap();
             e.helper_args.extend([
                 "--jailer".into(),
                 fc.jailer.display().to_string(),
@@ -211,7 +232,8 @@ impl Env {
     /// the helper allowing it): the system-mode setup, where VMMs run as that user.
     pub fn run_daemon_as(&mut self, uid: u32) {
         std::os::unix::fs::chown(self.state(), Some(uid), Some(uid)).unwrap();
-        self.helper_args.extend(["--allow-uid".into(), uid.to_string()]);
+        self.helper_args
+            .extend(["--allow-uid".into(), uid.to_string()]);
         self.daemon_uid = Some(uid);
     }
 
@@ -334,7 +356,11 @@ impl Env {
             c.env("BANGER_FAULT", f);
         }
         let out = c.output().expect("run banger");
-        assert!(out.status.success(), "daemon start failed: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "daemon start failed: {}",
+            stderr(&out)
+        );
     }
 
     /// This environment's root helper, not yet run: its arguments, network and log
@@ -346,7 +372,9 @@ impl Env {
             .open(self.state().join("bangerd-root.log"))
             .expect("log");
         let mut c = Command::new(bin("bangerd-root"));
-        c.arg("--state-dir").arg(self.state()).args(&self.helper_args);
+        c.arg("--state-dir")
+            .arg(self.state())
+            .args(&self.helper_args);
         self.net_env(&mut c);
         self.netns.enter(&mut c);
         c.stdout(log.try_clone().expect("log")).stderr(log);
@@ -360,11 +388,17 @@ impl Env {
         let disk = self.state().join(format!("{name}.ext4"));
         std::fs::copy(&g.rootfs, &disk).expect("copy the test disk");
         self.json(&[
-            "vm", "create", name,
-            "--kernel", g.kernel.to_str().unwrap(),
-            "--initrd", g.initrd.to_str().unwrap(),
-            "--rootfs", disk.to_str().unwrap(),
-            "--memory", "256",
+            "vm",
+            "create",
+            name,
+            "--kernel",
+            g.kernel.to_str().unwrap(),
+            "--initrd",
+            g.initrd.to_str().unwrap(),
+            "--rootfs",
+            disk.to_str().unwrap(),
+            "--memory",
+            "256",
             "--start",
         ])
     }
@@ -382,7 +416,10 @@ impl Env {
             if c.contains(marker) {
                 return c;
             }
-            assert!(Instant::now() < deadline, "{marker} never appeared on {name}'s console:\n{c}");
+            assert!(
+                Instant::now() < deadline,
+                "{marker} never appeared on {name}'s console:\n{c}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -396,15 +433,25 @@ impl Env {
     }
 
     pub fn pid_of(&self, name: &str) -> Option<i32> {
-        self.json(&["vm", "show", name])["pid"].as_i64().map(|p| p as i32)
+        self.json(&["vm", "show", name])["pid"]
+            .as_i64()
+            .map(|p| p as i32)
     }
 
     pub fn daemon_pid(&self) -> i32 {
-        std::fs::read_to_string(self.run_dir().join("bangerd.lock")).unwrap().trim().parse().unwrap()
+        std::fs::read_to_string(self.run_dir().join("bangerd.lock"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     pub fn helper_pid(&self) -> i32 {
-        std::fs::read_to_string(self.run_dir().join("bangerd-root.pid")).unwrap().trim().parse().unwrap()
+        std::fs::read_to_string(self.run_dir().join("bangerd-root.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// Every process whose command line mentions this environment's directory.
@@ -413,11 +460,15 @@ impl Env {
         let me = std::process::id() as i32;
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
             if pid == me {
                 continue;
             }
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             // Zombies have an empty cmdline and are not running.
             if cmd.contains(&needle) {
@@ -439,11 +490,17 @@ impl Drop for Env {
         // Kill whatever this environment started, VMs included, so a failed test
         // does not leave guests running.
         for (pid, _) in self.processes() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         if let Some(base) = &self.jail_base {
             for pid in jailed_processes(base.path()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             for m in mounts_under(base.path()) {
                 let _ = nix::mount::umount2(m.as_path(), nix::mount::MntFlags::MNT_DETACH);
@@ -468,11 +525,27 @@ impl Netns {
     pub fn new() -> Self {
         let n = NEXT_NETNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let name = format!("bgt{}x{n}", std::process::id());
-        let out = Command::new("ip").args(["netns", "add", &name]).output().expect("run ip netns add");
-        assert!(out.status.success(), "ip netns add {name}: {}", stderr(&out));
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip netns add");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            stderr(&out)
+        );
         let ns = Netns { name };
-        let out = ns.cmd("ip").args(["link", "set", "lo", "up"]).output().expect("run ip link set lo up");
-        assert!(out.status.success(), "lo up in {}: {}", ns.name, stderr(&out));
+        let out = ns
+            .cmd("ip")
+            .args(["link", "set", "lo", "up"])
+            .output()
+            .expect("run ip link set lo up");
+        assert!(
+            out.status.success(),
+            "lo up in {}: {}",
+            ns.name,
+            stderr(&out)
+        );
         ns
     }
 
@@ -482,7 +555,8 @@ impl Netns {
     }
 
     fn file(&self) -> std::fs::File {
-        std::fs::File::open(self.path()).unwrap_or_else(|e| panic!("open {}: {e}", self.path().display()))
+        std::fs::File::open(self.path())
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.path().display()))
     }
 
     /// Makes `c` run in this namespace (setns between fork and exec: the pid is the
@@ -541,22 +615,38 @@ impl Netns {
 
     /// Whether the link `name` exists in this namespace.
     pub fn link_exists(&self, name: &str) -> bool {
-        self.cmd("ip").args(["link", "show", "dev", name]).output().expect("run ip").status.success()
+        self.cmd("ip")
+            .args(["link", "show", "dev", name])
+            .output()
+            .expect("run ip")
+            .status
+            .success()
     }
 
     /// Whether the nftables table `inet TABLE` exists in this namespace.
     pub fn nft_table_exists(&self, table: &str) -> bool {
-        self.cmd("nft").args(["list", "table", "inet", table]).output().expect("run nft").status.success()
+        self.cmd("nft")
+            .args(["list", "table", "inet", table])
+            .output()
+            .expect("run nft")
+            .status
+            .success()
     }
 
     /// The processes whose network namespace this is.
     pub fn pids(&self) -> Vec<i32> {
         use std::os::unix::fs::MetadataExt;
-        let Ok(want) = std::fs::metadata(self.path()) else { return Vec::new() };
+        let Ok(want) = std::fs::metadata(self.path()) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if std::fs::metadata(e.path().join("ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == (want.dev(), want.ino())) {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if std::fs::metadata(e.path().join("ns/net"))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (want.dev(), want.ino()))
+            {
                 out.push(pid);
             }
         }
@@ -576,9 +666,14 @@ impl Drop for Netns {
         // after `ip netns del`.
         let me = std::process::id() as i32;
         for pid in self.pids().into_iter().filter(|p| *p != me) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -594,11 +689,23 @@ pub struct MirrorRelay {
 
 impl MirrorRelay {
     pub fn new(ns: &Netns) -> Self {
-        let listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0")).expect("relay listener");
+        let listener = ns
+            .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("relay listener");
         let port = listener.local_addr().unwrap().port();
-        let mirror = std::env::var("BANGER_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into());
-        let host = mirror.trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
-        let target = if host.contains(':') { host } else { format!("{host}:80") };
+        let mirror = std::env::var("BANGER_MIRROR")
+            .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+        let host = mirror
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let target = if host.contains(':') {
+            host
+        } else {
+            format!("{host}:80")
+        };
         let l = listener.try_clone().expect("clone listener");
         std::thread::spawn(move || {
             // Ends when the relay drops (shutdown makes accept fail).
@@ -606,7 +713,9 @@ impl MirrorRelay {
                 let Ok(inner) = inner else { break };
                 let target = target.clone();
                 std::thread::spawn(move || {
-                    let Ok(outer) = std::net::TcpStream::connect(&target) else { return };
+                    let Ok(outer) = std::net::TcpStream::connect(&target) else {
+                        return;
+                    };
                     let (mut i2, mut o2) = (inner.try_clone().unwrap(), outer.try_clone().unwrap());
                     let up = std::thread::spawn(move || {
                         let _ = std::io::copy(&mut i2, &mut o2);
@@ -626,7 +735,8 @@ impl MirrorRelay {
 impl Drop for MirrorRelay {
     fn drop(&mut self) {
         use std::os::fd::AsRawFd;
-        let _ = nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 }
 
@@ -635,8 +745,12 @@ impl Drop for MirrorRelay {
 pub fn jailed_processes(base: &Path) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if std::fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(base)) && alive(pid) {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(base))
+            && alive(pid)
+        {
             out.push(pid);
         }
     }
@@ -657,7 +771,11 @@ fn detach(c: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe.
     unsafe {
-        c.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+        c.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
     }
 }
 
@@ -665,7 +783,10 @@ fn detach(c: &mut Command) {
 pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -673,7 +794,10 @@ pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 pub fn alive(pid: i32) -> bool {
     // A zombie is dead for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -699,7 +823,11 @@ pub fn debian_image() -> (PathBuf, PathBuf, PathBuf) {
         include_str!("../../crates/bangerd-root/src/image.rs").hash(&mut h);
         h.finish()
     });
-    let files = (root.join("vmlinuz"), root.join("initrd.img"), root.join("rootfs.ext4"));
+    let files = (
+        root.join("vmlinuz"),
+        root.join("initrd.img"),
+        root.join("rootfs.ext4"),
+    );
     if std::fs::read_to_string(root.join("stamp")).is_ok_and(|s| s == stamp) {
         return files;
     }
@@ -711,9 +839,18 @@ pub fn debian_image() -> (PathBuf, PathBuf, PathBuf) {
     let tmp = root.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
-    for (key, name) in [("kernel", "vmlinuz"), ("initrd", "initrd.img"), ("rootfs", "rootfs.ext4")] {
+    for (key, name) in [
+        ("kernel", "vmlinuz"),
+        ("initrd", "initrd.img"),
+        ("rootfs", "rootfs.ext4"),
+    ] {
         let src = PathBuf::from(img[key].as_str().unwrap());
-        let st = Command::new("cp").arg("--sparse=always").arg(&src).arg(tmp.join(name)).status().unwrap();
+        let st = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&src)
+            .arg(tmp.join(name))
+            .status()
+            .unwrap();
         assert!(st.success());
     }
     std::fs::write(tmp.join("stamp"), &stamp).unwrap();
@@ -726,15 +863,25 @@ impl Env {
     pub fn import_debian(&self) {
         let (k, i, r) = debian_image();
         self.ok(&[
-            "image", "import", "--name", "debian-bookworm",
-            "--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap(), "--rootfs", r.to_str().unwrap(),
+            "image",
+            "import",
+            "--name",
+            "debian-bookworm",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            i.to_str().unwrap(),
+            "--rootfs",
+            r.to_str().unwrap(),
         ]);
     }
 
     /// Waits until `vm ssh NAME -- true` succeeds.
     pub fn wait_ssh(&self, name: &str) {
         wait_for(Duration::from_secs(240), &format!("SSH on {name}"), || {
-            self.banger(&["vm", "ssh", name, "--", "true"]).status.success()
+            self.banger(&["vm", "ssh", name, "--", "true"])
+                .status
+                .success()
         });
     }
 
@@ -761,14 +908,24 @@ impl Drop for Releases {
 }
 
 pub fn openssl(dir: &Path, args: &[&str]) {
-    let st = Command::new("openssl").args(args).current_dir(dir).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap();
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
     assert!(st.success(), "openssl {args:?}");
 }
 
 /// The same tree built with BANGER_VERSION=9.1.0 (scripts/test makes it).
 pub fn next_bin_dir() -> PathBuf {
     let d = bin_dir().parent().expect("target dir").join("next-bin");
-    assert!(d.join("bangerd").exists(), "{} is missing: scripts/test builds it (BANGER_VERSION=9.1.0)", d.display());
+    assert!(
+        d.join("bangerd").exists(),
+        "{} is missing: scripts/test builds it (BANGER_VERSION=9.1.0)",
+        d.display()
+    );
     d
 }
 
@@ -781,7 +938,11 @@ pub fn release(root: &Path, name: &str, version: &str, key: &str, extra: &[&str]
         .args(["--version", version, "--key", key, "--out"])
         .arg(&out)
         .arg("--bin-dir")
-        .arg(if version == "9.1.0" { next_bin_dir() } else { bin_dir() })
+        .arg(if version == "9.1.0" {
+            next_bin_dir()
+        } else {
+            bin_dir()
+        })
         .args(extra)
         .stdout(std::process::Stdio::null())
         .status()
@@ -796,9 +957,31 @@ impl Releases {
     pub fn new(netns: &Netns) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "key.pem"]);
+        openssl(
+            d,
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "key.pem",
+            ],
+        );
         openssl(d, &["ec", "-in", "key.pem", "-pubout", "-out", "pub.pem"]);
-        openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "other.pem"]);
+        openssl(
+            d,
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "other.pem",
+            ],
+        );
         let key = d.join("key.pem");
         let k = key.to_str().unwrap();
         release(d, "latest", "9.1.0", k, &[]);
@@ -813,9 +996,17 @@ impl Releases {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
-        let port = line.split_whitespace().skip_while(|w| *w != "port").nth(1).unwrap().parse().unwrap();
+        let port = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         Releases { dir, server, port }
     }
 
@@ -826,7 +1017,12 @@ impl Releases {
     /// A copy of the good release with `tamper` applied, served as `name`.
     pub fn variant(&self, name: &str, tamper: impl FnOnce(&Path)) -> String {
         let dst = self.dir.path().join(name);
-        let st = Command::new("cp").arg("-r").arg(self.dir.path().join("latest")).arg(&dst).status().unwrap();
+        let st = Command::new("cp")
+            .arg("-r")
+            .arg(self.dir.path().join("latest"))
+            .arg(&dst)
+            .status()
+            .unwrap();
         assert!(st.success());
         tamper(&dst);
         self.url(name)
@@ -843,10 +1039,20 @@ impl Releases {
         std::fs::write(bad_bins.join("bangerd"), format!(
             "#!/bin/sh\nfor a; do [ \"$a\" = --check-migrations ] && exec {real_bangerd} \"$@\"; done\necho 'bangerd: simulated startup failure' >&2\nexit 1\n"
         )).unwrap();
-        std::fs::set_permissions(bad_bins.join("bangerd"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            bad_bins.join("bangerd"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let key = self.dir.path().join("key.pem");
         let st = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release"))
-            .args(["--version", "9.5.0", "--key", key.to_str().unwrap(), "--out"])
+            .args([
+                "--version",
+                "9.5.0",
+                "--key",
+                key.to_str().unwrap(),
+                "--out",
+            ])
             .arg(self.dir.path().join("bad"))
             .arg("--bin-dir")
             .arg(&bad_bins)
@@ -858,8 +1064,21 @@ impl Releases {
     }
 
     pub fn resign(&self, rel: &Path, key: &str) {
-        openssl(rel, &["dgst", "-sha256", "-sign", &self.dir.path().join(key).display().to_string(), "-out", "s.der", "SHA256SUMS"]);
-        openssl(rel, &["base64", "-A", "-in", "s.der", "-out", "SHA256SUMS.sig"]);
+        openssl(
+            rel,
+            &[
+                "dgst",
+                "-sha256",
+                "-sign",
+                &self.dir.path().join(key).display().to_string(),
+                "-out",
+                "s.der",
+                "SHA256SUMS",
+            ],
+        );
+        openssl(
+            rel,
+            &["base64", "-A", "-in", "s.der", "-out", "SHA256SUMS.sig"],
+        );
     }
 }
-

@@ -53,7 +53,9 @@ fn vmms(env: &Env, vmm: Vmm) -> Vec<i32> {
         .processes()
         .into_iter()
         .map(|(p, _)| p)
-        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == vmm.comm()))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == vmm.comm())
+        })
         .collect();
     if let Some(base) = &env.jail_base {
         pids.extend(jailed_processes(base.path()));
@@ -69,7 +71,11 @@ fn vmms(env: &Env, vmm: Vmm) -> Vec<i32> {
 
 fn ppid(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn create_args(env: &Env, vmm: Vmm, name: &str) -> Vec<String> {
@@ -77,10 +83,23 @@ fn create_args(env: &Env, vmm: Vmm, name: &str) -> Vec<String> {
     let disk = env.own_copy(&g.rootfs, &format!("{name}.ext4"));
     let mut a: Vec<String> = vec!["vm".into(), "create".into(), name.into()];
     match vmm {
-        Vmm::Qemu => a.extend(["--kernel".into(), g.kernel.display().to_string(), "--initrd".into(), g.initrd.display().to_string()]),
-        _ => a.extend(["--kernel".into(), firecracker().tiny_guest.display().to_string()]),
+        Vmm::Qemu => a.extend([
+            "--kernel".into(),
+            g.kernel.display().to_string(),
+            "--initrd".into(),
+            g.initrd.display().to_string(),
+        ]),
+        _ => a.extend([
+            "--kernel".into(),
+            firecracker().tiny_guest.display().to_string(),
+        ]),
     }
-    a.extend(["--rootfs".into(), disk.display().to_string(), "--memory".into(), "128".into()]);
+    a.extend([
+        "--rootfs".into(),
+        disk.display().to_string(),
+        "--memory".into(),
+        "128".into(),
+    ]);
     a
 }
 
@@ -146,36 +165,89 @@ fn run_point(vmm: Vmm, point: &str) {
     }
     // Whatever state the VM is in, the next verbs accept it: start it (unless it
     // runs), then remove it, leaving nothing.
-    let vm: Option<Value> = vms.as_array().unwrap().iter().find(|v| v["name"] == name).cloned();
+    let vm: Option<Value> = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .cloned();
     if let Some(vm) = vm {
         let state = vm["state"].as_str().unwrap().to_string();
-        assert!(["created", "stopped", "failed", "running"].contains(&state.as_str()), "{vmm:?} {point}: {vm}");
+        assert!(
+            ["created", "stopped", "failed", "running"].contains(&state.as_str()),
+            "{vmm:?} {point}: {vm}"
+        );
         if state != "running" {
             let out = env.banger(&["vm", "start", name]);
-            assert!(out.status.success(), "{vmm:?} {point}: vm start from {state}: {}", stderr(&out));
+            assert!(
+                out.status.success(),
+                "{vmm:?} {point}: vm start from {state}: {}",
+                stderr(&out)
+            );
         }
         let id = vm["id"].as_str().unwrap().to_string();
         env.ok(&["vm", "rm", "-f", name]);
-        for d in [env.state().join("vms").join(&id), env.run_dir().join("vms").join(&id)] {
+        for d in [
+            env.state().join("vms").join(&id),
+            env.run_dir().join("vms").join(&id),
+        ] {
             assert!(!d.exists(), "{vmm:?} {point}: {} is left", d.display());
         }
         let tap = format!("bg{id}");
-        assert!(!env.netns.link_exists(&tap), "{vmm:?} {point}: tap {tap} is left");
-        let set = env.netns.cmd("nft").args(["list", "set", "inet", &env.nft_table, "guests"]).output().unwrap();
-        assert!(set.status.success(), "{vmm:?} {point}: nft: {}", stderr(&set));
-        assert!(!String::from_utf8_lossy(&set.stdout).contains(&tap), "{vmm:?} {point}: nft element for {tap} is left");
+        assert!(
+            !env.netns.link_exists(&tap),
+            "{vmm:?} {point}: tap {tap} is left"
+        );
+        let set = env
+            .netns
+            .cmd("nft")
+            .args(["list", "set", "inet", &env.nft_table, "guests"])
+            .output()
+            .unwrap();
+        assert!(
+            set.status.success(),
+            "{vmm:?} {point}: nft: {}",
+            stderr(&set)
+        );
+        assert!(
+            !String::from_utf8_lossy(&set.stdout).contains(&tap),
+            "{vmm:?} {point}: nft element for {tap} is left"
+        );
     }
     // Every address is free again: a new VM gets the first host address.
     let args = create_args(&env, vmm, "again");
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let again = env.json(&a);
-    let first = env.gateway.split('/').next().unwrap().rsplit_once('.').map(|(net, _)| format!("{net}.2")).unwrap();
-    assert_eq!(again["ip"].as_str(), Some(first.as_str()), "{vmm:?} {point}: an address was not freed: {again}");
+    let first = env
+        .gateway
+        .split('/')
+        .next()
+        .unwrap()
+        .rsplit_once('.')
+        .map(|(net, _)| format!("{net}.2"))
+        .unwrap();
+    assert_eq!(
+        again["ip"].as_str(),
+        Some(first.as_str()),
+        "{vmm:?} {point}: an address was not freed: {again}"
+    );
     env.ok(&["vm", "rm", "again"]);
-    wait_for(Duration::from_secs(10), &format!("{vmm:?} {point}: every VMM to end"), || vmms(&env, vmm).is_empty());
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{vmm:?} {point}: every VMM to end"),
+        || vmms(&env, vmm).is_empty(),
+    );
     if let Some(base) = &env.jail_base {
-        assert_eq!(mounts_under(base.path()), Vec::<PathBuf>::new(), "{vmm:?} {point}: mounts left");
-        let jails: Vec<_> = std::fs::read_dir(base.path().join("firecracker")).into_iter().flatten().flatten().collect();
+        assert_eq!(
+            mounts_under(base.path()),
+            Vec::<PathBuf>::new(),
+            "{vmm:?} {point}: mounts left"
+        );
+        let jails: Vec<_> = std::fs::read_dir(base.path().join("firecracker"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
         assert!(jails.is_empty(), "{vmm:?} {point}: jails left: {jails:?}");
         let records: Vec<_> = std::fs::read_dir(base.path().join("launches"))
             .into_iter()
@@ -183,7 +255,10 @@ fn run_point(vmm: Vmm, point: &str) {
             .flatten()
             .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
             .collect();
-        assert!(records.is_empty(), "{vmm:?} {point}: launch records left: {records:?}");
+        assert!(
+            records.is_empty(),
+            "{vmm:?} {point}: launch records left: {records:?}"
+        );
     }
 }
 
@@ -209,18 +284,37 @@ fn an_import_interrupted_by_the_daemon_s_death_leaves_no_partial_image() {
     env.start_with_fault(Some("daemon:import:copied"));
     let g = guest();
     let out = env.banger(&[
-        "image", "import", "--name", "half", "--kernel", g.kernel.to_str().unwrap(),
-        "--rootfs", g.rootfs.to_str().unwrap(),
+        "image",
+        "import",
+        "--name",
+        "half",
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+        "--rootfs",
+        g.rootfs.to_str().unwrap(),
     ]);
     assert!(!out.status.success(), "the import met the fault");
     let partial = || image_work(&env, ".import-");
     assert_eq!(partial().len(), 1, "the daemon died with its copy in place");
     env.start_with_fault(None);
-    assert_eq!(partial(), Vec::<String>::new(), "the next daemon removed the partial import");
+    assert_eq!(
+        partial(),
+        Vec::<String>::new(),
+        "the next daemon removed the partial import"
+    );
     let images = env.json(&["image", "ls"]);
     assert_eq!(images.as_array().map(Vec::len), Some(0), "{images}");
     // And the same import now succeeds.
-    env.ok(&["image", "import", "--name", "half", "--kernel", g.kernel.to_str().unwrap(), "--rootfs", g.rootfs.to_str().unwrap()]);
+    env.ok(&[
+        "image",
+        "import",
+        "--name",
+        "half",
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+        "--rootfs",
+        g.rootfs.to_str().unwrap(),
+    ]);
 }
 
 #[test]
@@ -232,9 +326,18 @@ fn a_build_finished_while_the_daemon_died_is_removed_not_published() {
     let out = env.banger(&["image", "build", "debian", "--quiet"]);
     assert!(!out.status.success(), "the build met the fault");
     let partial = || image_work(&env, ".build-");
-    assert_eq!(partial().len(), 1, "the finished build is in place when the daemon dies: {}", stderr(&out));
+    assert_eq!(
+        partial().len(),
+        1,
+        "the finished build is in place when the daemon dies: {}",
+        stderr(&out)
+    );
     env.start_with_fault(None);
-    assert_eq!(partial(), Vec::<String>::new(), "the next daemon removed the unpublished build");
+    assert_eq!(
+        partial(),
+        Vec::<String>::new(),
+        "the next daemon removed the unpublished build"
+    );
     let images = env.json(&["image", "ls"]);
     assert_eq!(images.as_array().map(Vec::len), Some(0), "{images}");
 }

@@ -22,10 +22,15 @@ fn tiny_vm(env: &Env, name: &str) -> (Value, PathBuf) {
     let fc = firecracker();
     let disk = env.own_copy(&guest().rootfs, &format!("{name}.ext4"));
     let vm = env.json(&[
-        "vm", "create", name,
-        "--kernel", fc.tiny_guest.to_str().unwrap(),
-        "--rootfs", disk.to_str().unwrap(),
-        "--memory", "128",
+        "vm",
+        "create",
+        name,
+        "--kernel",
+        fc.tiny_guest.to_str().unwrap(),
+        "--rootfs",
+        disk.to_str().unwrap(),
+        "--memory",
+        "128",
         "--start",
     ]);
     (vm, disk)
@@ -35,7 +40,11 @@ fn tiny_vm(env: &Env, name: &str) -> (Value, PathBuf) {
 fn counter(env: &Env, name: &str) -> u64 {
     env.console(name)
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("BANGER_TICK ").and_then(|n| n.parse().ok()))
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("BANGER_TICK ")
+                .and_then(|n| n.parse().ok())
+        })
         .next_back()
         .unwrap_or(0)
 }
@@ -43,15 +52,21 @@ fn counter(env: &Env, name: &str) -> u64 {
 /// Waits until the guest's counter passes `after`.
 fn counter_passes(env: &Env, name: &str, after: u64) -> u64 {
     let mut now = 0;
-    wait_for(Duration::from_secs(20), &format!("{name}'s counter to pass {after}"), || {
-        now = counter(env, name);
-        now > after
-    });
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{name}'s counter to pass {after}"),
+        || {
+            now = counter(env, name);
+            now > after
+        },
+    );
     now
 }
 
 fn jail_of(env: &Env, id: &str) -> Option<PathBuf> {
-    env.jail_base.as_ref().map(|b| b.path().join("firecracker").join(id))
+    env.jail_base
+        .as_ref()
+        .map(|b| b.path().join("firecracker").join(id))
 }
 
 /// The file the VMM holds open as its disk is the VM's disk itself: same device and
@@ -63,24 +78,57 @@ fn assert_vmm_holds_disk(pid: i32, disk: &Path) {
         .flatten()
         .filter_map(|e| std::fs::metadata(e.path()).ok())
         .any(|m| m.dev() == want.dev() && m.ino() == want.ino());
-    assert!(held, "pid {pid} does not hold {} (dev {} ino {}) open", disk.display(), want.dev(), want.ino());
+    assert!(
+        held,
+        "pid {pid} does not hold {} (dev {} ino {}) open",
+        disk.display(),
+        want.dev(),
+        want.ino()
+    );
 }
 
 /// Nothing of the VM is left: no process, jail, mount, tap, nft element, directory.
 fn assert_no_leftovers(env: &Env, id: &str, pid: i32) {
-    wait_for(Duration::from_secs(10), &format!("pid {pid} to end"), || !alive(pid));
+    wait_for(
+        Duration::from_secs(10),
+        &format!("pid {pid} to end"),
+        || !alive(pid),
+    );
     if let Some(jail) = jail_of(env, id) {
         assert!(!jail.exists(), "{} is left", jail.display());
         let base = env.jail_base.as_ref().unwrap().path();
-        assert_eq!(mounts_under(base), Vec::<PathBuf>::new(), "mounts left under the jail base");
-        assert_eq!(jailed_processes(base), Vec::<i32>::new(), "jailed processes left");
+        assert_eq!(
+            mounts_under(base),
+            Vec::<PathBuf>::new(),
+            "mounts left under the jail base"
+        );
+        assert_eq!(
+            jailed_processes(base),
+            Vec::<i32>::new(),
+            "jailed processes left"
+        );
     }
     let tap = format!("bg{id}");
     assert!(!env.netns.link_exists(&tap), "tap {tap} is left");
-    let set = env.netns.cmd("nft").args(["list", "set", "inet", &env.nft_table, "guests"]).output().unwrap();
-    assert!(set.status.success(), "nft list set failed: {}", stderr(&set));
-    assert!(!String::from_utf8_lossy(&set.stdout).contains(&tap), "nft element for {tap} is left");
-    for d in [env.state().join("vms").join(id), env.run_dir().join("vms").join(id)] {
+    let set = env
+        .netns
+        .cmd("nft")
+        .args(["list", "set", "inet", &env.nft_table, "guests"])
+        .output()
+        .unwrap();
+    assert!(
+        set.status.success(),
+        "nft list set failed: {}",
+        stderr(&set)
+    );
+    assert!(
+        !String::from_utf8_lossy(&set.stdout).contains(&tap),
+        "nft element for {tap} is left"
+    );
+    for d in [
+        env.state().join("vms").join(id),
+        env.run_dir().join("vms").join(id),
+    ] {
         assert!(!d.exists(), "{} is left", d.display());
     }
 }
@@ -108,13 +156,21 @@ fn lifecycle(jailed: bool, daemon_uid: Option<u32>) {
         assert_eq!(pidfile.trim(), pid.to_string());
         assert_eq!(uid, env.vmm_user().0, "never root");
         let disk_dev = std::fs::metadata(&disk).unwrap().dev();
-        assert_ne!(disk_dev, std::fs::metadata(&jail).unwrap().dev(), "the jail is on another filesystem here");
+        assert_ne!(
+            disk_dev,
+            std::fs::metadata(&jail).unwrap().dev(),
+            "the jail is on another filesystem here"
+        );
         // The user's own disk keeps its owner and mode.
         let m = std::fs::metadata(&disk).unwrap();
         assert_eq!((m.uid(), m.mode() & 0o777), (env.vmm_user().0, 0o644));
-        let vmm_log = std::fs::read_to_string(env.state().join("vms").join(&id).join("vmm.log")).unwrap();
+        let vmm_log =
+            std::fs::read_to_string(env.state().join("vms").join(&id).join("vmm.log")).unwrap();
         assert!(vmm_log.contains("Running Firecracker v1.12.1"), "{vmm_log}");
-        assert!(!env.console("tiny").contains("Running Firecracker"), "the VMM's log is not in the console");
+        assert!(
+            !env.console("tiny").contains("Running Firecracker"),
+            "the VMM's log is not in the console"
+        );
     } else {
         assert_eq!(uid, env.vmm_user().0, "never root");
     }
@@ -152,19 +208,33 @@ fn direct_firecracker_with_a_root_daemon_is_refused_because_vmms_never_run_as_ro
     let fc = firecracker();
     let disk = env.own_copy(&guest().rootfs, "d.ext4");
     let out = env.banger(&[
-        "vm", "create", "d", "--kernel", fc.tiny_guest.to_str().unwrap(), "--rootfs", disk.to_str().unwrap(),
-        "--memory", "128", "--start",
+        "vm",
+        "create",
+        "d",
+        "--kernel",
+        fc.tiny_guest.to_str().unwrap(),
+        "--rootfs",
+        disk.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--start",
     ]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("VMMs never do") && err.contains("only through the jailer"), "{err}");
+    assert!(
+        err.contains("VMMs never do") && err.contains("only through the jailer"),
+        "{err}"
+    );
     let vm = env.json(&["vm", "show", "d"]);
     assert_eq!(vm["state"], "failed", "{vm}");
     let vmms: Vec<i32> = env
         .processes()
         .into_iter()
         .map(|(p, _)| p)
-        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "firecracker"))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "firecracker")
+        })
         .collect();
     assert_eq!(vmms, Vec::<i32>::new(), "a VMM was started");
     env.ok(&["vm", "rm", "d"]);
@@ -215,13 +285,25 @@ fn adoption(jailed: bool, daemon_uid: Option<u32>) {
         env.start();
         let vm = env.json(&["vm", "show", "keep"]);
         assert_eq!(vm["state"], "running", "{round}: {vm}");
-        assert_eq!(vm["pid"].as_i64().unwrap() as i32, pid, "{round}: the same VMM is adopted");
+        assert_eq!(
+            vm["pid"].as_i64().unwrap() as i32,
+            pid,
+            "{round}: the same VMM is adopted"
+        );
         seen = counter_passes(&env, "keep", seen);
         let h: Value = serde_json::from_str(&std::fs::read_to_string(&handles).unwrap()).unwrap();
         assert_eq!(h["pid"].as_i64().unwrap() as i32, pid);
         if let Some(jail) = jail_of(&env, &id) {
-            assert_eq!(h["chroot"].as_str().map(PathBuf::from), Some(jail.join("root")), "{round}: {h}");
-            assert_eq!(h["pidfile"].as_str().map(PathBuf::from), Some(jail.join("root/firecracker.pid")), "{round}: {h}");
+            assert_eq!(
+                h["chroot"].as_str().map(PathBuf::from),
+                Some(jail.join("root")),
+                "{round}: {h}"
+            );
+            assert_eq!(
+                h["pidfile"].as_str().map(PathBuf::from),
+                Some(jail.join("root/firecracker.pid")),
+                "{round}: {h}"
+            );
         }
     }
     env.ok(&["vm", "rm", "-f", "keep"]);
@@ -229,7 +311,8 @@ fn adoption(jailed: bool, daemon_uid: Option<u32>) {
 }
 
 #[test]
-fn a_jailed_firecracker_vm_of_a_root_daemon_is_adopted_after_sigkill_of_both_daemons_and_daemon_stop() {
+fn a_jailed_firecracker_vm_of_a_root_daemon_is_adopted_after_sigkill_of_both_daemons_and_daemon_stop()
+ {
     adoption(true, None);
 }
 
@@ -249,12 +332,20 @@ fn a_vmm_that_dies_by_itself_leaves_the_vm_failed_with_its_status_and_log() {
     wait_for(Duration::from_secs(10), "the VMM to end", || !alive(pid));
     let vm = env.json(&["vm", "show", "crash"]);
     assert_eq!(
-        vm["state"], "failed", "{vm}\n{}",
+        vm["state"],
+        "failed",
+        "{vm}\n{}",
         std::fs::read_to_string(env.state().join("bangerd-root.log")).unwrap_or_default()
     );
     let err = vm["last_error"].as_str().unwrap();
-    assert!(err.contains("the VMM ended unexpectedly (killed by signal 9)"), "{err}");
-    assert!(err.contains("last lines of the VMM log") && err.contains(":fc_api]"), "{err}");
+    assert!(
+        err.contains("the VMM ended unexpectedly (killed by signal 9)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("last lines of the VMM log") && err.contains(":fc_api]"),
+        "{err}"
+    );
     // A failed VM starts again; the next failure's message quotes only its own boot.
     let vm = env.json(&["vm", "start", "crash"]);
     assert_eq!(vm["state"], "running", "{vm}");
@@ -269,15 +360,25 @@ fn image_vms_boot_firecracker_with_an_elf_kernel_and_no_initrd() {
     // An image of the tiny guest, imported without an initrd: its kernel is ELF
     // already and becomes the image's vmlinux.
     env.ok(&[
-        "image", "import", "--name", "tiny",
-        "--kernel", fc.tiny_guest.to_str().unwrap(),
-        "--rootfs", guest().rootfs.to_str().unwrap(),
+        "image",
+        "import",
+        "--name",
+        "tiny",
+        "--kernel",
+        fc.tiny_guest.to_str().unwrap(),
+        "--rootfs",
+        guest().rootfs.to_str().unwrap(),
     ]);
     let img = env.json(&["image", "show", "tiny"]);
     assert!(img["initrd"].is_null(), "{img}");
     let vmlinux = img["vmlinux"].as_str().expect("the image has a vmlinux");
-    assert_eq!(std::fs::read(vmlinux).unwrap(), std::fs::read(&fc.tiny_guest).unwrap());
-    let vm = env.json(&["vm", "create", "img", "--image", "tiny", "--memory", "128", "--start"]);
+    assert_eq!(
+        std::fs::read(vmlinux).unwrap(),
+        std::fs::read(&fc.tiny_guest).unwrap()
+    );
+    let vm = env.json(&[
+        "vm", "create", "img", "--image", "tiny", "--memory", "128", "--start",
+    ]);
     assert_eq!(vm["state"], "running", "{vm}");
     let pid = vm["pid"].as_i64().unwrap() as i32;
     counter_passes(&env, "img", 2);
@@ -296,7 +397,16 @@ fn the_debian_image_s_kernel_is_accepted_by_firecracker() {
     let mut env = Env::with_firecracker(true, None);
     env.start();
     env.import_debian();
-    let vm = env.json(&["vm", "create", "deb", "--image", "debian-bookworm", "--memory", "256", "--start"]);
+    let vm = env.json(&[
+        "vm",
+        "create",
+        "deb",
+        "--image",
+        "debian-bookworm",
+        "--memory",
+        "256",
+        "--start",
+    ]);
     assert_eq!(vm["state"], "running", "{vm}");
     let id = vm["id"].as_str().unwrap().to_string();
     let log = std::fs::read_to_string(env.state().join("vms").join(&id).join("vmm.log")).unwrap();
@@ -313,14 +423,30 @@ fn an_image_without_an_elf_kernel_is_refused_on_firecracker_with_a_clear_error()
     env.start();
     // The test guest's bzImage-less "kernel": a file that is neither ELF nor bzImage.
     let junk = env.own_copy(&guest().initrd, "not-a-kernel");
-    env.ok(&["image", "import", "--name", "nokernel", "--kernel", junk.to_str().unwrap(), "--rootfs", guest().rootfs.to_str().unwrap()]);
+    env.ok(&[
+        "image",
+        "import",
+        "--name",
+        "nokernel",
+        "--kernel",
+        junk.to_str().unwrap(),
+        "--rootfs",
+        guest().rootfs.to_str().unwrap(),
+    ]);
     env.ok(&["vm", "create", "nk", "--image", "nokernel"]);
     let out = env.banger(&["vm", "start", "nk"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("image nokernel has no ELF vmlinux, and firecracker loads only an ELF kernel"), "{err}");
+    assert!(
+        err.contains("image nokernel has no ELF vmlinux, and firecracker loads only an ELF kernel"),
+        "{err}"
+    );
     let fc = firecracker().firecracker.display().to_string();
-    assert!(env.processes().iter().all(|(_, c)| !c.starts_with(&fc)), "nothing was launched: {:?}", env.processes());
+    assert!(
+        env.processes().iter().all(|(_, c)| !c.starts_with(&fc)),
+        "nothing was launched: {:?}",
+        env.processes()
+    );
 }
 
 #[test]
@@ -329,7 +455,9 @@ fn kill_does_not_wait_behind_a_long_stop_and_bad_stops_and_boot_args_are_refused
     env.start();
     let fc = firecracker();
     let k = fc.stubborn_guest.to_str().unwrap();
-    let vm = env.json(&["vm", "create", "deaf", "--kernel", k, "--memory", "128", "--start"]);
+    let vm = env.json(&[
+        "vm", "create", "deaf", "--kernel", k, "--memory", "128", "--start",
+    ]);
     let pid = vm["pid"].as_i64().unwrap() as i32;
     counter_passes(&env, "deaf", 1);
 
@@ -337,14 +465,35 @@ fn kill_does_not_wait_behind_a_long_stop_and_bad_stops_and_boot_args_are_refused
     // VM `stopping`) is refused; the VM still runs.
     let sock = env.run_dir().join("bangerd.sock");
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/stderr", "-w", "%{http_code}", "--unix-socket"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/stderr",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
         .arg(&sock)
-        .args(["-H", "content-type: application/json", "-d", r#"{"timeout_secs":18446744073709551615}"#])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"timeout_secs":18446744073709551615}"#,
+        ])
         .arg("http://bangerd/v1/vms/deaf/stop")
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "400", "{}", stderr(&out));
-    assert!(stderr(&out).contains("stop timeout of 18446744073709551615 s is too long"), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "400",
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("stop timeout of 18446744073709551615 s is too long"),
+        "{}",
+        stderr(&out)
+    );
     let out = env.banger(&["vm", "stop", "deaf", "--timeout", "3601"]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert_eq!(env.json(&["vm", "show", "deaf"])["state"], "running");
@@ -358,7 +507,11 @@ fn kill_does_not_wait_behind_a_long_stop_and_bad_stops_and_boot_args_are_refused
         });
         let t = std::time::Instant::now();
         let vm = env.json(&["vm", "kill", "deaf"]);
-        assert!(t.elapsed() < Duration::from_secs(10), "vm kill waited {:?} behind the stop", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "vm kill waited {:?} behind the stop",
+            t.elapsed()
+        );
         assert_eq!(vm["state"], "stopped", "{vm}");
         let out = stop.join().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
@@ -370,6 +523,10 @@ fn kill_does_not_wait_behind_a_long_stop_and_bad_stops_and_boot_args_are_refused
     let long = "x".repeat(1537);
     let out = env.banger(&["vm", "create", "long", "--kernel", k, "--boot-args", &long]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    assert!(stderr(&out).contains("boot arguments are 1537 bytes long; the limit is 1536"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("boot arguments are 1537 bytes long; the limit is 1536"),
+        "{}",
+        stderr(&out)
+    );
     env.ok(&["vm", "rm", "deaf"]);
 }

@@ -10,7 +10,12 @@ use std::time::Duration;
 use banger_tests::*;
 
 fn nft_elements(env: &Env) -> String {
-    let out = env.netns.cmd("nft").args(["list", "set", "inet", &env.nft_table, "guests"]).output().unwrap();
+    let out = env
+        .netns
+        .cmd("nft")
+        .args(["list", "set", "inet", &env.nft_table, "guests"])
+        .output()
+        .unwrap();
     // An absent element must mean absent, not that nft failed to list the set.
     assert!(out.status.success(), "nft list set: {}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -23,34 +28,69 @@ fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
     env.import_debian();
 
     // vm run prints the command's output; the exit code is the command's.
-    let out = env.banger(&["vm", "run", "--name", "dev", "--quiet", "--", "cat", "/proc/sys/kernel/random/boot_id"]);
+    let out = env.banger(&[
+        "vm",
+        "run",
+        "--name",
+        "dev",
+        "--quiet",
+        "--",
+        "cat",
+        "/proc/sys/kernel/random/boot_id",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let boot1 = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(boot1.len(), 36, "{boot1:?}");
-    let code = env.banger(&["vm", "ssh", "dev", "--", "exit 3"]).status.code();
+    let code = env
+        .banger(&["vm", "ssh", "dev", "--", "exit 3"])
+        .status
+        .code();
     assert_eq!(code, Some(3));
-    assert!(env.ssh("dev", "cat /etc/os-release").contains("Debian GNU/Linux 12"));
+    assert!(
+        env.ssh("dev", "cat /etc/os-release")
+            .contains("Debian GNU/Linux 12")
+    );
     env.ssh("dev", "echo persisted > /root/marker && sync");
 
     // Daemons restart (SIGTERM, then SIGKILL, each daemon in turn): the same guest,
     // same boot, still answers SSH.
-    for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGKILL,
+    ] {
         for pid in [env.daemon_pid(), env.helper_pid()] {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
-            wait_for(Duration::from_secs(10), "the daemon to exit", || !alive(pid));
+            wait_for(Duration::from_secs(10), "the daemon to exit", || {
+                !alive(pid)
+            });
             env.ok(&["daemon", "start"]);
-            assert_eq!(env.ssh("dev", "cat /proc/sys/kernel/random/boot_id"), boot1, "after {sig} to pid {pid}");
+            assert_eq!(
+                env.ssh("dev", "cat /proc/sys/kernel/random/boot_id"),
+                boot1,
+                "after {sig} to pid {pid}"
+            );
             assert_eq!(env.json(&["vm", "show", "dev"])["state"], "running");
         }
     }
 
     let vm = env.json(&["vm", "show", "dev"]);
-    let (id, ip) = (vm["id"].as_str().unwrap().to_string(), vm["ip"].as_str().unwrap().to_string());
+    let (id, ip) = (
+        vm["id"].as_str().unwrap().to_string(),
+        vm["ip"].as_str().unwrap().to_string(),
+    );
     assert_eq!(env.ok(&["vm", "ip", "dev"]).trim(), ip);
-    assert!(ip.starts_with(env.gateway.rsplit_once('.').unwrap().0), "{ip} in {}", env.gateway);
+    assert!(
+        ip.starts_with(env.gateway.rsplit_once('.').unwrap().0),
+        "{ip} in {}",
+        env.gateway
+    );
     let tap = format!("bg{id}");
     assert!(env.netns.link_exists(&tap));
-    assert!(nft_elements(&env).contains(&format!("\"{tap}\" . {ip}")), "{}", nft_elements(&env));
+    assert!(
+        nft_elements(&env).contains(&format!("\"{tap}\" . {ip}")),
+        "{}",
+        nft_elements(&env)
+    );
     assert_eq!(vm["disk_method"], "copy", "ext4 here: no reflink");
     let disk = std::path::PathBuf::from(vm["disk"].as_str().unwrap());
 
@@ -61,7 +101,10 @@ fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
 
     // Stop, start: a new boot on the same disk, same address.
     env.ok(&["vm", "stop", "dev", "--timeout", "60"]);
-    assert!(!env.netns.link_exists(&tap), "the tap is released while stopped");
+    assert!(
+        !env.netns.link_exists(&tap),
+        "the tap is released while stopped"
+    );
     env.ok(&["vm", "start", "dev"]);
     env.wait_ssh("dev");
     let boot2 = env.ssh("dev", "cat /proc/sys/kernel/random/boot_id");
@@ -72,7 +115,10 @@ fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
     env.ok(&["vm", "rm", "--force", "dev"]);
     assert!(!disk.exists(), "disk left behind");
     assert!(!env.netns.link_exists(&tap), "tap left behind");
-    assert!(!nft_elements(&env).contains(&tap), "nftables element left behind");
+    assert!(
+        !nft_elements(&env).contains(&tap),
+        "nftables element left behind"
+    );
     // The address is free again: the next VM gets it.
     let k = guest().kernel;
     let next = env.json(&["vm", "create", "next", "--kernel", k.to_str().unwrap()]);
@@ -89,7 +135,10 @@ fn two_vms_reach_each_other_and_the_host_and_one_name_wins_a_race() {
     // The daemon set the bridge up when it started: the host side is there already,
     // in the environment's namespace.
     let gw = env.gateway.split('/').next().unwrap().to_string();
-    let listener = env.netns.run(|| std::net::TcpListener::bind((gw.as_str(), 0))).unwrap();
+    let listener = env
+        .netns
+        .run(|| std::net::TcpListener::bind((gw.as_str(), 0)))
+        .unwrap();
     let port = listener.local_addr().unwrap().port();
 
     // Two `vm run --name a` at once: exactly one wins; plus b alongside.
@@ -101,12 +150,24 @@ fn two_vms_reach_each_other_and_the_host_and_one_name_wins_a_race() {
             .unwrap()
     };
     let (a1, a2, b) = (spawn("a"), spawn("a"), spawn("b"));
-    let outs: Vec<_> = [a1, a2, b].into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let outs: Vec<_> = [a1, a2, b]
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
     let a_ok = outs[..2].iter().filter(|o| o.status.success()).count();
-    assert_eq!(a_ok, 1, "exactly one `vm run --name a` wins: {:?}", outs.iter().map(stderr).collect::<Vec<_>>());
+    assert_eq!(
+        a_ok,
+        1,
+        "exactly one `vm run --name a` wins: {:?}",
+        outs.iter().map(stderr).collect::<Vec<_>>()
+    );
     let loser = outs[..2].iter().find(|o| !o.status.success()).unwrap();
     assert_eq!(loser.status.code(), Some(5), "{}", stderr(loser));
-    assert!(stderr(loser).contains("a VM named a already exists"), "{}", stderr(loser));
+    assert!(
+        stderr(loser).contains("a VM named a already exists"),
+        "{}",
+        stderr(loser)
+    );
     assert!(outs[2].status.success(), "{}", stderr(&outs[2]));
 
     let b_ip = env.ok(&["vm", "ip", "b"]).trim().to_string();
@@ -118,7 +179,10 @@ fn two_vms_reach_each_other_and_the_host_and_one_name_wins_a_race() {
         s.read_to_string(&mut got).unwrap();
         (got, peer.ip().to_string())
     });
-    env.ssh("a", &format!("timeout 10 bash -c 'echo hello-host > /dev/tcp/{gw}/{port}'"));
+    env.ssh(
+        "a",
+        &format!("timeout 10 bash -c 'echo hello-host > /dev/tcp/{gw}/{port}'"),
+    );
     let (got, peer) = h.join().unwrap();
     assert_eq!(got.trim(), "hello-host");
     assert_eq!(peer, env.ok(&["vm", "ip", "a"]).trim());
@@ -133,10 +197,23 @@ fn disks_are_reflinked_on_btrfs_and_can_grow() {
     // A loop-mounted btrfs file holds this environment's state.
     let backing = tempfile::NamedTempFile::new_in("/tmp").unwrap();
     backing.as_file().set_len(6 << 30).unwrap();
-    let st = Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(backing.path()).status().unwrap();
+    let st = Command::new("mkfs.btrfs")
+        .arg("-q")
+        .arg("-f")
+        .arg(backing.path())
+        .status()
+        .unwrap();
     assert!(st.success(), "mkfs.btrfs failed");
-    let mnt = tempfile::Builder::new().prefix("bgbtrfs").tempdir_in("/tmp").unwrap();
-    let st = Command::new("mount").args(["-o", "loop"]).arg(backing.path()).arg(mnt.path()).status().unwrap();
+    let mnt = tempfile::Builder::new()
+        .prefix("bgbtrfs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let st = Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(backing.path())
+        .arg(mnt.path())
+        .status()
+        .unwrap();
     assert!(st.success(), "mount failed");
     struct Umount(std::path::PathBuf);
     impl Drop for Umount {
@@ -145,7 +222,10 @@ fn disks_are_reflinked_on_btrfs_and_can_grow() {
         }
     }
     let _umount = Umount(mnt.path().to_path_buf());
-    let state = tempfile::Builder::new().prefix("bg").tempdir_in(mnt.path()).unwrap();
+    let state = tempfile::Builder::new()
+        .prefix("bg")
+        .tempdir_in(mnt.path())
+        .unwrap();
     {
         let mut env = Env::in_dir(state);
         env.start();
@@ -155,9 +235,19 @@ fn disks_are_reflinked_on_btrfs_and_can_grow() {
         let big = env.json(&["vm", "create", "big", "--disk-size", "2048"]);
         let disk = big["disk"].as_str().unwrap();
         assert_eq!(std::fs::metadata(disk).unwrap().len(), 2048 << 20);
-        let out = Command::new("dumpe2fs").arg("-h").arg(disk).output().unwrap();
+        let out = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(disk)
+            .output()
+            .unwrap();
         let s = String::from_utf8_lossy(&out.stdout);
-        let blocks: u64 = s.lines().find_map(|l| l.strip_prefix("Block count:")).unwrap().trim().parse().unwrap();
+        let blocks: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("Block count:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(blocks * 4096, 2048 << 20, "the filesystem was grown too");
         env.ok(&["vm", "rm", "cow"]);
         env.ok(&["vm", "rm", "big"]);

@@ -42,7 +42,12 @@ fn member_env() -> (Env, PathBuf) {
 
 /// A copy of `src` at `dst` owned by `uid` with `mode`.
 fn copy_as(src: &Path, dst: &Path, uid: u32, mode: u32) -> PathBuf {
-    let st = Command::new("cp").arg("--sparse=always").arg(src).arg(dst).status().unwrap();
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
     assert!(st.success());
     std::os::unix::fs::chown(dst, Some(uid), Some(uid)).unwrap();
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -73,24 +78,79 @@ fn a_member_uses_only_files_it_may_open_itself() {
 
     // 1. Naming root's files: refused at create, nothing recorded.
     for (k, r) in [(&secret_kernel, &disk), (&kernel, &secret_disk)] {
-        let out = member(&env, &["vm", "create", "steal", "--kernel", &s(k), "--initrd", &s(&initrd), "--rootfs", &s(r), "--start"]);
+        let out = member(
+            &env,
+            &[
+                "vm",
+                "create",
+                "steal",
+                "--kernel",
+                &s(k),
+                "--initrd",
+                &s(&initrd),
+                "--rootfs",
+                &s(r),
+                "--start",
+            ],
+        );
         assert!(!out.status.success(), "root's file was accepted");
         let err = stderr(&out);
-        assert!(err.contains("as uid 65534") && err.contains("Permission denied"), "{err}");
+        assert!(
+            err.contains("as uid 65534") && err.contains("Permission denied"),
+            "{err}"
+        );
     }
-    assert_eq!(env.json(&["vm", "list"]).as_array().unwrap().len(), 0, "a refused create left a VM");
+    assert_eq!(
+        env.json(&["vm", "list"]).as_array().unwrap().len(),
+        0,
+        "a refused create left a VM"
+    );
 
     // 2. A FIFO of its own as the kernel: a clear error, at once, and nobody hangs.
     let fifo = mine.join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     std::os::unix::fs::chown(&fifo, Some(MEMBER), Some(MEMBER)).unwrap();
     let t = Instant::now();
-    let out = member(&env, &["vm", "create", "fifo", "--kernel", &s(&fifo), "--rootfs", &s(&disk)]);
-    assert!(!out.status.success() && stderr(&out).contains("not a regular file"), "{}", stderr(&out));
-    assert!(t.elapsed() < Duration::from_secs(10), "a FIFO took {:?}", t.elapsed());
+    let out = member(
+        &env,
+        &[
+            "vm",
+            "create",
+            "fifo",
+            "--kernel",
+            &s(&fifo),
+            "--rootfs",
+            &s(&disk),
+        ],
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "a FIFO took {:?}",
+        t.elapsed()
+    );
 
     // 3. Its own files: the VM boots (the positive control for 1 and 2).
-    member(&env, &["vm", "create", "own", "--kernel", &s(&kernel), "--initrd", &s(&initrd), "--rootfs", &s(&disk), "--memory", "256"]);
+    member(
+        &env,
+        &[
+            "vm",
+            "create",
+            "own",
+            "--kernel",
+            &s(&kernel),
+            "--initrd",
+            &s(&initrd),
+            "--rootfs",
+            &s(&disk),
+            "--memory",
+            "256",
+        ],
+    );
     let out = member(&env, &["vm", "start", "own"]);
     assert!(out.status.success(), "{}", stderr(&out));
     env.wait_console("own", "BANGER_READY");
@@ -101,22 +161,61 @@ fn a_member_uses_only_files_it_may_open_itself() {
     std::fs::remove_file(&disk).unwrap();
     std::os::unix::fs::symlink(&secret_disk, &disk).unwrap();
     let out = env.banger(&["vm", "start", "own"]);
-    assert!(!out.status.success(), "a start through a swapped path succeeded");
+    assert!(
+        !out.status.success(),
+        "a start through a swapped path succeeded"
+    );
     let err = stderr(&out);
-    assert!(err.contains("opened as uid 65534") && err.contains("Permission denied"), "{err}");
+    assert!(
+        err.contains("opened as uid 65534") && err.contains("Permission denied"),
+        "{err}"
+    );
     assert_eq!(sha(&secret_disk), disk_before, "root's disk changed");
 
     // 5. Import: root's kernel is refused and nothing is published.
     let rootfs2 = copy_as(&g.rootfs, &mine.join("disk2.ext4"), MEMBER, 0o644);
-    let out = member(&env, &["image", "import", "--name", "stolen", "--kernel", &s(&secret_kernel), "--rootfs", &s(&rootfs2)]);
+    let out = member(
+        &env,
+        &[
+            "image",
+            "import",
+            "--name",
+            "stolen",
+            "--kernel",
+            &s(&secret_kernel),
+            "--rootfs",
+            &s(&rootfs2),
+        ],
+    );
     assert!(!out.status.success(), "root's kernel was imported");
-    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(env.json(&["image", "list"]).as_array().unwrap().len(), 0);
     let images = env.state().join("images");
-    let left: Vec<_> = std::fs::read_dir(&images).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&images)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "import left {left:?}");
     // ... and its own files import (the positive control), root-owned and private.
-    let out = member(&env, &["image", "import", "--name", "mine", "--kernel", &s(&kernel), "--rootfs", &s(&rootfs2)]);
+    let out = member(
+        &env,
+        &[
+            "image",
+            "import",
+            "--name",
+            "mine",
+            "--kernel",
+            &s(&kernel),
+            "--rootfs",
+            &s(&rootfs2),
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let img = env.json(&["image", "show", "mine"]);
     let kernel_copy = PathBuf::from(img["kernel"].as_str().unwrap());
@@ -173,14 +272,23 @@ print("closed", len(closed), "max %.1f" % max(closed), flush=True)
     for _ in 0..5 {
         let t = Instant::now();
         env.ok(&["vm", "list"]);
-        assert!(t.elapsed() < Duration::from_secs(3), "root waited {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "root waited {:?}",
+            t.elapsed()
+        );
     }
     // Every held connection is closed by the daemon, the last within the header and
     // body timeouts (10 s each) and some slack.
     line.clear();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     let _ = hog.wait();
-    let max: f64 = line.trim().rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(f64::MAX);
+    let max: f64 = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::MAX);
     assert!(line.starts_with("closed 48") && max < 25.0, "{line}");
     // The daemon still serves the member afterwards.
     let out = member(&env, &["vm", "list"]);
@@ -198,11 +306,18 @@ fn vmms_of_root_daemons_never_run_as_root_and_get_their_files_as_descriptors() {
     let g = guest();
     let disk = copy_as(&g.rootfs, &env.state().join("private.ext4"), 0, 0o600);
     let vm = env.json(&[
-        "vm", "create", "apart",
-        "--kernel", g.kernel.to_str().unwrap(),
-        "--initrd", g.initrd.to_str().unwrap(),
-        "--rootfs", disk.to_str().unwrap(),
-        "--memory", "256", "--start",
+        "vm",
+        "create",
+        "apart",
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+        "--initrd",
+        g.initrd.to_str().unwrap(),
+        "--rootfs",
+        disk.to_str().unwrap(),
+        "--memory",
+        "256",
+        "--start",
     ]);
     env.wait_console("apart", "BANGER_READY");
     let pid = vm["pid"].as_i64().unwrap() as i32;
@@ -220,10 +335,22 @@ fn vmms_of_root_daemons_never_run_as_root_and_get_their_files_as_descriptors() {
         assert_eq!(uid_of(c), vmm_uid, "QEMU (pid {c}) runs as banger-vmm");
     }
     let m = std::fs::metadata(&disk).unwrap();
-    assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600), "the disk was not given away");
+    assert_eq!(
+        (m.uid(), m.mode() & 0o777),
+        (0, 0o600),
+        "the disk was not given away"
+    );
     let run = env.run_dir().join("vms").join(id);
-    assert_eq!(std::fs::metadata(&run).unwrap().uid(), 0, "the VM's run directory stays root's");
-    assert_eq!(std::fs::metadata(run.join("vmm")).unwrap().uid(), vmm_uid, "the VMM's own directory");
+    assert_eq!(
+        std::fs::metadata(&run).unwrap().uid(),
+        0,
+        "the VM's run directory stays root's"
+    );
+    assert_eq!(
+        std::fs::metadata(run.join("vmm")).unwrap().uid(),
+        vmm_uid,
+        "the VMM's own directory"
+    );
     assert!(!run.join("vmm/handles.json").exists());
     // Another local user (not a member), with the state and run directories open to
     // it as /var/lib and /run are: reads no disk, key, database or VM log.
@@ -242,20 +369,41 @@ for root, dirs, files in os.walk(sys.argv[1]):
         except OSError:
             pass
 "#;
-    let out = env.netns.cmd_as("python3", 65534).args(["-c", walk]).arg(env.state()).output().unwrap();
+    let out = env
+        .netns
+        .cmd_as("python3", 65534)
+        .args(["-c", walk])
+        .arg(env.state())
+        .output()
+        .unwrap();
     let readable = String::from_utf8_lossy(&out.stdout).into_owned();
     let secret = |p: &str| {
-        [".ext4", "id_", "_key", "authorized_keys", "known_hosts", "banger.db", "console.log", "vmm.log", "handles.json"]
-            .iter()
-            .any(|s| p.contains(s))
+        [
+            ".ext4",
+            "id_",
+            "_key",
+            "authorized_keys",
+            "known_hosts",
+            "banger.db",
+            "console.log",
+            "vmm.log",
+            "handles.json",
+        ]
+        .iter()
+        .any(|s| p.contains(s))
             && !p.ends_with("private.ext4") // the test's own copy, 0600 anyway
     };
     let leaked: Vec<&str> = readable.lines().filter(|p| secret(p)).collect();
-    assert!(leaked.is_empty(), "another user reads {leaked:?} (all readable: {readable})");
+    assert!(
+        leaked.is_empty(),
+        "another user reads {leaked:?} (all readable: {readable})"
+    );
     // Stop and start again: the VMM's directory is made afresh, the guest keeps its disk.
     env.ok(&["vm", "stop", "apart", "--timeout", "30"]);
     env.ok(&["vm", "start", "apart"]);
-    wait_for(Duration::from_secs(60), "the second boot", || env.boot_ids("apart").len() == 2);
+    wait_for(Duration::from_secs(60), "the second boot", || {
+        env.boot_ids("apart").len() == 2
+    });
     env.ok(&["vm", "rm", "-f", "apart"]);
 }
 
@@ -268,7 +416,13 @@ fn links_the_daemon_s_user_plants_where_the_helper_starts_reach_nothing_of_root_
     let mut env = Env::new();
     env.run_daemon_as(MEMBER);
     env.start();
-    let out = env.netns.cmd(bin("banger")).args(["daemon", "stop"]).env("BANGER_STATE_DIR", env.state()).output().unwrap();
+    let out = env
+        .netns
+        .cmd(bin("banger"))
+        .args(["daemon", "stop"])
+        .env("BANGER_STATE_DIR", env.state())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     // Root's: a directory (0755) with a file (0644) in it.
     let victim = tempfile::tempdir().unwrap();
@@ -289,13 +443,29 @@ fn links_the_daemon_s_user_plants_where_the_helper_starts_reach_nothing_of_root_
             .arg(victim.path())
             .output()
             .unwrap();
-        assert!(out.status.success(), "planting {what} as the daemon's user: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "planting {what} as the daemon's user: {}",
+            stderr(&out)
+        );
     };
     // One link at a time: each must stop the helper by itself.
     let cases: [(&str, &str, &str); 3] = [
-        ("<run>/vms", r#"mv "$1/run/vms" "$1/run/vms.old" && ln -s "$2" "$1/run/vms""#, "run/vms"),
-        ("<state>/vms", r#"mv "$1/vms" "$1/vms.old" && ln -s "$2" "$1/vms""#, "vms"),
-        ("the pid file", r#"rm -f "$1/run/bangerd-root.pid" && ln -s "$2/root-owned" "$1/run/bangerd-root.pid""#, ""),
+        (
+            "<run>/vms",
+            r#"mv "$1/run/vms" "$1/run/vms.old" && ln -s "$2" "$1/run/vms""#,
+            "run/vms",
+        ),
+        (
+            "<state>/vms",
+            r#"mv "$1/vms" "$1/vms.old" && ln -s "$2" "$1/vms""#,
+            "vms",
+        ),
+        (
+            "the pid file",
+            r#"rm -f "$1/run/bangerd-root.pid" && ln -s "$2/root-owned" "$1/run/bangerd-root.pid""#,
+            "",
+        ),
     ];
     for (what, script, undo) in cases {
         plant(what, script);
@@ -309,7 +479,10 @@ fn links_the_daemon_s_user_plants_where_the_helper_starts_reach_nothing_of_root_
             let pidfile = env.run_dir().join("bangerd-root.pid");
             let m = std::fs::symlink_metadata(&pidfile).unwrap();
             assert!(m.is_file(), "the pid file is a new regular file");
-            assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), helper.id().to_string());
+            assert_eq!(
+                std::fs::read_to_string(&pidfile).unwrap(),
+                helper.id().to_string()
+            );
             let _ = helper.kill();
             let _ = helper.wait();
         } else {
@@ -326,17 +499,36 @@ fn links_the_daemon_s_user_plants_where_the_helper_starts_reach_nothing_of_root_
             };
             assert!(!status.success(), "{what}");
             let log = std::fs::read_to_string(env.state().join("bangerd-root.log")).unwrap();
-            assert!(log.contains("cannot make") && log.contains("/vms for uid 65534"), "{what}: {log}");
+            assert!(
+                log.contains("cannot make") && log.contains("/vms for uid 65534"),
+                "{what}: {log}"
+            );
             // Put it back for the next case.
             let p = env.state().join(undo);
             std::fs::remove_file(&p).unwrap();
             std::fs::rename(p.with_extension("old"), &p).unwrap();
         }
-        assert_eq!(before(victim.path()), dir_before, "{what}: root's directory changed");
-        assert_eq!(before(&root_file), file_before, "{what}: root's file changed");
+        assert_eq!(
+            before(victim.path()),
+            dir_before,
+            "{what}: root's directory changed"
+        );
+        assert_eq!(
+            before(&root_file),
+            file_before,
+            "{what}: root's file changed"
+        );
         assert_eq!(std::fs::read(&root_file).unwrap(), b"root's", "{what}");
-        let inside: Vec<_> = std::fs::read_dir(victim.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(inside, vec![std::ffi::OsString::from("root-owned")], "{what}: something was made in root's directory");
+        let inside: Vec<_> = std::fs::read_dir(victim.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            inside,
+            vec![std::ffi::OsString::from("root-owned")],
+            "{what}: something was made in root's directory"
+        );
     }
 }
 
@@ -346,15 +538,39 @@ fn links_the_daemon_s_user_plants_where_the_helper_starts_reach_nothing_of_root_
 fn a_member_cannot_read_or_act_on_a_vm_another_user_created() {
     let (env, _) = member_env();
     let g = guest();
-    env.ok(&["vm", "create", "roots", "--kernel", g.kernel.to_str().unwrap()]);
+    env.ok(&[
+        "vm",
+        "create",
+        "roots",
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+    ]);
     let listed = member(&env, &["--json", "vm", "list"]);
-    assert!(listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains("roots"), "{}", stderr(&listed));
-    for verb in [&["vm", "show", "roots"][..], &["vm", "logs", "roots"], &["vm", "start", "roots"], &["vm", "stop", "roots"], &["vm", "kill", "roots"], &["vm", "rm", "-f", "roots"]] {
+    assert!(
+        listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains("roots"),
+        "{}",
+        stderr(&listed)
+    );
+    for verb in [
+        &["vm", "show", "roots"][..],
+        &["vm", "logs", "roots"],
+        &["vm", "start", "roots"],
+        &["vm", "stop", "roots"],
+        &["vm", "kill", "roots"],
+        &["vm", "rm", "-f", "roots"],
+    ] {
         let out = member(&env, verb);
         assert_eq!(out.status.code(), Some(6), "{verb:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains("VM roots belongs to uid 0; only its creator"), "{verb:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("VM roots belongs to uid 0; only its creator"),
+            "{verb:?}: {}",
+            stderr(&out)
+        );
     }
     let vm = env.json(&["vm", "show", "roots"]);
-    assert_eq!(vm["state"], "created", "nothing the member asked for happened: {vm}");
+    assert_eq!(
+        vm["state"], "created",
+        "nothing the member asked for happened: {vm}"
+    );
     env.ok(&["vm", "rm", "roots"]);
 }

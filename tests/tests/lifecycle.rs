@@ -16,7 +16,10 @@ fn a_guest_boots_prints_its_boot_id_and_stop_start_kill_rm_clean_up() {
 
     // The guest printed its boot id and read the marker from its root disk.
     let console = env.wait_console("life", "BANGER_READY");
-    assert!(console.contains("BANGER_ROOTFS=banger-test-disk"), "{console}");
+    assert!(
+        console.contains("BANGER_ROOTFS=banger-test-disk"),
+        "{console}"
+    );
     let first = env.boot_ids("life");
     assert_eq!(first.len(), 1, "{console}");
 
@@ -25,14 +28,23 @@ fn a_guest_boots_prints_its_boot_id_and_stop_start_kill_rm_clean_up() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["name"], "life");
     let table = env.ok(&["vm", "list"]);
-    assert!(table.contains("life") && table.contains("running"), "{table}");
+    assert!(
+        table.contains("life") && table.contains("running"),
+        "{table}"
+    );
 
     // Graceful stop: Ctrl-Alt-Del reaches the guest, which syncs and reboots.
     let stopped = env.json(&["vm", "stop", "life", "--timeout", "60"]);
     assert_eq!(stopped["state"], "stopped");
     assert!(!alive(pid), "VMM {pid} survived stop");
-    assert!(env.console("life").contains("BANGER_SHUTDOWN"), "the guest was not asked to shut down");
-    assert!(!env.run_dir().join("vms").join(&id).exists(), "runtime dir left after stop");
+    assert!(
+        env.console("life").contains("BANGER_SHUTDOWN"),
+        "the guest was not asked to shut down"
+    );
+    assert!(
+        !env.run_dir().join("vms").join(&id).exists(),
+        "runtime dir left after stop"
+    );
     // Stopping a stopped VM is not an error.
     env.ok(&["vm", "stop", "life"]);
 
@@ -40,7 +52,11 @@ fn a_guest_boots_prints_its_boot_id_and_stop_start_kill_rm_clean_up() {
     let again = env.json(&["vm", "start", "life"]);
     let pid2 = again["pid"].as_i64().unwrap() as i32;
     assert_ne!(pid, pid2);
-    wait_for(std::time::Duration::from_secs(90), "a second boot id", || env.boot_ids("life").len() == 2);
+    wait_for(
+        std::time::Duration::from_secs(90),
+        "a second boot id",
+        || env.boot_ids("life").len() == 2,
+    );
     let ids = env.boot_ids("life");
     assert_ne!(ids[0], ids[1], "the second start did not boot a new kernel");
 
@@ -54,7 +70,11 @@ fn a_guest_boots_prints_its_boot_id_and_stop_start_kill_rm_clean_up() {
     assert!(!env.state().join("vms").join(&id).exists());
     assert!(!env.run_dir().join("vms").join(&id).exists());
     assert_eq!(env.json(&["vm", "list"]).as_array().unwrap().len(), 0);
-    let procs: Vec<_> = env.processes().into_iter().filter(|(_, c)| c.contains(&id)).collect();
+    let procs: Vec<_> = env
+        .processes()
+        .into_iter()
+        .filter(|(_, c)| c.contains(&id))
+        .collect();
     assert!(procs.is_empty(), "processes left: {procs:?}");
     let out = env.banger(&["vm", "show", "life"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
@@ -69,7 +89,11 @@ fn rm_force_kills_a_running_vm_and_plain_rm_refuses() {
 
     let out = env.banger(&["vm", "rm", "doomed"]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("stop it first or use --force"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stop it first or use --force"),
+        "{}",
+        stderr(&out)
+    );
     assert!(alive(pid), "a refused rm must not touch the VM");
 
     env.ok(&["vm", "rm", "--force", "doomed"]);
@@ -81,11 +105,23 @@ fn rm_force_kills_a_running_vm_and_plain_rm_refuses() {
 fn daemon_commands_report_socket_status_and_refuse_a_second_daemon() {
     let mut env = Env::new();
     let sock = env.ok(&["daemon", "socket"]);
-    assert_eq!(sock.trim(), env.run_dir().join("bangerd.sock").to_str().unwrap());
+    assert_eq!(
+        sock.trim(),
+        env.run_dir().join("bangerd.sock").to_str().unwrap()
+    );
 
     let out = env.banger(&["daemon", "status"]);
-    assert_eq!(out.status.code(), Some(3), "status without a daemon: {}", stderr(&out));
-    assert!(stderr(&out).contains("banger daemon start"), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "status without a daemon: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("banger daemon start"),
+        "{}",
+        stderr(&out)
+    );
 
     env.start();
     let st = env.json(&["daemon", "status"]);
@@ -102,7 +138,10 @@ fn daemon_commands_report_socket_status_and_refuse_a_second_daemon() {
         .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("already running") && err.contains(&env.daemon_pid().to_string()), "{err}");
+    assert!(
+        err.contains("already running") && err.contains(&env.daemon_pid().to_string()),
+        "{err}"
+    );
 
     // `daemon start` again is a no-op.
     env.ok(&["daemon", "start"]);
@@ -137,25 +176,64 @@ fn an_environment_s_bridge_table_taps_and_processes_live_in_its_own_network_name
     env.wait_console("ns", "BANGER_READY");
 
     for link in [&env.bridge, &tap] {
-        assert!(env.netns.link_exists(link), "{link} is not in {}", env.netns.name);
-        let host = std::process::Command::new("ip").args(["link", "show", "dev", link]).output().unwrap();
+        assert!(
+            env.netns.link_exists(link),
+            "{link} is not in {}",
+            env.netns.name
+        );
+        let host = std::process::Command::new("ip")
+            .args(["link", "show", "dev", link])
+            .output()
+            .unwrap();
         assert!(!host.status.success(), "{link} is in the host's namespace");
     }
-    assert!(env.netns.nft_table_exists(&env.nft_table), "table {} is not in {}", env.nft_table, env.netns.name);
-    let host = std::process::Command::new("nft").args(["list", "table", "inet", &env.nft_table]).output().unwrap();
-    assert!(!host.status.success(), "table {} is in the host's namespace", env.nft_table);
+    assert!(
+        env.netns.nft_table_exists(&env.nft_table),
+        "table {} is not in {}",
+        env.nft_table,
+        env.netns.name
+    );
+    let host = std::process::Command::new("nft")
+        .args(["list", "table", "inet", &env.nft_table])
+        .output()
+        .unwrap();
+    assert!(
+        !host.status.success(),
+        "table {} is in the host's namespace",
+        env.nft_table
+    );
     let inside = env.netns.pids();
-    for (what, p) in [("bangerd", env.daemon_pid()), ("bangerd-root", env.helper_pid()), ("the VMM", pid)] {
-        assert!(inside.contains(&p), "{what} (pid {p}) is not in {}", env.netns.name);
+    for (what, p) in [
+        ("bangerd", env.daemon_pid()),
+        ("bangerd-root", env.helper_pid()),
+        ("the VMM", pid),
+    ] {
+        assert!(
+            inside.contains(&p),
+            "{what} (pid {p}) is not in {}",
+            env.netns.name
+        );
     }
 
     let (ns, bridge, table) = (env.netns.path(), env.bridge.clone(), env.nft_table.clone());
     drop(env);
     assert!(!ns.exists(), "{} is left", ns.display());
     for link in [&bridge, &tap] {
-        let host = std::process::Command::new("ip").args(["link", "show", "dev", link]).output().unwrap();
-        assert!(!host.status.success(), "{link} reached the host's namespace when the environment ended");
+        let host = std::process::Command::new("ip")
+            .args(["link", "show", "dev", link])
+            .output()
+            .unwrap();
+        assert!(
+            !host.status.success(),
+            "{link} reached the host's namespace when the environment ended"
+        );
     }
-    let host = std::process::Command::new("nft").args(["list", "table", "inet", &table]).output().unwrap();
-    assert!(!host.status.success(), "table {table} is in the host's namespace");
+    let host = std::process::Command::new("nft")
+        .args(["list", "table", "inet", &table])
+        .output()
+        .unwrap();
+    assert!(
+        !host.status.success(),
+        "table {table} is in the host's namespace"
+    );
 }

@@ -10,7 +10,11 @@ use nix::unistd::Pid;
 
 fn signal_and_wait(pid: i32, sig: Signal) {
     kill(Pid::from_raw(pid), sig).unwrap();
-    wait_for(Duration::from_secs(10), &format!("pid {pid} to exit after {sig}"), || !alive(pid));
+    wait_for(
+        Duration::from_secs(10),
+        &format!("pid {pid} to exit after {sig}"),
+        || !alive(pid),
+    );
 }
 
 #[test]
@@ -27,11 +31,20 @@ fn vms_survive_sigterm_and_sigkill_of_the_daemon_and_any_signal_to_the_helper() 
         env.ok(&["daemon", "start"]);
         let vm = env.json(&["vm", "show", "keep"]);
         assert_eq!(vm["state"], "running", "after {sig}: {vm}");
-        assert_eq!(vm["pid"].as_i64().unwrap() as i32, pid, "re-adopted the same VMM");
+        assert_eq!(
+            vm["pid"].as_i64().unwrap() as i32,
+            pid,
+            "re-adopted the same VMM"
+        );
         let log = std::fs::read_to_string(env.state().join("bangerd.log")).unwrap();
         assert!(log.contains("reconcile: adopted"), "{log}");
     }
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         signal_and_wait(env.helper_pid(), sig);
         assert!(alive(pid), "the VMM died with bangerd-root ({sig})");
         env.ok(&["daemon", "start"]);
@@ -49,7 +62,12 @@ fn reconcile_cleans_up_dead_vmms_and_never_kills_what_it_cannot_identify() {
     let dead = env.boot("dead")["pid"].as_i64().unwrap() as i32;
     let corrupt = env.boot("corrupt")["pid"].as_i64().unwrap() as i32;
     let orphan = env.boot("orphan")["pid"].as_i64().unwrap() as i32;
-    let id = |name: &str| env.json(&["vm", "show", name])["id"].as_str().unwrap().to_string();
+    let id = |name: &str| {
+        env.json(&["vm", "show", name])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     let (dead_id, corrupt_id, orphan_id) = (id("dead"), id("corrupt"), id("orphan"));
 
     signal_and_wait(env.daemon_pid(), Signal::SIGTERM);
@@ -58,7 +76,14 @@ fn reconcile_cleans_up_dead_vmms_and_never_kills_what_it_cannot_identify() {
     // running: the helper's launch record, root's and outside that directory, still
     // identifies it, so it is ended rather than left unmanaged).
     signal_and_wait(dead, Signal::SIGKILL);
-    std::fs::write(env.run_dir().join("vms").join(&corrupt_id).join("handles.json"), b"{garbage").unwrap();
+    std::fs::write(
+        env.run_dir()
+            .join("vms")
+            .join(&corrupt_id)
+            .join("handles.json"),
+        b"{garbage",
+    )
+    .unwrap();
     std::fs::remove_dir_all(env.run_dir().join("vms").join(&orphan_id)).unwrap();
 
     env.ok(&["daemon", "start"]);
@@ -67,15 +92,40 @@ fn reconcile_cleans_up_dead_vmms_and_never_kills_what_it_cannot_identify() {
     // shutdown, and the status says so.
     let d = show("dead");
     assert_eq!(d["state"], "failed", "{d}");
-    assert!(d["last_error"].as_str().unwrap().contains("killed by signal 9"), "{d}");
-    assert!(!env.run_dir().join("vms").join(&dead_id).exists(), "runtime of the dead VM released");
+    assert!(
+        d["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("killed by signal 9"),
+        "{d}"
+    );
+    assert!(
+        !env.run_dir().join("vms").join(&dead_id).exists(),
+        "runtime of the dead VM released"
+    );
     let c = show("corrupt");
-    assert_eq!(c["state"], "running", "adopted through the database's pid: {c}");
+    assert_eq!(
+        c["state"], "running",
+        "adopted through the database's pid: {c}"
+    );
     assert_eq!(c["pid"].as_i64().unwrap() as i32, corrupt);
-    let reseeded = std::fs::read_to_string(env.run_dir().join("vms").join(&corrupt_id).join("handles.json")).unwrap();
-    assert!(reseeded.contains(&format!("\"pid\": {corrupt}")), "handles.json re-seeded: {reseeded}");
+    let reseeded = std::fs::read_to_string(
+        env.run_dir()
+            .join("vms")
+            .join(&corrupt_id)
+            .join("handles.json"),
+    )
+    .unwrap();
+    assert!(
+        reseeded.contains(&format!("\"pid\": {corrupt}")),
+        "handles.json re-seeded: {reseeded}"
+    );
     assert_eq!(show("orphan")["state"], "stopped");
-    wait_for(Duration::from_secs(10), "the unmanaged VMM to be ended", || !alive(orphan));
+    wait_for(
+        Duration::from_secs(10),
+        "the unmanaged VMM to be ended",
+        || !alive(orphan),
+    );
 
     let log = std::fs::read_to_string(env.state().join("bangerd.log")).unwrap();
     for want in [
@@ -95,19 +145,35 @@ fn a_recorded_pid_that_now_belongs_to_another_process_is_left_alone() {
     let mut env = Env::new();
     env.start();
     let pid = env.boot("reused")["pid"].as_i64().unwrap() as i32;
-    let vm_id = env.json(&["vm", "show", "reused"])["id"].as_str().unwrap().to_string();
+    let vm_id = env.json(&["vm", "show", "reused"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     signal_and_wait(env.daemon_pid(), Signal::SIGTERM);
     signal_and_wait(pid, Signal::SIGKILL);
     // Point handles.json at an unrelated live process (as if the pid had been reused).
-    let mut other = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+    let mut other = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
     let other_pid = other.id() as i32;
     wait_for(Duration::from_secs(5), "sleep to exec", || {
-        std::fs::read_to_string(format!("/proc/{other_pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        std::fs::read_to_string(format!("/proc/{other_pid}/comm"))
+            .is_ok_and(|c| c.trim() == "sleep")
     });
     let st = std::fs::read_to_string(format!("/proc/{other_pid}/stat")).unwrap();
-    let start_time: u64 = st.rsplit(')').next().unwrap().split_whitespace().nth(19).unwrap().parse().unwrap();
+    let start_time: u64 = st
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
     let handles = env.run_dir().join("vms").join(&vm_id).join("handles.json");
-    let mut h: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&handles).unwrap()).unwrap();
+    let mut h: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&handles).unwrap()).unwrap();
     h["pid"] = other_pid.into();
     h["start_time"] = start_time.into();
     std::fs::write(&handles, h.to_string()).unwrap();

@@ -30,7 +30,10 @@ const FAULTS: usize = 16;
 
 #[test]
 fn a_fault_storm_keeps_every_live_vm_and_orphans_nothing() {
-    let seed: u64 = std::env::var("BANGER_STORM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_2026);
+    let seed: u64 = std::env::var("BANGER_STORM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026);
     println!("storm seed: {seed} (BANGER_STORM_SEED={seed} replays it)");
     let mut rng = Rng(seed.max(1));
     let mut env = Env::with_firecracker(true, None);
@@ -39,7 +42,16 @@ fn a_fault_storm_keeps_every_live_vm_and_orphans_nothing() {
     let k = fc.tiny_guest.to_str().unwrap().to_string();
     let mut live = Vec::new();
     for i in 0..LIVE {
-        let vm = env.json(&["vm", "create", &format!("live{i}"), "--kernel", &k, "--memory", "128", "--start"]);
+        let vm = env.json(&[
+            "vm",
+            "create",
+            &format!("live{i}"),
+            "--kernel",
+            &k,
+            "--memory",
+            "128",
+            "--start",
+        ]);
         live.push((format!("live{i}"), vm["pid"].as_i64().unwrap()));
     }
     let stop = AtomicBool::new(false);
@@ -52,7 +64,9 @@ fn a_fault_storm_keeps_every_live_vm_and_orphans_nothing() {
             while !stop.load(Ordering::SeqCst) {
                 let name = format!("churn{}", n % 3);
                 let _ = env.banger(&["vm", "rm", "-f", &name]);
-                let _ = env.banger(&["vm", "create", &name, "--kernel", &k, "--memory", "128", "--start"]);
+                let _ = env.banger(&[
+                    "vm", "create", &name, "--kernel", &k, "--memory", "128", "--start",
+                ]);
                 n += 1;
                 churned.store(n, Ordering::SeqCst);
             }
@@ -64,14 +78,24 @@ fn a_fault_storm_keeps_every_live_vm_and_orphans_nothing() {
             let (label, pid) = match what {
                 0 => ("SIGKILL bangerd", Some((env.daemon_pid(), Signal::SIGKILL))),
                 1 => ("SIGTERM bangerd", Some((env.daemon_pid(), Signal::SIGTERM))),
-                2 => ("SIGKILL bangerd-root", Some((env.helper_pid(), Signal::SIGKILL))),
-                3 => ("SIGTERM bangerd-root", Some((env.helper_pid(), Signal::SIGTERM))),
+                2 => (
+                    "SIGKILL bangerd-root",
+                    Some((env.helper_pid(), Signal::SIGKILL)),
+                ),
+                3 => (
+                    "SIGTERM bangerd-root",
+                    Some((env.helper_pid(), Signal::SIGTERM)),
+                ),
                 _ => ("daemon stop", None),
             };
             match pid {
                 Some((p, sig)) => {
                     let _ = kill(Pid::from_raw(p), sig);
-                    wait_for(Duration::from_secs(10), &format!("seed {seed} fault {f}: {label}"), || !alive(p));
+                    wait_for(
+                        Duration::from_secs(10),
+                        &format!("seed {seed} fault {f}: {label}"),
+                        || !alive(p),
+                    );
                 }
                 None => {
                     let out = env
@@ -81,7 +105,11 @@ fn a_fault_storm_keeps_every_live_vm_and_orphans_nothing() {
                         .env("BANGER_STATE_DIR", env.state())
                         .output()
                         .unwrap();
-                    assert!(out.status.success(), "seed {seed} fault {f}: daemon stop: {}", stderr(&out));
+                    assert!(
+                        out.status.success(),
+                        "seed {seed} fault {f}: daemon stop: {}",
+                        stderr(&out)
+                    );
                 }
             }
             env.restart();
@@ -107,11 +135,18 @@ fn a_fault_storm_keeps_every_live_vm_and_orphans_nothing() {
             .collect()
     };
     let mut orphans = Vec::new();
-    wait_for(Duration::from_secs(10), &format!("seed {seed}: orphans to be ended"), || {
-        let o = owned();
-        orphans = jailed_processes(&base).into_iter().filter(|p| !o.contains(&(*p as i64))).collect();
-        orphans.is_empty()
-    });
+    wait_for(
+        Duration::from_secs(10),
+        &format!("seed {seed}: orphans to be ended"),
+        || {
+            let o = owned();
+            orphans = jailed_processes(&base)
+                .into_iter()
+                .filter(|p| !o.contains(&(*p as i64)))
+                .collect();
+            orphans.is_empty()
+        },
+    );
     println!(
         "storm: {FAULTS} faults injected, {LIVE} of {LIVE} live VMs kept, {} churn cycles, {} orphans",
         churned.load(Ordering::SeqCst),
@@ -120,6 +155,12 @@ fn a_fault_storm_keeps_every_live_vm_and_orphans_nothing() {
     for v in env.json(&["vm", "list"]).as_array().unwrap() {
         env.ok(&["vm", "rm", "-f", v["name"].as_str().unwrap()]);
     }
-    wait_for(Duration::from_secs(10), "every VMM to end", || jailed_processes(&base).is_empty());
-    assert_eq!(mounts_under(&base), Vec::<std::path::PathBuf>::new(), "seed {seed}: mounts left");
+    wait_for(Duration::from_secs(10), "every VMM to end", || {
+        jailed_processes(&base).is_empty()
+    });
+    assert_eq!(
+        mounts_under(&base),
+        Vec::<std::path::PathBuf>::new(),
+        "seed {seed}: mounts left"
+    );
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use banger_tests::*;
 
-
 struct Container {
     nspawn: Child,
     init: i32,
@@ -35,40 +34,84 @@ impl Container {
     /// Boots in `netns` with extra `--bind-ro=HOST:GUEST` mounts.
     fn boot_with(net: u32, netns: Netns, extra_ro: &[(&Path, &str)]) -> Self {
         let root = cache().join("nspawn/root");
-        assert!(root.join(".banger-stamp").exists(), "{} missing: run scripts/nspawn-root (scripts/test does)", root.display());
+        assert!(
+            root.join(".banger-stamp").exists(),
+            "{} missing: run scripts/nspawn-root (scripts/test does)",
+            root.display()
+        );
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("nspawn.log");
         let out = std::fs::File::create(&log).unwrap();
         let nspawn = Command::new("systemd-nspawn")
-            .args(["--register=no", "--keep-unit", "--quiet", "--boot", "--volatile=overlay"])
-            .arg(format!("--machine=banger-test-{}-{net}", std::process::id()))
+            .args([
+                "--register=no",
+                "--keep-unit",
+                "--quiet",
+                "--boot",
+                "--volatile=overlay",
+            ])
+            .arg(format!(
+                "--machine=banger-test-{}-{net}",
+                std::process::id()
+            ))
             .arg("--directory")
             .arg(&root)
             .arg(format!("--bind-ro={}:/opt/banger", bin_dir().display()))
-            .arg(format!("--bind-ro={}:/opt/guest", cache().join("guest").display()))
+            .arg(format!(
+                "--bind-ro={}:/opt/guest",
+                cache().join("guest").display()
+            ))
             // Taps and the bridge, in the test's network namespace (never the host's);
             // a bridge, subnet and table of its own anyway.
-            .arg(format!("--network-namespace-path={}", netns.path().display()))
-            .args(["--bind=/dev/net/tun", "--capability=CAP_NET_ADMIN", "--property=DeviceAllow=/dev/net/tun rwm"])
+            .arg(format!(
+                "--network-namespace-path={}",
+                netns.path().display()
+            ))
+            .args([
+                "--bind=/dev/net/tun",
+                "--capability=CAP_NET_ADMIN",
+                "--property=DeviceAllow=/dev/net/tun rwm",
+            ])
             // /dev/kvm for the real Firecracker (its jailer makes its own nodes).
             .args(["--bind=/dev/kvm", "--property=DeviceAllow=/dev/kvm rwm"])
-            .args(extra_ro.iter().map(|(h, g)| format!("--bind-ro={}:{g}", h.display())))
+            .args(
+                extra_ro
+                    .iter()
+                    .map(|(h, g)| format!("--bind-ro={}:{g}", h.display())),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .expect("systemd-nspawn");
-        let mut c = Container { init: 0, nspawn, log, netns, _dir: dir };
+        let mut c = Container {
+            init: 0,
+            nspawn,
+            log,
+            netns,
+            _dir: dir,
+        };
         // The container's PID 1 is the child of systemd-nspawn once it has exec'd
         // systemd: a child seen earlier may be nspawn's own short-lived helper, and
         // nsenter into it fails once it is gone.
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.init == 0 {
-            assert!(Instant::now() < deadline, "no container init; log:\n{}", c.log_text());
-            assert!(c.nspawn.try_wait().unwrap().is_none(), "nspawn exited:\n{}", c.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "no container init; log:\n{}",
+                c.log_text()
+            );
+            assert!(
+                c.nspawn.try_wait().unwrap().is_none(),
+                "nspawn exited:\n{}",
+                c.log_text()
+            );
             c.init = children(c.nspawn.id() as i32)
                 .into_iter()
-                .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "systemd"))
+                .find(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "systemd")
+                })
                 .unwrap_or(0);
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -116,7 +159,11 @@ impl Container {
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&self.inside(&["journalctl", "-n", "60", "--no-pager"]).stdout)
+            String::from_utf8_lossy(
+                &self
+                    .inside(&["journalctl", "-n", "60", "--no-pager"])
+                    .stdout
+            )
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -140,7 +187,10 @@ impl Drop for Container {
         // SIGKILL to the container's PID 1 ends its whole PID namespace (VMs
         // included); killing only systemd-nspawn would orphan the container.
         if self.init > 0 {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.init), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.init),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
@@ -152,7 +202,11 @@ impl Drop for Container {
 /// of one run apart.
 fn net_names_n(n: u32) -> (String, String, String) {
     let p = std::process::id() % 1000;
-    (format!("bsd{p}x{n}"), format!("10.{}.{}.1/24", 97 + n, p % 250), format!("banger_sd{p}_{n}"))
+    (
+        format!("bsd{p}x{n}"),
+        format!("10.{}.{}.1/24", 97 + n, p % 250),
+        format!("banger_sd{p}_{n}"),
+    )
 }
 
 fn children(pid: i32) -> Vec<i32> {
@@ -178,20 +232,50 @@ fn under_systemd_unit_restarts_never_touch_a_vm() {
     // Idempotent: a second install refreshes and restarts, and still works.
     c.ok(&["/opt/banger/banger", "system", "install"]);
     let status = c.ok(&["banger", "system", "status"]);
-    assert!(status.contains("bangerd.service") && status.contains("active"), "{status}");
+    assert!(
+        status.contains("bangerd.service") && status.contains("active"),
+        "{status}"
+    );
     let info = c.json(&["daemon", "status"]);
     assert_eq!(info["state_dir"], "/var/lib/banger");
-    assert!(c.netns.link_exists(&bridge), "the helper used /etc/default/banger");
-    assert!(!Path::new("/sys/class/net").join(&bridge).exists(), "the bridge is not in the host's namespace");
+    assert!(
+        c.netns.link_exists(&bridge),
+        "the helper used /etc/default/banger"
+    );
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "the bridge is not in the host's namespace"
+    );
 
-    c.ok(&["install", "-o", "banger", "-g", "banger", "-m", "0644", "/opt/guest/rootfs.ext4", "/var/tmp/sd.ext4"]);
+    c.ok(&[
+        "install",
+        "-o",
+        "banger",
+        "-g",
+        "banger",
+        "-m",
+        "0644",
+        "/opt/guest/rootfs.ext4",
+        "/var/tmp/sd.ext4",
+    ]);
     let vm = c.json(&[
-        "vm", "create", "sd", "--kernel", "/opt/guest/vmlinuz", "--initrd", "/opt/guest/initrd.img",
-        "--rootfs", "/var/tmp/sd.ext4", "--memory", "256", "--start",
+        "vm",
+        "create",
+        "sd",
+        "--kernel",
+        "/opt/guest/vmlinuz",
+        "--initrd",
+        "/opt/guest/initrd.img",
+        "--rootfs",
+        "/var/tmp/sd.ext4",
+        "--memory",
+        "256",
+        "--start",
     ]);
     let pid = vm["pid"].as_i64().unwrap().to_string();
     wait_for(Duration::from_secs(90), "the guest to boot", || {
-        c.ok(&["banger", "vm", "logs", "sd"]).contains("BANGER_READY")
+        c.ok(&["banger", "vm", "logs", "sd"])
+            .contains("BANGER_READY")
     });
     let boot_ids = c.boot_ids("sd");
     assert_eq!(boot_ids.len(), 1);
@@ -200,7 +284,10 @@ fn under_systemd_unit_restarts_never_touch_a_vm() {
     let tap = format!("bg{}", vm["id"].as_str().unwrap());
     assert!(c.netns.link_exists(&tap), "tap {tap} missing");
     let cgroup = c.ok(&["cat", &format!("/proc/{pid}/cgroup")]);
-    assert!(cgroup.contains("banger.slice/banger-vm-"), "VMM not in its own scope: {cgroup}");
+    assert!(
+        cgroup.contains("banger.slice/banger-vm-"),
+        "VMM not in its own scope: {cgroup}"
+    );
     let owner = c.ok(&["stat", "-c", "%U", &format!("/proc/{pid}")]);
     assert_eq!(owner.trim(), "banger");
 
@@ -209,19 +296,37 @@ fn under_systemd_unit_restarts_never_touch_a_vm() {
         c.ok(&["systemctl", "is-active", unit]);
         let vm = c.json(&["vm", "show", "sd"]);
         assert_eq!(vm["state"], "running", "after restarting {unit}: {vm}");
-        assert_eq!(vm["pid"].as_i64().unwrap().to_string(), pid, "after restarting {unit}");
-        assert_eq!(c.boot_ids("sd"), boot_ids, "the guest rebooted when {unit} restarted");
+        assert_eq!(
+            vm["pid"].as_i64().unwrap().to_string(),
+            pid,
+            "after restarting {unit}"
+        );
+        assert_eq!(
+            c.boot_ids("sd"),
+            boot_ids,
+            "the guest rebooted when {unit} restarted"
+        );
     }
     // `banger daemon stop` (systemctl stop) leaves the VM running too.
     c.ok(&["banger", "daemon", "stop"]);
     c.ok(&["test", "-d", &format!("/proc/{pid}")]);
     c.ok(&["banger", "daemon", "start"]);
-    assert_eq!(c.json(&["vm", "show", "sd"])["pid"].as_i64().unwrap().to_string(), pid);
+    assert_eq!(
+        c.json(&["vm", "show", "sd"])["pid"]
+            .as_i64()
+            .unwrap()
+            .to_string(),
+        pid
+    );
 
     // uninstall refuses while a VM runs.
     let out = c.inside(&["banger", "system", "uninstall"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && err.contains("1 VM(s) are running; stop them first or use --force"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("1 VM(s) are running; stop them first or use --force"),
+        "{err}"
+    );
     c.ok(&["systemctl", "is-active", "bangerd.service"]);
 
     c.ok(&["banger", "vm", "stop", "sd"]);
@@ -243,7 +348,11 @@ fn under_systemd_updates_swap_restart_and_roll_back_with_the_vm_alive() {
 
     let (kernel, _, _) = debian_image();
     let image_dir = kernel.parent().unwrap().to_path_buf();
-    let c = Container::boot_with(1, netns, &[(r.dir.path(), "/opt/rel"), (&image_dir, "/opt/img")]);
+    let c = Container::boot_with(
+        1,
+        netns,
+        &[(r.dir.path(), "/opt/rel"), (&image_dir, "/opt/img")],
+    );
     let (bridge, gateway, table) = net_names_n(1);
     c.ok(&["sh", "-c", &format!(
         "printf 'BANGER_BRIDGE={bridge}\\nBANGER_GATEWAY={gateway}\\nBANGER_NFT_TABLE={table}\\n' > /etc/default/banger"
@@ -251,66 +360,165 @@ fn under_systemd_updates_swap_restart_and_roll_back_with_the_vm_alive() {
     c.ok(&["/opt/banger/banger", "system", "install"]);
     let update = |name: &str, extra: &[&str]| {
         let url = r.url(name);
-        let mut a = vec!["banger", "update", "--manifest-url", url.as_str(), "--pubkey-file", "/opt/rel/pub.pem"];
+        let mut a = vec![
+            "banger",
+            "update",
+            "--manifest-url",
+            url.as_str(),
+            "--pubkey-file",
+            "/opt/rel/pub.pem",
+        ];
         a.extend_from_slice(extra);
         c.inside(&a)
     };
-    let sums = || c.ok(&["sh", "-c", "sha256sum /usr/local/bin/banger /usr/local/bin/bangerd /usr/local/bin/bangerd-root /usr/local/bin/banger-vmm-qemu"]);
+    let sums = || {
+        c.ok(&["sh", "-c", "sha256sum /usr/local/bin/banger /usr/local/bin/bangerd /usr/local/bin/bangerd-root /usr/local/bin/banger-vmm-qemu"])
+    };
     let installed = sums();
 
     // daemon_admin
-    assert_eq!(c.ok(&["banger", "daemon", "socket"]).trim(), "/run/banger/bangerd.sock");
+    assert_eq!(
+        c.ok(&["banger", "daemon", "socket"]).trim(),
+        "/run/banger/bangerd.sock"
+    );
     c.ok(&["bangerd", "--check-migrations", "--system"]);
 
     // A Debian guest, reached over SSH from inside the container.
-    c.ok(&["banger", "image", "import", "--name", "debian-bookworm", "--kernel", "/opt/img/vmlinuz",
-        "--initrd", "/opt/img/initrd.img", "--rootfs", "/opt/img/rootfs.ext4"]);
-    let out = c.ok(&["banger", "vm", "run", "--name", "up", "--quiet", "--", "cat", "/proc/sys/kernel/random/boot_id"]);
+    c.ok(&[
+        "banger",
+        "image",
+        "import",
+        "--name",
+        "debian-bookworm",
+        "--kernel",
+        "/opt/img/vmlinuz",
+        "--initrd",
+        "/opt/img/initrd.img",
+        "--rootfs",
+        "/opt/img/rootfs.ext4",
+    ]);
+    let out = c.ok(&[
+        "banger",
+        "vm",
+        "run",
+        "--name",
+        "up",
+        "--quiet",
+        "--",
+        "cat",
+        "/proc/sys/kernel/random/boot_id",
+    ]);
     let boot_id = out.trim().to_string();
     assert_eq!(boot_id.len(), 36, "{out:?}");
     let pid = c.json(&["vm", "show", "up"])["pid"].as_i64().unwrap();
     let alive_and_same = |what: &str| {
         let v = c.json(&["vm", "show", "up"]);
-        assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)), "{what}");
-        let now = c.ok(&["banger", "vm", "ssh", "up", "--", "cat /proc/sys/kernel/random/boot_id"]);
+        assert_eq!(
+            (v["state"].as_str(), v["pid"].as_i64()),
+            (Some("running"), Some(pid)),
+            "{what}"
+        );
+        let now = c.ok(&[
+            "banger",
+            "vm",
+            "ssh",
+            "up",
+            "--",
+            "cat /proc/sys/kernel/random/boot_id",
+        ]);
         assert_eq!(now.trim(), boot_id, "{what}: not the same boot");
     };
 
     // update_check, update_to_unknown, update_dry_run
     let out = update("latest", &["--check"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("9.1.0 is available"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("9.1.0 is available"),
+        "{out:?}"
+    );
     let out = update("latest", &["--to", "9.9.9"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && err.contains("v9.9.9/SHA256SUMS") && err.contains("404"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("v9.9.9/SHA256SUMS") && err.contains("404"),
+        "{err}"
+    );
     assert_eq!(sums(), installed, "unknown version changed the install");
     let url = r.url("latest");
-    let out = c.inside(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "banger", "update",
-        "--manifest-url", &url, "--pubkey-file", "/opt/rel/pub.pem"]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("needs root"), "{out:?}");
-    assert_eq!(sums(), installed, "a refused non-root update changed the install");
+    let out = c.inside(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "banger",
+        "update",
+        "--manifest-url",
+        &url,
+        "--pubkey-file",
+        "/opt/rel/pub.pem",
+    ]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("needs root"),
+        "{out:?}"
+    );
+    assert_eq!(
+        sums(),
+        installed,
+        "a refused non-root update changed the install"
+    );
     let out = update("latest", &["--dry-run"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(sums(), installed, "dry run changed the install");
 
     // update_rollback_keeps_vm_alive
     let out = update("bad", &[]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && err.contains("rolled back") && err.contains("restarted it"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("rolled back") && err.contains("restarted it"),
+        "{err}"
+    );
     assert_eq!(sums(), installed, "rollback restored the binaries");
-    assert_eq!(c.json(&["version"])["version"], banger_api::VERSION, "banger version is the old one");
-    c.ok(&["systemctl", "is-active", "bangerd.service", "bangerd-root.service"]);
+    assert_eq!(
+        c.json(&["version"])["version"],
+        banger_api::VERSION,
+        "banger version is the old one"
+    );
+    c.ok(&[
+        "systemctl",
+        "is-active",
+        "bangerd.service",
+        "bangerd-root.service",
+    ]);
     alive_and_same("after the rollback");
 
     // update_keeps_vm_alive
     let out = update("latest", &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_ne!(sums(), installed, "the 9.1.0 binaries are installed");
     assert_eq!(c.json(&["version"])["version"], "9.1.0");
-    assert_eq!(c.json(&["daemon", "status"])["version"], "9.1.0", "the restarted daemon is the new one");
+    assert_eq!(
+        c.json(&["daemon", "status"])["version"],
+        "9.1.0",
+        "the restarted daemon is the new one"
+    );
     c.ok(&["test", "-f", "/usr/local/bin/bangerd.previous"]);
     c.ok(&["test", "!", "-e", "/usr/local/bin/.banger-update.json"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("-> 9.1.0"), "{out:?}");
-    c.ok(&["systemctl", "is-active", "bangerd.service", "bangerd-root.service"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("-> 9.1.0"),
+        "{out:?}"
+    );
+    c.ok(&[
+        "systemctl",
+        "is-active",
+        "bangerd.service",
+        "bangerd-root.service",
+    ]);
     alive_and_same("after the update");
 
     // daemon_admin: stopping the daemons leaves the VM running.
@@ -325,7 +533,11 @@ fn under_systemd_updates_swap_restart_and_roll_back_with_the_vm_alive() {
 fn tiny_counter(c: &Container, vm: &str) -> u64 {
     c.ok(&["banger", "vm", "logs", vm])
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("BANGER_TICK ").and_then(|n| n.parse().ok()))
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("BANGER_TICK ")
+                .and_then(|n| n.parse().ok())
+        })
         .next_back()
         .unwrap_or(0)
 }
@@ -339,7 +551,11 @@ fn under_systemd_a_jailed_firecracker_vm_survives_restarts_updates_and_rollbacks
     r.failing_daemon_release("/opt/banger/bangerd");
     let fc = firecracker();
     let fc_dir = fc.tiny_guest.parent().unwrap().to_path_buf();
-    let c = Container::boot_with(2, netns, &[(r.dir.path(), "/opt/rel"), (&fc_dir, "/opt/fc")]);
+    let c = Container::boot_with(
+        2,
+        netns,
+        &[(r.dir.path(), "/opt/rel"), (&fc_dir, "/opt/fc")],
+    );
     let (bridge, gateway, table) = net_names_n(2);
     c.ok(&["sh", "-c", &format!(
         "printf 'BANGER_BRIDGE={bridge}\\nBANGER_GATEWAY={gateway}\\nBANGER_NFT_TABLE={table}\\n\
@@ -349,29 +565,62 @@ fn under_systemd_a_jailed_firecracker_vm_survives_restarts_updates_and_rollbacks
     let info = c.json(&["daemon", "status"]);
     assert_eq!(info["vmm"], "firecracker v1.12.1 (jailed)", "{info}");
 
-    c.ok(&["install", "-o", "banger", "-g", "banger", "-m", "0644", "/opt/guest/rootfs.ext4", "/var/tmp/fc.ext4"]);
+    c.ok(&[
+        "install",
+        "-o",
+        "banger",
+        "-g",
+        "banger",
+        "-m",
+        "0644",
+        "/opt/guest/rootfs.ext4",
+        "/var/tmp/fc.ext4",
+    ]);
     let vm = c.json(&[
-        "vm", "create", "fc", "--kernel", "/opt/fc/tiny-guest", "--rootfs", "/var/tmp/fc.ext4",
-        "--memory", "128", "--start",
+        "vm",
+        "create",
+        "fc",
+        "--kernel",
+        "/opt/fc/tiny-guest",
+        "--rootfs",
+        "/var/tmp/fc.ext4",
+        "--memory",
+        "128",
+        "--start",
     ]);
     assert_eq!(vm["state"], "running", "{vm}");
     let pid = vm["pid"].as_i64().unwrap();
     let owner = c.ok(&["stat", "-c", "%U", &format!("/proc/{pid}")]);
-    assert_eq!(owner.trim(), "banger", "the jailer ran Firecracker as the daemon's user");
+    assert_eq!(
+        owner.trim(),
+        "banger",
+        "the jailer ran Firecracker as the daemon's user"
+    );
     let cgroup = c.ok(&["cat", &format!("/proc/{pid}/cgroup")]);
-    assert!(cgroup.contains("banger.slice/banger-vm-"), "VMM not in its own scope: {cgroup}");
+    assert!(
+        cgroup.contains("banger.slice/banger-vm-"),
+        "VMM not in its own scope: {cgroup}"
+    );
     let mut seen = 0;
     let mut alive_and_counting = |what: &str| {
         let v = c.json(&["vm", "show", "fc"]);
-        assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)), "{what}: {v}");
-        wait_for(Duration::from_secs(20), &format!("the counter to advance {what}"), || {
-            let now = tiny_counter(&c, "fc");
-            let advanced = now > seen;
-            if advanced {
-                seen = now;
-            }
-            advanced
-        });
+        assert_eq!(
+            (v["state"].as_str(), v["pid"].as_i64()),
+            (Some("running"), Some(pid)),
+            "{what}: {v}"
+        );
+        wait_for(
+            Duration::from_secs(20),
+            &format!("the counter to advance {what}"),
+            || {
+                let now = tiny_counter(&c, "fc");
+                let advanced = now > seen;
+                if advanced {
+                    seen = now;
+                }
+                advanced
+            },
+        );
     };
     alive_and_counting("after the start");
     for unit in ["bangerd-root.service", "bangerd.service"] {
@@ -381,14 +630,28 @@ fn under_systemd_a_jailed_firecracker_vm_survives_restarts_updates_and_rollbacks
     }
     let update = |name: &str| {
         let url = r.url(name);
-        c.inside(&["banger", "update", "--manifest-url", url.as_str(), "--pubkey-file", "/opt/rel/pub.pem"])
+        c.inside(&[
+            "banger",
+            "update",
+            "--manifest-url",
+            url.as_str(),
+            "--pubkey-file",
+            "/opt/rel/pub.pem",
+        ])
     };
     let out = update("bad");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && err.contains("rolled back"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("rolled back"),
+        "{err}"
+    );
     alive_and_counting("after the rolled-back update");
     let out = update("latest");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(c.json(&["daemon", "status"])["version"], "9.1.0");
     alive_and_counting("after the update");
     c.ok(&["banger", "vm", "rm", "-f", "fc"]);

@@ -22,8 +22,15 @@ const BINS: [&str; 4] = ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"]
 mod sha2_free {
     /// sha256sum of a file (the system tool, as a user would check).
     pub fn digest_file(p: &std::path::Path) -> String {
-        let out = std::process::Command::new("sha256sum").arg(p).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+        let out = std::process::Command::new("sha256sum")
+            .arg(p)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -45,7 +52,13 @@ fn hashes(dir: &Path) -> Vec<String> {
 
 fn update(env: &Env, r: &Releases, url: &str, extra: &[&str]) -> std::process::Output {
     let pubkey = r.dir.path().join("pub.pem");
-    let mut args = vec!["update", "--manifest-url", url, "--pubkey-file", pubkey.to_str().unwrap()];
+    let mut args = vec![
+        "update",
+        "--manifest-url",
+        url,
+        "--pubkey-file",
+        pubkey.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     env.banger(&args)
 }
@@ -71,16 +84,34 @@ fn check_dry_run_no_root_and_unknown_versions_change_nothing() {
 
     let out = update(&env, &r, &latest, &["--check"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("banger 9.1.0 is available"), "{:?}", out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("banger 9.1.0 is available"),
+        "{:?}",
+        out
+    );
 
     let out = update(&env, &r, &latest, &["--to", "9.9.9"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("v9.9.9/manifest.json") && stderr(&out).contains("nothing was changed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("v9.9.9/manifest.json")
+            && stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
     assert_unchanged(&env, bins.path(), &before, "unknown version");
 
     let pubkey = r.dir.path().join("pub.pem");
     let out = env
-        .cmd_as(Some(65534), &["update", "--manifest-url", &latest, "--pubkey-file", pubkey.to_str().unwrap()])
+        .cmd_as(
+            Some(65534),
+            &[
+                "update",
+                "--manifest-url",
+                &latest,
+                "--pubkey-file",
+                pubkey.to_str().unwrap(),
+            ],
+        )
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -136,29 +167,61 @@ fn tampered_foreign_expired_oversized_and_truncated_releases_are_refused() {
         let out = update(&env, &r, &url, &[]);
         assert!(!out.status.success(), "{what} was accepted");
         let err = stderr(&out);
-        assert!(err.contains(want) && err.contains("nothing was changed"), "{what}: {err}");
+        assert!(
+            err.contains(want) && err.contains("nothing was changed"),
+            "{what}: {err}"
+        );
         assert_unchanged(&env, bins.path(), &before, what);
     }
     // An expired manifest, properly signed.
     let key = r.dir.path().join("key.pem");
-    release(r.dir.path(), "expired", "9.1.0", key.to_str().unwrap(), &["--expires", "2020-01-01T00:00:00Z"]);
+    release(
+        r.dir.path(),
+        "expired",
+        "9.1.0",
+        key.to_str().unwrap(),
+        &["--expires", "2020-01-01T00:00:00Z"],
+    );
     let out = update(&env, &r, &r.url("expired"), &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("the manifest expired at 2020-01-01"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the manifest expired at 2020-01-01"),
+        "{}",
+        stderr(&out)
+    );
     assert_unchanged(&env, bins.path(), &before, "expired");
 
     // The signed manifest binds version and channel to what was asked for.
     let v5 = r.dir.path().join("v5.0.0");
-    let st = Command::new("cp").arg("-r").arg(r.dir.path().join("v9.0.0")).arg(&v5).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(r.dir.path().join("v9.0.0"))
+        .arg(&v5)
+        .status()
+        .unwrap();
     assert!(st.success());
     let out = update(&env, &r, &r.url("latest"), &["--to", "5.0.0"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is 9.0.0, not the 5.0.0 asked for; nothing was changed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is 9.0.0, not the 5.0.0 asked for; nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
     assert_unchanged(&env, bins.path(), &before, "another version than asked");
-    release(r.dir.path(), "beta", "9.1.0", key.to_str().unwrap(), &["--channel", "beta"]);
+    release(
+        r.dir.path(),
+        "beta",
+        "9.1.0",
+        key.to_str().unwrap(),
+        &["--channel", "beta"],
+    );
     let out = update(&env, &r, &r.url("beta"), &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains(r#"is signed for channel "beta", not "stable""#), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(r#"is signed for channel "beta", not "stable""#),
+        "{}",
+        stderr(&out)
+    );
     assert_unchanged(&env, bins.path(), &before, "another channel");
 }
 
@@ -170,31 +233,69 @@ fn a_server_that_stops_mid_download_and_no_space_to_stage_are_refused() {
     // A server that serves the signed metadata, then cuts an artefact short (on the
     // loopback of the environment's namespace, where `banger update` runs).
     let rel = r.dir.path().join("latest");
-    let listener = env.netns.run(|| std::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = env
+        .netns
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let port = listener.local_addr().unwrap().port();
     let rel2 = rel.clone();
     std::thread::spawn(move || {
         for s in listener.incoming().flatten() {
             let mut s = s;
             let mut req = String::new();
-            BufReader::new(s.try_clone().unwrap()).read_line(&mut req).unwrap();
-            let path = req.split_whitespace().nth(1).unwrap_or("/").rsplit('/').next().unwrap().to_string();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut req)
+                .unwrap();
+            let path = req
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string();
             let body = std::fs::read(rel2.join(&path)).unwrap_or_default();
-            let cut = if BINS.contains(&path.as_str()) { body.len() / 3 } else { body.len() };
-            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let cut = if BINS.contains(&path.as_str()) {
+                body.len() / 3
+            } else {
+                body.len()
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
             let _ = s.write_all(&body[..cut]);
         }
     });
-    let out = update(&env, &r, &format!("http://127.0.0.1:{port}/latest/manifest.json"), &[]);
+    let out = update(
+        &env,
+        &r,
+        &format!("http://127.0.0.1:{port}/latest/manifest.json"),
+        &[],
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("nothing was changed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
     assert_unchanged(&env, bins.path(), &before, "cut download");
 
     // No space to stage: the install directory on a tmpfs just big enough for itself.
     let small = tempfile::tempdir().unwrap();
-    let total: u64 = BINS.iter().map(|b| std::fs::metadata(bins.path().join(b)).unwrap().len()).sum();
+    let total: u64 = BINS
+        .iter()
+        .map(|b| std::fs::metadata(bins.path().join(b)).unwrap().len())
+        .sum();
     let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={}", total + (4 << 20)), "tmpfs"])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={}", total + (4 << 20)),
+            "tmpfs",
+        ])
         .arg(small.path())
         .status()
         .unwrap();
@@ -207,7 +308,13 @@ fn a_server_that_stops_mid_download_and_no_space_to_stage_are_refused() {
     let out = env
         .netns
         .cmd(small.path().join("banger"))
-        .args(["update", "--manifest-url", &r.url("latest"), "--pubkey-file", pubkey.to_str().unwrap()])
+        .args([
+            "update",
+            "--manifest-url",
+            &r.url("latest"),
+            "--pubkey-file",
+            pubkey.to_str().unwrap(),
+        ])
         .env("BANGER_STATE_DIR", env.state())
         .output()
         .unwrap();
@@ -215,7 +322,10 @@ fn a_server_that_stops_mid_download_and_no_space_to_stage_are_refused() {
     let unchanged = hashes(small.path()) == small_before;
     let _ = Command::new("umount").arg(small.path()).status();
     assert!(!out.status.success());
-    assert!(err.contains("cannot stage") && err.contains("nothing was changed"), "{err}");
+    assert!(
+        err.contains("cannot stage") && err.contains("nothing was changed"),
+        "{err}"
+    );
     assert!(unchanged, "binaries changed after a failed stage");
 }
 
@@ -226,8 +336,20 @@ fn an_update_swaps_and_restarts_with_the_vm_alive_and_a_failing_daemon_rolls_bac
     let g = guest();
     let disk = env.state().join("u.ext4");
     std::fs::copy(&g.rootfs, &disk).unwrap();
-    let vm = env.json(&["vm", "create", "up", "--kernel", g.kernel.to_str().unwrap(), "--initrd", g.initrd.to_str().unwrap(),
-        "--rootfs", disk.to_str().unwrap(), "--memory", "256", "--start"]);
+    let vm = env.json(&[
+        "vm",
+        "create",
+        "up",
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+        "--initrd",
+        g.initrd.to_str().unwrap(),
+        "--rootfs",
+        disk.to_str().unwrap(),
+        "--memory",
+        "256",
+        "--start",
+    ]);
     let pid = vm["pid"].as_i64().unwrap();
     env.wait_console("up", "BANGER_READY");
     let before = hashes(bins.path());
@@ -239,38 +361,72 @@ fn an_update_swaps_and_restarts_with_the_vm_alive_and_a_failing_daemon_rolls_bac
     let out = update(&env, &r, &bad, &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("rolled back") && err.contains("restarted it"), "{err}");
-    assert_eq!(hashes(bins.path()), before, "the previous binaries are back");
+    assert!(
+        err.contains("rolled back") && err.contains("restarted it"),
+        "{err}"
+    );
+    assert_eq!(
+        hashes(bins.path()),
+        before,
+        "the previous binaries are back"
+    );
     assert_eq!(env.json(&["version"])["version"], banger_api::VERSION);
     env.ok(&["daemon", "status"]);
     let v = env.json(&["vm", "show", "up"]);
-    assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)));
+    assert_eq!(
+        (v["state"].as_str(), v["pid"].as_i64()),
+        (Some("running"), Some(pid))
+    );
 
     // The good release: swapped, restarted, same VM.
     let out = update(&env, &r, &r.url("latest"), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let release_hashes: Vec<String> = BINS.iter().map(|b| digest_file(&r.dir.path().join("latest").join(b))).collect();
-    assert_eq!(hashes(bins.path()), release_hashes, "the release's binaries are installed");
+    let release_hashes: Vec<String> = BINS
+        .iter()
+        .map(|b| digest_file(&r.dir.path().join("latest").join(b)))
+        .collect();
+    assert_eq!(
+        hashes(bins.path()),
+        release_hashes,
+        "the release's binaries are installed"
+    );
     assert_ne!(hashes(bins.path()), before);
     assert_eq!(env.json(&["version"])["version"], "9.1.0");
-    assert_eq!(env.json(&["daemon", "status"])["version"], "9.1.0", "the restarted daemon is the new one");
+    assert_eq!(
+        env.json(&["daemon", "status"])["version"],
+        "9.1.0",
+        "the restarted daemon is the new one"
+    );
     assert!(bins.path().join("bangerd.previous").exists());
     let v = env.json(&["vm", "show", "up"]);
-    assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)));
+    assert_eq!(
+        (v["state"].as_str(), v["pid"].as_i64()),
+        (Some("running"), Some(pid))
+    );
     assert_eq!(env.boot_ids("up").len(), 1, "the guest did not reboot");
 
     // Killed mid-swap: a journal and a half-written stage are left. The next update
     // undoes the unconfirmed swap, cleans up, and continues.
-    std::fs::write(bins.path().join(".banger-update.json"), r#"{"from":"0.1.0","to":"9.1.0"}"#).unwrap();
+    std::fs::write(
+        bins.path().join(".banger-update.json"),
+        r#"{"from":"0.1.0","to":"9.1.0"}"#,
+    )
+    .unwrap();
     std::fs::create_dir(bins.path().join(".banger-stage-9.1.0")).unwrap();
     std::fs::write(bins.path().join(".banger-stage-9.1.0/bangerd"), b"half").unwrap();
     let out = update(&env, &r, &r.url("latest"), &["--to", "9.1.0"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     assert_eq!(hashes(bins.path()), release_hashes);
-    assert!(!bins.path().join(".banger-update.json").exists() && !bins.path().join(".banger-stage-9.1.0").exists());
+    assert!(
+        !bins.path().join(".banger-update.json").exists()
+            && !bins.path().join(".banger-stage-9.1.0").exists()
+    );
     let v = env.json(&["vm", "show", "up"]);
-    assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)));
+    assert_eq!(
+        (v["state"].as_str(), v["pid"].as_i64()),
+        (Some("running"), Some(pid))
+    );
 
     // Killed for real in the middle of the swap (after `banger` and while on
     // `bangerd`): a dry run changes nothing, and the next update restores exactly
@@ -278,29 +434,63 @@ fn an_update_swaps_and_restarts_with_the_vm_alive_and_a_failing_daemon_rolls_bac
     let now = hashes(bins.path());
     let pubkey = r.dir.path().join("pub.pem");
     let out = env
-        .cmd(&["update", "--manifest-url", &bad, "--pubkey-file", pubkey.to_str().unwrap()])
+        .cmd(&[
+            "update",
+            "--manifest-url",
+            &bad,
+            "--pubkey-file",
+            pubkey.to_str().unwrap(),
+        ])
         .env("BANGER_FAULT", "update:swap:bangerd")
         .output()
         .unwrap();
-    assert_eq!(out.status.signal(), Some(9), "the update died at the fault: {}", stderr(&out));
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the update died at the fault: {}",
+        stderr(&out)
+    );
     let journal: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bins.path().join(".banger-update.json")).unwrap()).unwrap();
-    assert_eq!(journal["swapped"], serde_json::json!(["banger", "bangerd"]), "{journal}");
+        serde_json::from_slice(&std::fs::read(bins.path().join(".banger-update.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        journal["swapped"],
+        serde_json::json!(["banger", "bangerd"]),
+        "{journal}"
+    );
     let crashed = hashes(bins.path());
     assert_ne!(crashed[0], now[0], "banger was swapped before the crash");
     assert_eq!(crashed[1..], now[1..], "nothing after banger was swapped");
     let out = update(&env, &r, &r.url("latest"), &["--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(hashes(bins.path()), crashed, "a dry run changed the install");
-    assert!(bins.path().join(".banger-update.json").exists(), "a dry run recovered");
+    assert_eq!(
+        hashes(bins.path()),
+        crashed,
+        "a dry run changed the install"
+    );
+    assert!(
+        bins.path().join(".banger-update.json").exists(),
+        "a dry run recovered"
+    );
     let out = update(&env, &r, &bad, &[]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("interrupted") && stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted") && stderr(&out).contains("rolled back"),
+        "{}",
+        stderr(&out)
+    );
     // Had the recovery missed `banger`, or restored the stale `.previous` of the
     // binaries it never swapped, the second rollback would bring those back here.
-    assert_eq!(hashes(bins.path()), now, "exactly the journalled binaries were restored");
+    assert_eq!(
+        hashes(bins.path()),
+        now,
+        "exactly the journalled binaries were restored"
+    );
     let v = env.json(&["vm", "show", "up"]);
-    assert_eq!((v["state"].as_str(), v["pid"].as_i64()), (Some("running"), Some(pid)));
+    assert_eq!(
+        (v["state"].as_str(), v["pid"].as_i64()),
+        (Some("running"), Some(pid))
+    );
 
     // An older signed release is now a replay.
     let out = update(&env, &r, &r.url("v9.0.0"), &[]);

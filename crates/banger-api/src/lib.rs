@@ -53,7 +53,9 @@ pub enum ValidationError {
     Name(String),
     #[error("invalid cpu count {0}: must be between {MIN_VCPUS} and {MAX_VCPUS}")]
     Cpus(u32),
-    #[error("invalid memory size {0} MiB: must be at least {MIN_MEMORY_MIB} MiB and at most {MAX_MEMORY_MIB} MiB")]
+    #[error(
+        "invalid memory size {0} MiB: must be at least {MIN_MEMORY_MIB} MiB and at most {MAX_MEMORY_MIB} MiB"
+    )]
     Memory(u32),
     #[error("{what} path {path:?} must be absolute")]
     RelativePath { what: &'static str, path: PathBuf },
@@ -61,7 +63,9 @@ pub enum ValidationError {
         "boot arguments are {0} bytes long; the limit is {MAX_BOOT_ARGS} (the kernel takes 2048, and banger and the VMM append the rest)"
     )]
     BootArgsTooLong(usize),
-    #[error("stop timeout of {0} s is too long: at most {MAX_STOP_TIMEOUT_SECS} s (use `banger vm kill` to end a VM now)")]
+    #[error(
+        "stop timeout of {0} s is too long: at most {MAX_STOP_TIMEOUT_SECS} s (use `banger vm kill` to end a VM now)"
+    )]
     StopTimeout(u64),
     #[error("give either an image or a kernel, not both")]
     ImageAndKernel,
@@ -89,10 +93,16 @@ impl VmName {
     pub fn new(name: impl Into<String>) -> Result<Self, ValidationError> {
         let name = name.into();
         let ok = (1..=64).contains(&name.len())
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !name.starts_with('-')
             && !name.ends_with('-');
-        if ok { Ok(Self(name)) } else { Err(ValidationError::Name(name)) }
+        if ok {
+            Ok(Self(name))
+        } else {
+            Err(ValidationError::Name(name))
+        }
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -118,7 +128,9 @@ pub const DEFAULT_IMAGE: &str = "debian-bookworm";
 
 /// Validates an image name (the same alphabet as VM names).
 pub fn validate_image_name(name: &str) -> Result<(), ValidationError> {
-    VmName::new(name).map(|_| ()).map_err(|_| ValidationError::ImageName(name.to_string()))
+    VmName::new(name)
+        .map(|_| ())
+        .map_err(|_| ValidationError::ImageName(name.to_string()))
 }
 
 /// What a user asks for when creating a VM: an image (banger clones its disk and
@@ -205,7 +217,10 @@ impl VmSpec {
             if let Some(p) = p
                 && !p.is_absolute()
             {
-                return Err(ValidationError::RelativePath { what, path: p.clone() });
+                return Err(ValidationError::RelativePath {
+                    what,
+                    path: p.clone(),
+                });
             }
         }
         if let Some(args) = &self.boot_args
@@ -260,7 +275,10 @@ impl VmState {
     }
     /// Whether a VMM process may exist in this state.
     pub fn has_vmm(self) -> bool {
-        matches!(self, VmState::Starting | VmState::Running | VmState::Stopping)
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Stopping
+        )
     }
     pub fn can_start(self) -> bool {
         matches!(self, VmState::Created | VmState::Stopped | VmState::Failed)
@@ -296,7 +314,11 @@ impl VmState {
             Running => matches!(to, Running | Stopping | Stopped | Failed),
             Stopping => matches!(to, Stopping | Running | Stopped | Failed),
         };
-        if ok { Ok(()) } else { Err(InvalidTransition { from: self, to }) }
+        if ok {
+            Ok(())
+        } else {
+            Err(InvalidTransition { from: self, to })
+        }
     }
 }
 
@@ -512,7 +534,17 @@ mod tests {
             assert!(VmName::new(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "Dev", "a_b", "a.b", "../x", "a/b", "-a", "a-", "é", " a", &"a".repeat(65),
+            "",
+            "Dev",
+            "a_b",
+            "a.b",
+            "../x",
+            "a/b",
+            "-a",
+            "a-",
+            "é",
+            " a",
+            &"a".repeat(65),
         ] {
             assert!(VmName::new(bad).is_err(), "{bad:?} was accepted");
         }
@@ -542,13 +574,21 @@ mod tests {
     fn relative_paths_and_long_cmdlines_are_refused() {
         let mut s = spec("a");
         s.kernel = Some("vmlinux".into());
-        assert!(matches!(s.validate(), Err(ValidationError::RelativePath { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(ValidationError::RelativePath { .. })
+        ));
         let mut s = spec("a");
         s.boot_args = Some("x".repeat(1536));
         assert_eq!(s.validate(), Ok(()));
         s.boot_args = Some("x".repeat(1537));
         assert_eq!(s.validate(), Err(ValidationError::BootArgsTooLong(1537)));
-        let stop = |t| StopRequest { timeout_secs: Some(t) }.validate();
+        let stop = |t| {
+            StopRequest {
+                timeout_secs: Some(t),
+            }
+            .validate()
+        };
         assert_eq!(stop(3600), Ok(()));
         assert_eq!(stop(3601), Err(ValidationError::StopTimeout(3601)));
         assert_eq!(stop(u64::MAX), Err(ValidationError::StopTimeout(u64::MAX)));
@@ -578,14 +618,16 @@ mod tests {
         assert!(s.validate().is_ok());
         for bad in ["rm -rf /", "ssh-ed25519 AAAA\nssh-rsa BBBB", ""] {
             s.ssh_keys = vec![bad.into()];
-            assert!(matches!(s.validate(), Err(ValidationError::SshKey(_))), "{bad:?}");
+            assert!(
+                matches!(s.validate(), Err(ValidationError::SshKey(_))),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn unknown_spec_fields_are_refused() {
-        let r: Result<VmSpec, _> =
-            serde_json::from_str(r#"{"name":"a","kernel":"/k","cpu":2}"#);
+        let r: Result<VmSpec, _> = serde_json::from_str(r#"{"name":"a","kernel":"/k","cpu":2}"#);
         assert!(r.unwrap_err().to_string().contains("unknown field"));
     }
 
@@ -616,12 +658,21 @@ mod tests {
         ];
         for (s, vmm, start, stop, kill, remove) in table {
             assert_eq!(
-                (s.has_vmm(), s.can_start(), s.can_stop(), s.can_kill(), s.can_remove()),
+                (
+                    s.has_vmm(),
+                    s.can_start(),
+                    s.can_stop(),
+                    s.can_kill(),
+                    s.can_remove()
+                ),
                 (vmm, start, stop, kill, remove),
                 "{s}"
             );
             assert_eq!(s.to_string(), s.as_str());
-            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::Value::String(s.as_str().into()));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::Value::String(s.as_str().into())
+            );
         }
         assert_eq!(VmState::parse("Running"), None);
         assert_eq!(VmState::parse(""), None);
@@ -633,13 +684,29 @@ mod tests {
         s.memory_mib = MAX_MEMORY_MIB;
         assert_eq!(s.validate(), Ok(()));
         s.memory_mib = MAX_MEMORY_MIB + 1;
-        assert_eq!(s.validate(), Err(ValidationError::Memory(MAX_MEMORY_MIB + 1)));
+        assert_eq!(
+            s.validate(),
+            Err(ValidationError::Memory(MAX_MEMORY_MIB + 1))
+        );
         let mut s = spec("a");
         s.kernel = None;
         s.image = Some("img".into());
-        for (size, ok) in [(255, false), (256, true), (16 * 1024 * 1024, true), (16 * 1024 * 1024 + 1, false)] {
+        for (size, ok) in [
+            (255, false),
+            (256, true),
+            (16 * 1024 * 1024, true),
+            (16 * 1024 * 1024 + 1, false),
+        ] {
             s.disk_size_mib = Some(size);
-            assert_eq!(s.validate(), if ok { Ok(()) } else { Err(ValidationError::DiskSize(size)) }, "{size}");
+            assert_eq!(
+                s.validate(),
+                if ok {
+                    Ok(())
+                } else {
+                    Err(ValidationError::DiskSize(size))
+                },
+                "{size}"
+            );
         }
         s.disk_size_mib = None;
         let long = |n: usize| format!("ssh-ed25519 {}", "A".repeat(n - 12));
@@ -673,7 +740,13 @@ mod tests {
                 "initrd" => s.initrd = rel,
                 _ => s.rootfs = rel,
             }
-            assert_eq!(s.validate(), Err(ValidationError::RelativePath { what, path: "rel/file".into() }));
+            assert_eq!(
+                s.validate(),
+                Err(ValidationError::RelativePath {
+                    what,
+                    path: "rel/file".into()
+                })
+            );
         }
         let mut s = spec("a");
         s.initrd = Some("/i".into());
@@ -684,9 +757,15 @@ mod tests {
     #[test]
     fn image_names_follow_the_vm_name_rule() {
         assert_eq!(validate_image_name("debian-bookworm"), Ok(()));
-        assert_eq!(validate_image_name("../x"), Err(ValidationError::ImageName("../x".into())));
+        assert_eq!(
+            validate_image_name("../x"),
+            Err(ValidationError::ImageName("../x".into()))
+        );
         assert_eq!(VmName::new("dev-1").unwrap().to_string(), "dev-1");
-        assert_eq!(serde_json::to_string(&VmName::new("dev-1").unwrap()).unwrap(), "\"dev-1\"");
+        assert_eq!(
+            serde_json::to_string(&VmName::new("dev-1").unwrap()).unwrap(),
+            "\"dev-1\""
+        );
     }
 
     #[test]
@@ -714,10 +793,29 @@ mod tests {
         };
         let s = VmSummary::from(&vm);
         assert_eq!(
-            (s.id.as_str(), s.name.as_str(), s.state, s.vcpus, s.memory_mib, s.pid, s.vmm.as_str()),
-            ("0123456789ab", "web", VmState::Running, 3, 512, Some(42), "firecracker")
+            (
+                s.id.as_str(),
+                s.name.as_str(),
+                s.state,
+                s.vcpus,
+                s.memory_mib,
+                s.pid,
+                s.vmm.as_str()
+            ),
+            (
+                "0123456789ab",
+                "web",
+                VmState::Running,
+                3,
+                512,
+                Some(42),
+                "firecracker"
+            )
         );
-        assert_eq!((s.created_at.as_str(), s.ip.as_deref(), s.image.as_deref()), ("2026-12-01T00:00:00Z", Some("172.30.0.2"), Some("img")));
+        assert_eq!(
+            (s.created_at.as_str(), s.ip.as_deref(), s.image.as_deref()),
+            ("2026-12-01T00:00:00Z", Some("172.30.0.2"), Some("img"))
+        );
     }
 
     #[test]
@@ -756,7 +854,10 @@ mod tests {
                     assert_eq!(r, Ok(()), "{from} -> {to}");
                 } else {
                     assert_eq!(r, Err(InvalidTransition { from, to }), "{from} -> {to}");
-                    assert_eq!(r.unwrap_err().to_string(), format!("a VM cannot go from {from} to {to}"));
+                    assert_eq!(
+                        r.unwrap_err().to_string(),
+                        format!("a VM cannot go from {from} to {to}")
+                    );
                 }
             }
         }
@@ -764,7 +865,10 @@ mod tests {
         // transition out of it.
         // (Starting -> Starting records the pid; it is not a second `start`.)
         for s in all {
-            assert!(!s.can_start() || s.valid_transition(Starting).is_ok(), "{s}");
+            assert!(
+                !s.can_start() || s.valid_transition(Starting).is_ok(),
+                "{s}"
+            );
             assert_eq!(s.can_stop(), s.valid_transition(Stopping).is_ok(), "{s}");
             assert_eq!(s.can_kill(), s.valid_transition(Stopped).is_ok(), "{s}");
         }
@@ -783,11 +887,26 @@ mod tests {
             source: Box<dyn std::error::Error + Send + Sync>,
         }
         let leaf = || Box::new(Leaf("Permission denied (os error 13)"));
-        let e = Wrap { msg: "cannot start VM a".into(), source: Box::new(Wrap { msg: "cannot open /k".into(), source: leaf() }) };
-        assert_eq!(error_chain(&e), "cannot start VM a: cannot open /k: Permission denied (os error 13)");
+        let e = Wrap {
+            msg: "cannot start VM a".into(),
+            source: Box::new(Wrap {
+                msg: "cannot open /k".into(),
+                source: leaf(),
+            }),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "cannot start VM a: cannot open /k: Permission denied (os error 13)"
+        );
         // A layer that already quotes its cause.
-        let quoted = Wrap { msg: "the helper refused: VMMs never run as root".into(), source: Box::new(Leaf("VMMs never run as root")) };
-        assert_eq!(error_chain(&quoted), "the helper refused: VMMs never run as root");
+        let quoted = Wrap {
+            msg: "the helper refused: VMMs never run as root".into(),
+            source: Box::new(Leaf("VMMs never run as root")),
+        };
+        assert_eq!(
+            error_chain(&quoted),
+            "the helper refused: VMMs never run as root"
+        );
         assert_eq!(error_chain(&Leaf("alone")), "alone");
     }
 }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use banger_api::{
-    DaemonInfo, ErrorBody, ErrorKind, Image, ImageBuildRequest, ImageImportRequest, StopRequest, Vm, VmSpec,
-    VmSummary,
+    DaemonInfo, ErrorBody, ErrorKind, Image, ImageBuildRequest, ImageImportRequest, StopRequest,
+    Vm, VmSpec, VmSummary,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -57,7 +57,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into() }
+        Self {
+            socket: socket.into(),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -73,48 +75,97 @@ impl Client {
     /// `GET /v1/vms` as the daemon's JSON bytes (for `--json` output).
     pub async fn list_raw(&self) -> Result<Bytes, Error> {
         let (status, bytes) = self.raw(Method::GET, "/v1/vms", None).await?;
-        if status.is_success() { Ok(bytes) } else { Err(api_error(status, &bytes)) }
+        if status.is_success() {
+            Ok(bytes)
+        } else {
+            Err(api_error(status, &bytes))
+        }
     }
     pub async fn create(&self, spec: &VmSpec) -> Result<Vm, Error> {
-        self.json(Method::POST, "/v1/vms", Some(serde_json::to_vec(spec).expect("spec serializes"))).await
+        self.json(
+            Method::POST,
+            "/v1/vms",
+            Some(serde_json::to_vec(spec).expect("spec serializes")),
+        )
+        .await
     }
     pub async fn get(&self, name: &str) -> Result<Vm, Error> {
-        self.json(Method::GET, &format!("/v1/vms/{}", enc(name)), None).await
+        self.json(Method::GET, &format!("/v1/vms/{}", enc(name)), None)
+            .await
     }
     pub async fn start(&self, name: &str) -> Result<Vm, Error> {
-        self.json(Method::POST, &format!("/v1/vms/{}/start", enc(name)), None).await
+        self.json(Method::POST, &format!("/v1/vms/{}/start", enc(name)), None)
+            .await
     }
     pub async fn stop(&self, name: &str, timeout_secs: Option<u64>) -> Result<Vm, Error> {
         let body = serde_json::to_vec(&StopRequest { timeout_secs }).expect("serializes");
-        self.json(Method::POST, &format!("/v1/vms/{}/stop", enc(name)), Some(body)).await
+        self.json(
+            Method::POST,
+            &format!("/v1/vms/{}/stop", enc(name)),
+            Some(body),
+        )
+        .await
     }
     pub async fn kill(&self, name: &str) -> Result<Vm, Error> {
-        self.json(Method::POST, &format!("/v1/vms/{}/kill", enc(name)), None).await
+        self.json(Method::POST, &format!("/v1/vms/{}/kill", enc(name)), None)
+            .await
     }
     pub async fn remove(&self, name: &str, force: bool) -> Result<(), Error> {
-        let (status, bytes) =
-            self.raw(Method::DELETE, &format!("/v1/vms/{}?force={force}", enc(name)), None).await?;
-        if status.is_success() { Ok(()) } else { Err(api_error(status, &bytes)) }
+        let (status, bytes) = self
+            .raw(
+                Method::DELETE,
+                &format!("/v1/vms/{}?force={force}", enc(name)),
+                None,
+            )
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(api_error(status, &bytes))
+        }
     }
     pub async fn images(&self) -> Result<Vec<Image>, Error> {
         self.json(Method::GET, "/v1/images", None).await
     }
     pub async fn image(&self, name: &str) -> Result<Image, Error> {
-        self.json(Method::GET, &format!("/v1/images/{}", enc(name)), None).await
+        self.json(Method::GET, &format!("/v1/images/{}", enc(name)), None)
+            .await
     }
     pub async fn build_image(&self, req: &ImageBuildRequest) -> Result<Image, Error> {
-        self.json(Method::POST, "/v1/images/build", Some(serde_json::to_vec(req).expect("serializes"))).await
+        self.json(
+            Method::POST,
+            "/v1/images/build",
+            Some(serde_json::to_vec(req).expect("serializes")),
+        )
+        .await
     }
     pub async fn import_image(&self, req: &ImageImportRequest) -> Result<Image, Error> {
-        self.json(Method::POST, "/v1/images/import", Some(serde_json::to_vec(req).expect("serializes"))).await
+        self.json(
+            Method::POST,
+            "/v1/images/import",
+            Some(serde_json::to_vec(req).expect("serializes")),
+        )
+        .await
     }
     pub async fn remove_image(&self, name: &str) -> Result<(), Error> {
-        let (status, bytes) = self.raw(Method::DELETE, &format!("/v1/images/{}", enc(name)), None).await?;
-        if status.is_success() { Ok(()) } else { Err(api_error(status, &bytes)) }
+        let (status, bytes) = self
+            .raw(Method::DELETE, &format!("/v1/images/{}", enc(name)), None)
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(api_error(status, &bytes))
+        }
     }
     /// The current step of a build of `name`, if one is running.
     pub async fn build_progress(&self, name: &str) -> Result<Option<String>, Error> {
-        let v: serde_json::Value = self.json(Method::GET, &format!("/v1/images/{}/progress", enc(name)), None).await?;
+        let v: serde_json::Value = self
+            .json(
+                Method::GET,
+                &format!("/v1/images/{}/progress", enc(name)),
+                None,
+            )
+            .await?;
         Ok(v["step"].as_str().map(String::from))
     }
     /// Console bytes from `offset`, and the offset to ask for next.
@@ -132,17 +183,29 @@ impl Client {
         Ok((bytes, next))
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: Method, uri: &str, body: Option<Vec<u8>>) -> Result<T, Error> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, Error> {
         let (status, bytes) = self.raw(method, uri, body).await?;
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|_| Error::Decode { status, text: String::from_utf8_lossy(&bytes).into_owned() })
+        serde_json::from_slice(&bytes).map_err(|_| Error::Decode {
+            status,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        })
     }
 
     /// The raw escape hatch: any method, path and body.
-    pub async fn raw(&self, method: Method, uri: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), Error> {
+    pub async fn raw(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), Error> {
         let (s, _, b) = self.exchange(method, uri, body).await?;
         Ok((s, b))
     }
@@ -155,20 +218,32 @@ impl Client {
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), Error> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
             if source.kind() == std::io::ErrorKind::PermissionDenied {
-                Error::PermissionDenied { path: self.socket.clone(), source }
+                Error::PermissionDenied {
+                    path: self.socket.clone(),
+                    source,
+                }
             } else {
-                Error::NotRunning { path: self.socket.clone(), source }
+                Error::NotRunning {
+                    path: self.socket.clone(),
+                    source,
+                }
             }
         })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = Request::builder().method(method).uri(uri).header(hyper::header::HOST, "bangerd");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(hyper::header::HOST, "bangerd");
         if body.is_some() {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("valid request");
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("valid request");
         let resp = sender.send_request(req).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -180,7 +255,10 @@ impl Client {
 fn api_error(status: StatusCode, bytes: &[u8]) -> Error {
     match serde_json::from_slice::<ErrorBody>(bytes) {
         Ok(body) => Error::Api { status, body },
-        Err(_) => Error::Decode { status, text: String::from_utf8_lossy(bytes).into_owned() },
+        Err(_) => Error::Decode {
+            status,
+            text: String::from_utf8_lossy(bytes).into_owned(),
+        },
     }
 }
 

@@ -27,8 +27,14 @@ pub enum Error {
     /// The socket is served by another process than the VMM banger launched: the
     /// name was pointed elsewhere (the VMM's directory is its user's, and a guest that
     /// took the VMM over could do that). Nothing was sent.
-    #[error("the VMM API socket {path} is served by pid {got:?}, not by the VMM (pid {want}); nothing was sent")]
-    WrongPeer { path: PathBuf, want: i32, got: Option<i32> },
+    #[error(
+        "the VMM API socket {path} is served by pid {got:?}, not by the VMM (pid {want}); nothing was sent"
+    )]
+    WrongPeer {
+        path: PathBuf,
+        want: i32,
+        got: Option<i32>,
+    },
     #[error("HTTP exchange with the VMM failed on {method} {uri}")]
     Http {
         method: Method,
@@ -45,12 +51,26 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("the VMM did not answer {method} {uri} within {timeout:?}")]
-    Timeout { method: Method, uri: String, timeout: Duration },
+    Timeout {
+        method: Method,
+        uri: String,
+        timeout: Duration,
+    },
     /// The VMM refused the request; `fault_message` is Firecracker's text, verbatim.
     #[error("{method} {uri} was refused ({status}): {fault_message}")]
-    Fault { method: Method, uri: String, status: StatusCode, fault_message: String },
+    Fault {
+        method: Method,
+        uri: String,
+        status: StatusCode,
+        fault_message: String,
+    },
     #[error("unexpected response to {method} {uri}: {status} {body}")]
-    Unexpected { method: Method, uri: String, status: StatusCode, body: String },
+    Unexpected {
+        method: Method,
+        uri: String,
+        status: StatusCode,
+        body: String,
+    },
     #[error("cannot decode the VMM's answer to {uri}")]
     Decode {
         uri: String,
@@ -75,7 +95,11 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into(), timeout: Duration::from_secs(10), peer: None }
+        Self {
+            socket: socket.into(),
+            timeout: Duration::from_secs(10),
+            peer: None,
+        }
     }
 
     /// Talks only to a socket that process `pid` serves (SO_PEERCRED of the connection
@@ -118,7 +142,12 @@ impl Client {
         self.send(Method::PUT, &uri, Some(iface)).await
     }
     pub async fn action(&self, action_type: ActionType) -> Result<(), Error> {
-        self.send(Method::PUT, "/actions", Some(&InstanceActionInfo { action_type })).await
+        self.send(
+            Method::PUT,
+            "/actions",
+            Some(&InstanceActionInfo { action_type }),
+        )
+        .await
     }
     pub async fn instance_start(&self) -> Result<(), Error> {
         self.action(ActionType::InstanceStart).await
@@ -130,7 +159,8 @@ impl Client {
         self.get("/vm/config").await
     }
     pub async fn patch_vm(&self, state: VmStateRequest) -> Result<(), Error> {
-        self.send(Method::PATCH, "/vm", Some(&VmPatch { state })).await
+        self.send(Method::PATCH, "/vm", Some(&VmPatch { state }))
+            .await
     }
 
     pub async fn get<T: DeserializeOwned>(&self, uri: &str) -> Result<T, Error> {
@@ -138,7 +168,10 @@ impl Client {
         if status != StatusCode::OK {
             return Err(fault(Method::GET, uri, status, &body));
         }
-        serde_json::from_slice(&body).map_err(|source| Error::Decode { uri: uri.into(), source })
+        serde_json::from_slice(&body).map_err(|source| Error::Decode {
+            uri: uri.into(),
+            source,
+        })
     }
 
     /// PUT/PATCH with a JSON body; success is `204 No Content`.
@@ -167,7 +200,11 @@ impl Client {
         let fut = self.exchange(method.clone(), uri, body);
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout { method, uri: uri.into(), timeout: self.timeout }),
+            Err(_) => Err(Error::Timeout {
+                method,
+                uri: uri.into(),
+                timeout: self.timeout,
+            }),
         }
     }
 
@@ -179,16 +216,28 @@ impl Client {
     ) -> Result<(StatusCode, Bytes), Error> {
         let stream = UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| Error::Connect { path: self.socket.clone(), source })?;
+            .map_err(|source| Error::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
         if let Some(want) = self.peer {
             let got = stream.peer_cred().ok().and_then(|c| c.pid());
             if got != Some(want) {
-                return Err(Error::WrongPeer { path: self.socket.clone(), want, got });
+                return Err(Error::WrongPeer {
+                    path: self.socket.clone(),
+                    want,
+                    got,
+                });
             }
         }
-        let http_err = |source| Error::Http { method: method.clone(), uri: uri.into(), source };
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http_err)?;
+        let http_err = |source| Error::Http {
+            method: method.clone(),
+            uri: uri.into(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http_err)?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -210,7 +259,11 @@ impl Client {
         let bytes = http_body_util::Limited::new(resp.into_body(), MAX_REPLY)
             .collect()
             .await
-            .map_err(|source| Error::Reply { method: method.clone(), uri: uri.into(), source })?
+            .map_err(|source| Error::Reply {
+                method: method.clone(),
+                uri: uri.into(),
+                source,
+            })?
             .to_bytes();
         Ok((status, bytes))
     }
@@ -231,7 +284,12 @@ fn truncated(mut s: String) -> String {
 
 fn fault(method: Method, uri: &str, status: StatusCode, body: &[u8]) -> Error {
     match serde_json::from_slice::<FaultBody>(body) {
-        Ok(f) => Error::Fault { method, uri: uri.into(), status, fault_message: truncated(f.fault_message) },
+        Ok(f) => Error::Fault {
+            method,
+            uri: uri.into(),
+            status,
+            fault_message: truncated(f.fault_message),
+        },
         Err(_) => Error::Unexpected {
             method,
             uri: uri.into(),
@@ -246,7 +304,9 @@ fn fault(method: Method, uri: &str, status: StatusCode, body: &[u8]) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{ActionType, BootSource, Drive, MachineConfiguration, NetworkInterface, VmStateRequest};
+    use crate::models::{
+        ActionType, BootSource, Drive, MachineConfiguration, NetworkInterface, VmStateRequest,
+    };
 
     fn assets() -> PathBuf {
         std::env::var_os("BANGER_CACHE")
@@ -265,7 +325,11 @@ mod tests {
 
     async fn firecracker() -> (Vmm, Client) {
         let bin = assets().join("bin/firecracker");
-        assert!(bin.exists(), "{} is missing: run scripts/firecracker-assets", bin.display());
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/firecracker-assets",
+            bin.display()
+        );
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("api.sock");
         let log = std::fs::File::create(dir.path().join("out.log")).unwrap();
@@ -276,10 +340,15 @@ mod tests {
             .stderr(log)
             .spawn()
             .unwrap();
-        let c = Client::new(&sock).with_timeout(Duration::from_secs(5)).with_peer(child.id() as i32);
+        let c = Client::new(&sock)
+            .with_timeout(Duration::from_secs(5))
+            .with_peer(child.id() as i32);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while c.instance_info().await.is_err() {
-            assert!(std::time::Instant::now() < deadline, "firecracker never answered");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "firecracker never answered"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         (Vmm(child, dir), c)
@@ -287,9 +356,16 @@ mod tests {
 
     fn refused(r: Result<(), Error>, status: u16, words: &str) {
         match r {
-            Err(Error::Fault { status: s, fault_message, .. }) => {
+            Err(Error::Fault {
+                status: s,
+                fault_message,
+                ..
+            }) => {
                 assert_eq!(s.as_u16(), status, "{fault_message}");
-                assert!(fault_message.contains(words), "{fault_message:?} lacks {words:?}");
+                assert!(
+                    fault_message.contains(words),
+                    "{fault_message:?} lacks {words:?}"
+                );
             }
             other => panic!("expected a {status} refusal mentioning {words:?}, got {other:?}"),
         }
@@ -310,9 +386,19 @@ mod tests {
         refused(c.put_machine_config(&mc(0)).await, 400, "vCPU");
         c.put_machine_config(&mc(1)).await.unwrap();
         assert_eq!(c.machine_config().await.unwrap().mem_size_mib, 128);
-        let boot = |path: &str| BootSource { kernel_image_path: path.into(), initrd_path: None, boot_args: None };
-        refused(c.put_boot_source(&boot("/nonexistent/vmlinux")).await, 400, "kernel file cannot be opened");
-        c.put_boot_source(&boot(assets().join("tiny-guest").to_str().unwrap())).await.unwrap();
+        let boot = |path: &str| BootSource {
+            kernel_image_path: path.into(),
+            initrd_path: None,
+            boot_args: None,
+        };
+        refused(
+            c.put_boot_source(&boot("/nonexistent/vmlinux")).await,
+            400,
+            "kernel file cannot be opened",
+        );
+        c.put_boot_source(&boot(assets().join("tiny-guest").to_str().unwrap()))
+            .await
+            .unwrap();
         let drive = Drive {
             drive_id: "rootfs".into(),
             is_root_device: true,
@@ -327,21 +413,43 @@ mod tests {
             host_dev_name: "a-tap-name-far-too-long".into(),
             guest_mac: None,
         };
-        refused(c.put_network_interface(&nic).await, 400, "Invalid interface name");
-        refused(c.send_ctrl_alt_del().await, 400, "not supported before starting");
-        refused(c.patch_vm(VmStateRequest::Paused).await, 400, "not supported before starting");
+        refused(
+            c.put_network_interface(&nic).await,
+            400,
+            "Invalid interface name",
+        );
+        refused(
+            c.send_ctrl_alt_del().await,
+            400,
+            "not supported before starting",
+        );
+        refused(
+            c.patch_vm(VmStateRequest::Paused).await,
+            400,
+            "not supported before starting",
+        );
         refused(c.action(ActionType::FlushMetrics).await, 400, "");
         // GET of an unknown resource is refused too (not taken as data).
-        assert!(matches!(c.get::<serde_json::Value>("/no-such-resource").await, Err(Error::Fault { .. })));
+        assert!(matches!(
+            c.get::<serde_json::Value>("/no-such-resource").await,
+            Err(Error::Fault { .. })
+        ));
         // The raw escape hatch returns what was said.
         let (status, body) = c.raw(Method::GET, "/", None).await.unwrap();
         assert_eq!(status, StatusCode::OK);
-        assert!(String::from_utf8_lossy(&body).contains("Not started"), "{body:?}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("Not started"),
+            "{body:?}"
+        );
 
         c.instance_start().await.unwrap();
         assert_eq!(c.instance_info().await.unwrap().state, "Running");
         refused(c.instance_start().await, 400, "");
-        refused(c.put_machine_config(&mc(2)).await, 400, "not supported after starting");
+        refused(
+            c.put_machine_config(&mc(2)).await,
+            400,
+            "not supported after starting",
+        );
         c.patch_vm(VmStateRequest::Paused).await.unwrap();
         assert_eq!(c.instance_info().await.unwrap().state, "Paused");
         c.patch_vm(VmStateRequest::Resumed).await.unwrap();
@@ -368,10 +476,20 @@ mod tests {
         conn.set_nonblocking(false).unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let r = std::io::Read::read(&mut conn, &mut buf);
-        assert!(matches!(r, Ok(0)), "nothing was sent to the stranger: {r:?}");
+        assert!(
+            matches!(r, Ok(0)),
+            "nothing was sent to the stranger: {r:?}"
+        );
         drop(conn);
-        let r = Client::new(&sock).with_peer(me).with_timeout(Duration::from_millis(200)).instance_info().await;
-        assert!(matches!(r, Err(Error::Timeout { .. })), "the right peer is talked to: {r:?}");
+        let r = Client::new(&sock)
+            .with_peer(me)
+            .with_timeout(Duration::from_millis(200))
+            .instance_info()
+            .await;
+        assert!(
+            matches!(r, Err(Error::Timeout { .. })),
+            "the right peer is talked to: {r:?}"
+        );
     }
 
     #[tokio::test]
@@ -388,12 +506,17 @@ mod tests {
                 let mut buf = [0u8; 4096];
                 let _ = c.read(&mut buf).await;
                 if n == 0 {
-                    let _ = c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await;
+                    let _ = c
+                        .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                        .await;
                     let chunk = format!("{:x}\r\n{}\r\n", 65536, "x".repeat(65536));
                     while c.write_all(chunk.as_bytes()).await.is_ok() {}
                 } else {
                     let body = format!("{{\"fault_message\":\"{}\"}}", "y".repeat(100_000));
-                    let head = format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n", body.len());
+                    let head = format!(
+                        "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
                     let _ = c.write_all(head.as_bytes()).await;
                     let _ = c.write_all(body.as_bytes()).await;
                 }
@@ -405,7 +528,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match c.send_ctrl_alt_del().await {
-            Err(Error::Fault { fault_message, .. }) => assert_eq!(fault_message.len(), MAX_FAULT_MESSAGE + 3),
+            Err(Error::Fault { fault_message, .. }) => {
+                assert_eq!(fault_message.len(), MAX_FAULT_MESSAGE + 3)
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -57,7 +57,9 @@ fn extract(bzimage: &[u8], limit: usize) -> Result<Vec<u8>, KernelError> {
             return Ok(out);
         }
     }
-    if find_all(bzimage, &LZ4_LEGACY_MAGIC).next().is_none() && find_all(bzimage, &GZIP_MAGIC).next().is_none() {
+    if find_all(bzimage, &LZ4_LEGACY_MAGIC).next().is_none()
+        && find_all(bzimage, &GZIP_MAGIC).next().is_none()
+    {
         Err(KernelError::NoPayload)
     } else {
         Err(KernelError::NotElf)
@@ -65,7 +67,10 @@ fn extract(bzimage: &[u8], limit: usize) -> Result<Vec<u8>, KernelError> {
 }
 
 fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-    hay.windows(needle.len()).enumerate().filter(move |(_, w)| *w == needle).map(|(i, _)| i)
+    hay.windows(needle.len())
+        .enumerate()
+        .filter(move |(_, w)| *w == needle)
+        .map(|(i, _)| i)
 }
 
 /// Blocks of `<u32 LE compressed size><data>` until the input ends, a size does not
@@ -166,7 +171,10 @@ mod tests {
 
     #[test]
     fn refuses_images_without_a_payload_or_with_a_non_elf_one() {
-        assert_eq!(extract_vmlinux(b"just some bytes"), Err(KernelError::NoPayload));
+        assert_eq!(
+            extract_vmlinux(b"just some bytes"),
+            Err(KernelError::NoPayload)
+        );
         let mut img = LZ4_LEGACY_MAGIC.to_vec();
         let c = lz4_flex::block::compress(b"not an elf at all, sorry");
         img.extend_from_slice(&(c.len() as u32).to_le_bytes());
@@ -183,7 +191,11 @@ mod tests {
         gz.write_all(&elf).unwrap();
         let mut img = b"MZ setup code".to_vec();
         img.extend(gz.finish().unwrap());
-        assert_eq!(extract(&img, elf.len()), Ok(elf.clone()), "the limit is inclusive");
+        assert_eq!(
+            extract(&img, elf.len()),
+            Ok(elf.clone()),
+            "the limit is inclusive"
+        );
         assert_eq!(extract(&img, elf.len() - 1), Err(KernelError::TooLarge));
 
         let mut img = LZ4_LEGACY_MAGIC.to_vec();
@@ -192,7 +204,11 @@ mod tests {
             img.extend_from_slice(&(c.len() as u32).to_le_bytes());
             img.extend_from_slice(&c);
         }
-        assert_eq!(extract(&img, elf.len()), Ok(elf.clone()), "the limit is inclusive");
+        assert_eq!(
+            extract(&img, elf.len()),
+            Ok(elf.clone()),
+            "the limit is inclusive"
+        );
         assert_eq!(extract(&img, elf.len() - 1), Err(KernelError::TooLarge));
     }
 
@@ -208,14 +224,21 @@ mod tests {
     fn a_real_debian_kernel_yields_its_own_x86_64_elf() {
         let cache = std::env::var_os("BANGER_CACHE")
             .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache"));
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache")
+            });
         let vmlinuz = cache.join("guest/vmlinuz");
         let bz = std::fs::read(&vmlinuz)
             .unwrap_or_else(|e| panic!("{}: {e}; run scripts/guest-assets", vmlinuz.display()));
         // A bzImage: the boot protocol's "HdrS" at 0x202 (Documentation/x86/boot.rst).
         assert_eq!(&bz[0x202..0x206], b"HdrS", "not a bzImage");
         let elf = extract_vmlinux(&bz).unwrap();
-        assert!(elf.len() > bz.len(), "decompressed: {} of {} bytes", elf.len(), bz.len());
+        assert!(
+            elf.len() > bz.len(),
+            "decompressed: {} of {} bytes",
+            elf.len(),
+            bz.len()
+        );
         // ELF64, little-endian, an executable for x86-64 (e_machine 62).
         assert_eq!((&elf[..4], elf[4], elf[5]), (&ELF_MAGIC[..], 2, 1));
         assert_eq!(u16::from_le_bytes([elf[16], elf[17]]), 2, "ET_EXEC");
@@ -223,9 +246,19 @@ mod tests {
         // The banner the bzImage's own header points at is inside the vmlinux.
         let off = u16::from_le_bytes([bz[0x20e], bz[0x20f]]) as usize + 0x200;
         let banner = &bz[off..off + bz[off..].iter().position(|b| *b == 0).unwrap()];
-        let version = std::str::from_utf8(banner).unwrap().split(' ').next().unwrap();
-        assert!(version.starts_with(|c: char| c.is_ascii_digit()), "{version}");
+        let version = std::str::from_utf8(banner)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        assert!(
+            version.starts_with(|c: char| c.is_ascii_digit()),
+            "{version}"
+        );
         let needle = format!("Linux version {version}");
-        assert!(elf.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} is not in the extracted kernel");
+        assert!(
+            elf.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle} is not in the extracted kernel"
+        );
     }
 }

@@ -180,14 +180,19 @@ mod tests {
                 "/vmm.log"
             ]
         );
-        assert_eq!(p.chroot.as_deref(), Some(Path::new("/srv/jailer/firecracker/vm-abc/root")));
+        assert_eq!(
+            p.chroot.as_deref(),
+            Some(Path::new("/srv/jailer/firecracker/vm-abc/root"))
+        );
         assert_eq!(
             p.bound_socket,
             Path::new("/srv/jailer/firecracker/vm-abc/root/firecracker.socket")
         );
         assert_eq!(
             p.pidfile.as_deref(),
-            Some(Path::new("/srv/jailer/firecracker/vm-abc/root/firecracker.pid"))
+            Some(Path::new(
+                "/srv/jailer/firecracker/vm-abc/root/firecracker.pid"
+            ))
         );
     }
 }

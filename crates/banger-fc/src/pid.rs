@@ -24,7 +24,12 @@ pub enum PidError {
     #[error("pid {pid} from {path} is not running")]
     StalePid { pid: i32, path: PathBuf },
     #[error("pid {pid} from {path} is {actual:?}, not {expected:?}")]
-    WrongComm { pid: i32, path: PathBuf, expected: String, actual: String },
+    WrongComm {
+        pid: i32,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
 }
 
 /// Finds the VMM serving `api_sock`. `exec_name` is the VMM binary's file name
@@ -41,28 +46,45 @@ pub fn find_pid_in(proc_root: &Path, api_sock: &Path, exec_name: &str) -> Result
     }
     let target = match fs::read_link(api_sock) {
         Ok(t) => t,
-        Err(_) => return Err(PidError::NotFound { api_sock: api_sock.to_path_buf() }),
+        Err(_) => {
+            return Err(PidError::NotFound {
+                api_sock: api_sock.to_path_buf(),
+            });
+        }
     };
     let target = if target.is_absolute() {
         target
     } else {
         api_sock.parent().unwrap_or(Path::new("/")).join(target)
     };
-    let pidfile = target.parent().unwrap_or(Path::new("/")).join(format!("{exec_name}.pid"));
+    let pidfile = target
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(format!("{exec_name}.pid"));
     let content = match read_pidfile(&pidfile) {
         Some(c) => c,
         None => return Err(PidError::PidfileMissing(pidfile)),
     };
     let pid = match content.trim().parse::<i32>() {
         Ok(p) if p > 0 => p,
-        _ => return Err(PidError::PidfileGarbage { path: pidfile, content }),
+        _ => {
+            return Err(PidError::PidfileGarbage {
+                path: pidfile,
+                content,
+            });
+        }
     };
     let Some(actual) = comm(proc_root, pid) else {
         return Err(PidError::StalePid { pid, path: pidfile });
     };
     let expected = expected_comm(exec_name);
     if actual != expected {
-        return Err(PidError::WrongComm { pid, path: pidfile, expected, actual });
+        return Err(PidError::WrongComm {
+            pid,
+            path: pidfile,
+            expected,
+            actual,
+        });
     }
     Ok(pid)
 }
@@ -132,13 +154,19 @@ fn newest_with_cmdline(proc_root: &Path, needle: &Path) -> Option<i32> {
     let me = std::process::id() as i32;
     let mut best: Option<(u64, i32)> = None;
     for entry in fs::read_dir(proc_root).ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid == me {
             continue;
         }
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         // The path itself, or `/proc/self/cwd/NAME` in a process whose working
         // directory holds NAME at that path (how a VMM that cannot reach its
         // directory by path is told where to bind its socket).
@@ -146,7 +174,12 @@ fn newest_with_cmdline(proc_root: &Path, needle: &Path) -> Option<i32> {
             arg == needle
                 || arg.strip_prefix(CWD_PREFIX).is_some_and(|rest| {
                     fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| {
-                        cwd.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rest)).as_os_str().as_encoded_bytes() == needle
+                        cwd.join(
+                            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rest),
+                        )
+                        .as_os_str()
+                        .as_encoded_bytes()
+                            == needle
                     })
                 })
         };
@@ -179,7 +212,9 @@ mod tests {
         // A shell that waits on its stdin (it never forks), with ARGS as separate
         // arguments on its command line like a VMM's flags.
         let mut c = Command::new("/bin/sh");
-        c.args(["-c", "read x", "vmm"]).args(extra).stdin(std::process::Stdio::piped());
+        c.args(["-c", "read x", "vmm"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped());
         Reaped(c.spawn().unwrap())
     }
 
@@ -192,7 +227,10 @@ mod tests {
             if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "pid {pid} never showed {arg:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} never showed {arg:?}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
@@ -200,7 +238,10 @@ mod tests {
     fn wait_for_comm(pid: i32, want: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while comm(Path::new("/proc"), pid).as_deref() != Some(want) {
-            assert!(std::time::Instant::now() < deadline, "pid {pid} never had comm {want:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} never had comm {want:?}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
@@ -237,7 +278,10 @@ mod tests {
         let mention = format!("--note={}", sock.display());
         let child = sleeper(&["-qmp", &qmp, &mention]);
         wait_for_arg(child.0.id() as i32, &mention);
-        assert_eq!(find_pid(&sock, "firecracker"), Err(PidError::NotFound { api_sock: sock }));
+        assert_eq!(
+            find_pid(&sock, "firecracker"),
+            Err(PidError::NotFound { api_sock: sock })
+        );
     }
 
     #[test]
@@ -283,7 +327,10 @@ mod tests {
     fn missing_pidfile_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let link = jail(dir.path(), "firecracker", None);
-        assert!(matches!(find_pid(&link, "firecracker"), Err(PidError::PidfileMissing(_))));
+        assert!(matches!(
+            find_pid(&link, "firecracker"),
+            Err(PidError::PidfileMissing(_))
+        ));
     }
 
     #[test]
@@ -296,7 +343,10 @@ mod tests {
             let _ = fs::remove_file(d.join("api.sock"));
             let link = jail(&d, "firecracker", Some(garbage));
             assert!(
-                matches!(find_pid(&link, "firecracker"), Err(PidError::PidfileGarbage { .. })),
+                matches!(
+                    find_pid(&link, "firecracker"),
+                    Err(PidError::PidfileGarbage { .. })
+                ),
                 "{garbage:?}"
             );
         }
@@ -309,7 +359,10 @@ mod tests {
         let pid = c.id() as i32;
         c.wait().unwrap();
         let link = jail(dir.path(), "firecracker", Some(&pid.to_string()));
-        assert!(matches!(find_pid(&link, "firecracker"), Err(PidError::StalePid { .. })));
+        assert!(matches!(
+            find_pid(&link, "firecracker"),
+            Err(PidError::StalePid { .. })
+        ));
     }
 
     #[test]
@@ -320,7 +373,9 @@ mod tests {
         wait_for_comm(pid, "sh");
         let link = jail(dir.path(), "firecracker", Some(&pid.to_string()));
         match find_pid(&link, "firecracker") {
-            Err(PidError::WrongComm { actual, expected, .. }) => {
+            Err(PidError::WrongComm {
+                actual, expected, ..
+            }) => {
                 assert_eq!(actual, "sh");
                 assert_eq!(expected, "firecracker");
             }
@@ -333,7 +388,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("plain.sock");
         fs::write(&sock, b"").unwrap();
-        assert!(matches!(find_pid(&sock, "firecracker"), Err(PidError::NotFound { .. })));
+        assert!(matches!(
+            find_pid(&sock, "firecracker"),
+            Err(PidError::NotFound { .. })
+        ));
     }
 
     #[test]
@@ -349,7 +407,10 @@ mod tests {
         // Not reaped yet: a zombie once it exits.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while start_time(pid).is_some() {
-            assert!(std::time::Instant::now() < deadline, "pid {pid} never became a zombie");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} never became a zombie"
+            );
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         let t = start_time_even_if_ended(pid).expect("the zombie is still in /proc");
@@ -375,9 +436,15 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let sock = dir.path().join("api.sock");
         let mut c = Command::new("/bin/sh");
-        c.args(["-c", "read x", "vmm", "--api-sock", "/proc/self/cwd/api.sock"])
-            .current_dir(dir.path())
-            .stdin(std::process::Stdio::piped());
+        c.args([
+            "-c",
+            "read x",
+            "vmm",
+            "--api-sock",
+            "/proc/self/cwd/api.sock",
+        ])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped());
         let vmm = Reaped(c.spawn().unwrap());
         let pid = vmm.0.id() as i32;
         wait_for_arg(pid, "/proc/self/cwd/api.sock");
@@ -396,14 +463,24 @@ mod tests {
         let pidfile = jail.join("firecracker.pid");
         // A link to an endless device.
         symlink("/dev/zero", &pidfile).unwrap();
-        assert!(matches!(find_pid(&d.path().join("api.sock"), "firecracker"), Err(PidError::PidfileMissing(_))));
+        assert!(matches!(
+            find_pid(&d.path().join("api.sock"), "firecracker"),
+            Err(PidError::PidfileMissing(_))
+        ));
         std::fs::remove_file(&pidfile).unwrap();
         // A FIFO: refused at once, not waited on.
         nix::unistd::mkfifo(&pidfile, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(matches!(find_pid(&d.path().join("api.sock"), "firecracker"), Err(PidError::PidfileMissing(_))));
+        assert!(matches!(
+            find_pid(&d.path().join("api.sock"), "firecracker"),
+            Err(PidError::PidfileMissing(_))
+        ));
         std::fs::remove_file(&pidfile).unwrap();
         // A regular file far longer than a pid: only its start is read.
-        std::fs::write(&pidfile, format!("{}{}", std::process::id(), " ".repeat(1 << 20))).unwrap();
+        std::fs::write(
+            &pidfile,
+            format!("{}{}", std::process::id(), " ".repeat(1 << 20)),
+        )
+        .unwrap();
         match find_pid(&d.path().join("api.sock"), "firecracker") {
             Err(PidError::WrongComm { pid, .. }) => assert_eq!(pid, std::process::id() as i32),
             other => panic!("{other:?}"),

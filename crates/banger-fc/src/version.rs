@@ -27,7 +27,10 @@ pub fn parse_version_output_of(app: &str, out: &str) -> Result<Version, ParseVer
     if lines.next() != Some("") {
         return Err(err());
     }
-    let rest = first.strip_prefix(app).and_then(|r| r.strip_prefix(" v")).ok_or_else(err)?;
+    let rest = first
+        .strip_prefix(app)
+        .and_then(|r| r.strip_prefix(" v"))
+        .ok_or_else(err)?;
     let mut parts = rest.split('.');
     let mut num = || -> Result<u32, ParseVersionError> {
         let p = parts.next().ok_or_else(err)?;
@@ -36,7 +39,11 @@ pub fn parse_version_output_of(app: &str, out: &str) -> Result<Version, ParseVer
         }
         p.parse().map_err(|_| err())
     };
-    let v = Version { major: num()?, minor: num()?, patch: num()? };
+    let v = Version {
+        major: num()?,
+        minor: num()?,
+        patch: num()?,
+    };
     if parts.next().is_some() {
         return Err(err());
     }
@@ -55,13 +62,25 @@ mod tests {
     #[test]
     fn parses_the_exact_release_output() {
         let v = parse_version_output("Firecracker v1.16.1\n\n").unwrap();
-        assert_eq!(v, Version { major: 1, minor: 16, patch: 1 });
+        assert_eq!(
+            v,
+            Version {
+                major: 1,
+                minor: 16,
+                patch: 1
+            }
+        );
         assert_eq!(v.to_string(), "1.16.1");
     }
 
     #[test]
     fn parses_the_jailer() {
-        assert_eq!(parse_version_output_of("Jailer", "Jailer v1.10.1\n\n").unwrap().minor, 10);
+        assert_eq!(
+            parse_version_output_of("Jailer", "Jailer v1.10.1\n\n")
+                .unwrap()
+                .minor,
+            10
+        );
     }
 
     #[test]

@@ -52,11 +52,15 @@ pub fn sparse_copy(from: &File, to: &File) -> io::Result<()> {
         let mut left = (hole - data) as usize;
         while left > 0 {
             // SAFETY: offsets are valid pointers to i64s; fds are open.
-            let n = unsafe { libc::copy_file_range(fd_in, &mut off_in, fd_out, &mut off_out, left, 0) };
+            let n =
+                unsafe { libc::copy_file_range(fd_in, &mut off_in, fd_out, &mut off_out, left, 0) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 // Across filesystems (EXDEV) or where unsupported: plain reads and writes.
-                if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) {
                     copy_range(from, to, off_in as u64, left)?;
                     break;
                 }
@@ -105,7 +109,9 @@ mod tests {
         let f = File::create(&p).unwrap();
         f.set_len(5 * MIB).unwrap();
         let head: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
-        let middle: Vec<u8> = (0..(5 * MIB / 2) as u32).map(|i| (i % 241) as u8 + 1).collect();
+        let middle: Vec<u8> = (0..(5 * MIB / 2) as u32)
+            .map(|i| (i % 241) as u8 + 1)
+            .collect();
         f.write_all_at(&head, 0).unwrap();
         f.write_all_at(&middle, MIB).unwrap();
         f.sync_all().unwrap();
@@ -123,13 +129,28 @@ mod tests {
         let (src, bytes) = sparse_file(from_dir);
         let dst = to_dir.join("dst");
         let (from, to) = (File::open(&src).unwrap(), File::create(&dst).unwrap());
-        assert!(!clone_data(&from, &to).unwrap(), "no reflink on ext4 or tmpfs");
-        assert_eq!(std::fs::read(&dst).unwrap(), bytes, "same bytes, same length");
+        assert!(
+            !clone_data(&from, &to).unwrap(),
+            "no reflink on ext4 or tmpfs"
+        );
+        assert_eq!(
+            std::fs::read(&dst).unwrap(),
+            bytes,
+            "same bytes, same length"
+        );
         let to = File::open(&dst).unwrap();
         // The holes stay holes: after the head, the next data is the middle part,
         // and nothing follows it.
-        assert_eq!(next_data(&to, 4096).map(|o| o as u64 / MIB), Some(1), "the first hole was filled");
-        assert_eq!(next_data(&to, (MIB + 5 * MIB / 2 + 4096) as i64), None, "the trailing hole was filled");
+        assert_eq!(
+            next_data(&to, 4096).map(|o| o as u64 / MIB),
+            Some(1),
+            "the first hole was filled"
+        );
+        assert_eq!(
+            next_data(&to, (MIB + 5 * MIB / 2 + 4096) as i64),
+            None,
+            "the trailing hole was filled"
+        );
         let used = std::fs::metadata(&dst).unwrap().blocks() * 512;
         assert!(used < 3 * MIB, "{used} bytes allocated for 2.5 MiB of data");
     }
@@ -175,8 +196,14 @@ mod tests {
         let got = std::fs::read(&dst).unwrap();
         let r = MIB as usize..(MIB + 5 * MIB / 2) as usize;
         assert_eq!(&got[r.clone()], &bytes[r.clone()]);
-        assert!(got[..r.start].iter().all(|b| *b == 0), "nothing before the range");
-        assert!(got[r.end..].iter().all(|b| *b == 0), "nothing after the range");
+        assert!(
+            got[..r.start].iter().all(|b| *b == 0),
+            "nothing before the range"
+        );
+        assert!(
+            got[r.end..].iter().all(|b| *b == 0),
+            "nothing after the range"
+        );
         // A range past the end of the source stops at the end.
         copy_range(&File::open(&src).unwrap(), &to, 5 * MIB - 10, 100).unwrap();
         assert_eq!(std::fs::metadata(&dst).unwrap().len(), 5 * MIB);
@@ -188,7 +215,13 @@ mod tests {
         let (src, _) = sparse_file(d.path());
         let to = File::create(d.path().join("dst")).unwrap();
         let e = reflink(&File::open(&src).unwrap(), &to).unwrap_err();
-        assert!(matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL | libc::EXDEV)), "{e}");
+        assert!(
+            matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EINVAL | libc::EXDEV)
+            ),
+            "{e}"
+        );
         assert_eq!(to.metadata().unwrap().len(), 0, "nothing was copied");
     }
 }

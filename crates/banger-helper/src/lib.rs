@@ -26,7 +26,9 @@ impl VmId {
     pub const LEN: usize = 12;
     pub fn new(s: impl Into<String>) -> Result<Self, ArgError> {
         let s = s.into();
-        if s.len() == Self::LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        if s.len() == Self::LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             Ok(Self(s))
         } else {
@@ -68,7 +70,10 @@ pub enum ArgError {
     #[error("invalid package name {0:?}")]
     Package(String),
     #[error("address {ip} is not a host address of {network}")]
-    Address { ip: std::net::Ipv4Addr, network: String },
+    Address {
+        ip: std::net::Ipv4Addr,
+        network: String,
+    },
     #[error("invalid image digest {0:?}: expected 64 lowercase hex digits")]
     Digest(String),
     #[error("path {0} is not absolute")]
@@ -87,7 +92,10 @@ pub struct Dirs {
 impl Dirs {
     /// System mode layout.
     pub fn system() -> Self {
-        Self { state: "/var/lib/banger".into(), run: "/run/banger".into() }
+        Self {
+            state: "/var/lib/banger".into(),
+            run: "/run/banger".into(),
+        }
     }
     /// Development and test layout: everything under one directory.
     pub fn under(state: impl Into<PathBuf>) -> Self {
@@ -147,7 +155,10 @@ pub struct Digest(String);
 impl Digest {
     pub fn new(s: impl Into<String>) -> Result<Self, ArgError> {
         let s = s.into();
-        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(Self(s))
         } else {
             Err(ArgError::Digest(s))
@@ -252,7 +263,11 @@ impl Release {
     pub const KNOWN: [&'static str; 3] = ["bookworm", "trixie", "bullseye"];
     pub fn new(s: impl Into<String>) -> Result<Self, ArgError> {
         let s = s.into();
-        if Self::KNOWN.contains(&s.as_str()) { Ok(Self(s)) } else { Err(ArgError::Release(s)) }
+        if Self::KNOWN.contains(&s.as_str()) {
+            Ok(Self(s))
+        } else {
+            Err(ArgError::Release(s))
+        }
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -278,8 +293,13 @@ impl PackageName {
         let ok = b.len() >= 2
             && b.len() <= 128
             && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(c));
-        if ok { Ok(Self(s)) } else { Err(ArgError::Package(s)) }
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(c));
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(ArgError::Package(s))
+        }
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -404,10 +424,19 @@ pub enum Request {
     Launches {},
     /// How the VMM `(pid, start_time)` of `vm_id` ended, if this helper launched it
     /// and saw it end. Always legal.
-    VmmExited { vm_id: VmId, pid: i32, start_time: u64 },
+    VmmExited {
+        vm_id: VmId,
+        pid: i32,
+        start_time: u64,
+    },
     /// Signal the VMM of `vm_id`, but only if `pid` still has `start_time` and is the
     /// VMM serving that VM's API socket. Reports whether it was alive.
-    SignalVmm { vm_id: VmId, pid: i32, start_time: u64, signal: VmmSignal },
+    SignalVmm {
+        vm_id: VmId,
+        pid: i32,
+        start_time: u64,
+        signal: VmmSignal,
+    },
     /// End the VMM the VM's launch record names if it still runs (legal only when the
     /// daemon holds no running VMM for the VM), then remove `<run>/vms/<id>` (sockets,
     /// handles) and the VM's jail, unmounting what was bind-mounted into it.
@@ -419,13 +448,20 @@ pub enum Request {
     /// (rootfs.ext4, vmlinuz, vmlinux when extractable, initrd.img, build.log), owned
     /// by the caller. Progress lines go to `progress` in that directory. On failure
     /// the directory is removed.
-    BuildImage { build_id: VmId, release: Release, packages: Vec<PackageName> },
+    BuildImage {
+        build_id: VmId,
+        release: Release,
+        packages: Vec<PackageName>,
+    },
     /// Create the bridge with the gateway address, enable forwarding and install
     /// banger's nftables table (NAT for the subnet). Idempotent.
     SetupNetwork {},
     /// Create the VM's tap (owned by the caller, attached to the bridge, up) and the
     /// nftables rule that only lets `guest_ip` out of it. Idempotent.
-    CreateTap { vm_id: VmId, guest_ip: std::net::Ipv4Addr },
+    CreateTap {
+        vm_id: VmId,
+        guest_ip: std::net::Ipv4Addr,
+    },
     /// Delete the VM's tap and its nftables rules. Idempotent.
     DeleteTap { vm_id: VmId },
     /// Delete the bridge and banger's nftables table. Idempotent.
@@ -450,12 +486,20 @@ pub enum Reply {
         instance: String,
         network: NetworkConfig,
     },
-    ImageBuilt { dir: PathBuf },
+    ImageBuilt {
+        dir: PathBuf,
+    },
     Done,
     Launched(Launched),
-    Signalled { was_alive: bool },
-    Exited { exit: Option<VmmExit> },
-    Launches { launches: Vec<LaunchInfo> },
+    Signalled {
+        was_alive: bool,
+    },
+    Exited {
+        exit: Option<VmmExit>,
+    },
+    Launches {
+        launches: Vec<LaunchInfo>,
+    },
 }
 
 /// A launch record: the VMM `(pid, start_time)` the helper forked for `vm_id`,
@@ -473,7 +517,9 @@ pub struct LaunchInfo {
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`).
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Fault injection for the crash tests: a daemon started with `BANGER_FAULT=<point>`
@@ -482,7 +528,11 @@ pub fn boot_id() -> String {
 /// environment lookup.
 pub fn fault_point(name: &str) {
     static WANT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if WANT.get_or_init(|| std::env::var("BANGER_FAULT").ok()).as_deref() == Some(name) {
+    if WANT
+        .get_or_init(|| std::env::var("BANGER_FAULT").ok())
+        .as_deref()
+        == Some(name)
+    {
         eprintln!("BANGER_FAULT: killing myself at {name}");
         // SAFETY: kill(2) on our own pid.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -558,12 +608,17 @@ pub struct HelperClient {
 
 impl HelperClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into() }
+        Self {
+            socket: socket.into(),
+        }
     }
 
     pub fn call(&self, req: &Request) -> Result<Reply, ClientError> {
-        let mut stream = UnixStream::connect(&self.socket)
-            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
+        let mut stream =
+            UnixStream::connect(&self.socket).map_err(|source| ClientError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
         stream.set_read_timeout(Some(reply_deadline(req)))?;
         let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
@@ -589,7 +644,14 @@ mod tests {
     #[test]
     fn vm_ids_are_twelve_lowercase_hex_digits() {
         assert!(VmId::new("0123456789ab").is_ok());
-        for bad in ["", "0123456789a", "0123456789abc", "0123456789AB", "../../etc/x", "0123456789a/"] {
+        for bad in [
+            "",
+            "0123456789a",
+            "0123456789abc",
+            "0123456789AB",
+            "../../etc/x",
+            "0123456789a/",
+        ] {
             assert!(VmId::new(bad).is_err(), "{bad:?}");
         }
     }
@@ -598,7 +660,10 @@ mod tests {
     fn a_vm_id_reads_as_its_digits() {
         let id = VmId::new("0123456789ab").unwrap();
         let s: &str = &id;
-        assert_eq!((s, id.as_str(), id.to_string().as_str()), ("0123456789ab", "0123456789ab", "0123456789ab"));
+        assert_eq!(
+            (s, id.as_str(), id.to_string().as_str()),
+            ("0123456789ab", "0123456789ab", "0123456789ab")
+        );
     }
 
     #[test]
@@ -631,7 +696,11 @@ mod tests {
             format!("../{}", &good[3..]),
             format!("{}/", &good[..63]),
         ] {
-            assert_eq!(Digest::new(bad.clone()), Err(ArgError::Digest(bad.clone())), "{bad:?}");
+            assert_eq!(
+                Digest::new(bad.clone()),
+                Err(ArgError::Digest(bad.clone())),
+                "{bad:?}"
+            );
         }
     }
 
@@ -656,11 +725,43 @@ mod tests {
 
     #[test]
     fn exit_status_is_clean_only_for_exit_code_zero() {
-        assert!(VmmExit { code: Some(0), signal: None }.is_clean());
-        assert!(!VmmExit { code: Some(1), signal: None }.is_clean());
-        assert!(!VmmExit { code: None, signal: Some(9) }.is_clean());
-        assert_eq!(VmmExit { code: None, signal: Some(9) }.to_string(), "killed by signal 9");
-        assert_eq!(VmmExit { code: Some(1), signal: None }.to_string(), "exit code 1");
+        assert!(
+            VmmExit {
+                code: Some(0),
+                signal: None
+            }
+            .is_clean()
+        );
+        assert!(
+            !VmmExit {
+                code: Some(1),
+                signal: None
+            }
+            .is_clean()
+        );
+        assert!(
+            !VmmExit {
+                code: None,
+                signal: Some(9)
+            }
+            .is_clean()
+        );
+        assert_eq!(
+            VmmExit {
+                code: None,
+                signal: Some(9)
+            }
+            .to_string(),
+            "killed by signal 9"
+        );
+        assert_eq!(
+            VmmExit {
+                code: Some(1),
+                signal: None
+            }
+            .to_string(),
+            "exit code 1"
+        );
     }
 
     #[test]
@@ -700,8 +801,13 @@ mod tests {
         for (got, want) in want {
             assert_eq!(got, Path::new(want));
         }
-        assert_eq!(Dirs::system().database(), Path::new("/var/lib/banger/banger.db"));
-        let names: Vec<_> = [ImageFile::Vmlinux, ImageFile::Vmlinuz, ImageFile::Initrd].map(ImageFile::file_name).to_vec();
+        assert_eq!(
+            Dirs::system().database(),
+            Path::new("/var/lib/banger/banger.db")
+        );
+        let names: Vec<_> = [ImageFile::Vmlinux, ImageFile::Vmlinuz, ImageFile::Initrd]
+            .map(ImageFile::file_name)
+            .to_vec();
         assert_eq!(names, ["vmlinux", "vmlinuz", "initrd.img"]);
         assert_eq!(Release::new("trixie").unwrap().as_str(), "trixie");
         assert_eq!(PackageName::new("git").unwrap().as_str(), "git");
@@ -716,7 +822,9 @@ mod tests {
 
     #[test]
     fn wire_format_is_one_tagged_object() {
-        let r = Request::CreateVmDirs { vm_id: VmId::new("0123456789ab").unwrap() };
+        let r = Request::CreateVmDirs {
+            vm_id: VmId::new("0123456789ab").unwrap(),
+        };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"op":"create_vm_dirs","vm_id":"0123456789ab"}"#
@@ -739,12 +847,21 @@ mod tests {
         let dirs = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
         let sh = tool("sh");
         assert!(sh.is_absolute() && sh.exists(), "{}", sh.display());
-        let at = dirs.iter().position(|d| sh.parent() == Some(Path::new(d))).expect("in one of the dirs");
+        let at = dirs
+            .iter()
+            .position(|d| sh.parent() == Some(Path::new(d)))
+            .expect("in one of the dirs");
         for earlier in &dirs[..at] {
-            assert!(!Path::new(earlier).join("sh").exists(), "{earlier}/sh comes first");
+            assert!(
+                !Path::new(earlier).join("sh").exists(),
+                "{earlier}/sh comes first"
+            );
         }
         // Nothing found: the bare name, so the error names what is missing.
-        assert_eq!(tool("no-such-tool-banger"), PathBuf::from("no-such-tool-banger"));
+        assert_eq!(
+            tool("no-such-tool-banger"),
+            PathBuf::from("no-such-tool-banger")
+        );
     }
 
     #[test]
@@ -753,7 +870,14 @@ mod tests {
         assert_eq!(id.len(), 36, "{id:?}");
         for (i, c) in id.chars().enumerate() {
             let dash = [8, 13, 18, 23].contains(&i);
-            assert!(if dash { c == '-' } else { c.is_ascii_hexdigit() }, "{id:?}");
+            assert!(
+                if dash {
+                    c == '-'
+                } else {
+                    c.is_ascii_hexdigit()
+                },
+                "{id:?}"
+            );
         }
         assert_eq!(boot_id(), id, "stable within a boot");
     }
@@ -771,14 +895,23 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         let run = |fault: &str| {
             std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "tests::fault_point_child", "--ignored", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "tests::fault_point_child",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("BANGER_FAULT", fault)
                 .output()
                 .unwrap()
         };
         let hit = run("test:fault:here");
         assert_eq!(hit.status.signal(), Some(libc::SIGKILL), "{hit:?}");
-        assert!(String::from_utf8_lossy(&hit.stderr).contains("BANGER_FAULT: killing myself at test:fault:here"));
+        assert!(
+            String::from_utf8_lossy(&hit.stderr)
+                .contains("BANGER_FAULT: killing myself at test:fault:here")
+        );
         let missed = run("test:fault:elsewhere");
         assert!(missed.status.success(), "{missed:?}");
         assert!(String::from_utf8_lossy(&missed.stdout).contains("survived the fault point"));
@@ -796,20 +929,33 @@ mod tests {
         let public = dir.path().join("public");
         std::fs::write(&public, b"anyone's").unwrap();
         std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let nobody = Identity { uid: 65534, gid: 65534 };
+        let nobody = Identity {
+            uid: 65534,
+            gid: 65534,
+        };
 
-        let (s, p) = as_identity(nobody, || (std::fs::read(&secret), std::fs::read(&public))).unwrap();
-        assert_eq!(s.unwrap_err().kind(), std::io::ErrorKind::PermissionDenied, "root's 0600 file");
+        let (s, p) =
+            as_identity(nobody, || (std::fs::read(&secret), std::fs::read(&public))).unwrap();
+        assert_eq!(
+            s.unwrap_err().kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "root's 0600 file"
+        );
         assert_eq!(p.unwrap(), b"anyone's");
         // What it creates is its own.
         let made = dir.path().join("made");
-        as_identity(nobody, || std::fs::write(&made, b"x")).unwrap().unwrap();
+        as_identity(nobody, || std::fs::write(&made, b"x"))
+            .unwrap()
+            .unwrap();
         let m = std::fs::metadata(&made).unwrap();
         assert_eq!((m.uid(), m.gid()), (65534, 65534));
         // The caller's own thread is untouched, and root runs `f` in place.
         assert_eq!(std::fs::read(&secret).unwrap(), b"root's");
         let here = std::thread::current().id();
-        let (there, read) = as_identity(Identity { uid: 0, gid: 0 }, || (std::thread::current().id(), std::fs::read(&secret))).unwrap();
+        let (there, read) = as_identity(Identity { uid: 0, gid: 0 }, || {
+            (std::thread::current().id(), std::fs::read(&secret))
+        })
+        .unwrap();
         assert_eq!((there, read.unwrap()), (here, b"root's".to_vec()));
     }
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::UpdateError;
 use crate::manifest::{Manifest, parse_sums};
 use crate::signature::{PublicKeys, verify};
-use crate::UpdateError;
 
 /// Caps for what is not announced by a signed document.
 const SUMS_LIMIT: u64 = 64 * 1024;
@@ -33,7 +33,10 @@ fn agent() -> ureq::Agent {
 
 /// GETs `url`, refusing more than `limit` bytes; with `exact`, fewer is an error too.
 fn get(agent: &ureq::Agent, url: &str, limit: u64, exact: bool) -> Result<Vec<u8>, UpdateError> {
-    let fail = |reason: String| UpdateError::Fetch { url: url.to_string(), reason };
+    let fail = |reason: String| UpdateError::Fetch {
+        url: url.to_string(),
+        reason,
+    };
     let resp = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
     let mut body = Vec::new();
     resp.into_body()
@@ -42,10 +45,17 @@ fn get(agent: &ureq::Agent, url: &str, limit: u64, exact: bool) -> Result<Vec<u8
         .read_to_end(&mut body)
         .map_err(|e| fail(e.to_string()))?;
     if body.len() as u64 > limit {
-        return Err(UpdateError::TooLarge { what: url.to_string(), limit });
+        return Err(UpdateError::TooLarge {
+            what: url.to_string(),
+            limit,
+        });
     }
     if exact && (body.len() as u64) < limit {
-        return Err(UpdateError::Truncated { what: url.to_string(), got: body.len() as u64, want: limit });
+        return Err(UpdateError::Truncated {
+            what: url.to_string(),
+            got: body.len() as u64,
+            want: limit,
+        });
     }
     Ok(body)
 }
@@ -68,41 +78,76 @@ pub fn sibling(manifest_url: &str, name: &str) -> String {
 /// Fetches and verifies the release at `manifest_url`: SHA256SUMS and its signature,
 /// then the manifest (whose hash must be in SHA256SUMS), then, unless
 /// `manifest_only`, every artefact (announced size, manifest hash, SHA256SUMS hash).
-pub fn fetch_verified(manifest_url: &str, keys: &PublicKeys, manifest_only: bool) -> Result<Fetched, UpdateError> {
+pub fn fetch_verified(
+    manifest_url: &str,
+    keys: &PublicKeys,
+    manifest_only: bool,
+) -> Result<Fetched, UpdateError> {
     let agent = agent();
-    let sums = get(&agent, &sibling(manifest_url, "SHA256SUMS"), SUMS_LIMIT, false)?;
-    let sig = get(&agent, &sibling(manifest_url, "SHA256SUMS.sig"), SIG_LIMIT, false)?;
+    let sums = get(
+        &agent,
+        &sibling(manifest_url, "SHA256SUMS"),
+        SUMS_LIMIT,
+        false,
+    )?;
+    let sig = get(
+        &agent,
+        &sibling(manifest_url, "SHA256SUMS.sig"),
+        SIG_LIMIT,
+        false,
+    )?;
     verify(keys, &sums, &sig)?;
     let sums = parse_sums(&sums)?;
     let listed = |name: &str| -> Result<String, UpdateError> {
-        sums.iter().find(|(_, n)| n == name).map(|(h, _)| h.clone()).ok_or_else(|| UpdateError::NotListed { name: name.into() })
+        sums.iter()
+            .find(|(_, n)| n == name)
+            .map(|(h, _)| h.clone())
+            .ok_or_else(|| UpdateError::NotListed { name: name.into() })
     };
     let manifest_bytes = get(&agent, manifest_url, MANIFEST_LIMIT, false)?;
     let want = listed("manifest.json")?;
     let got = sha256_hex(&manifest_bytes);
     if want != got {
-        return Err(UpdateError::HashMismatch { name: "manifest.json".into(), want, got });
+        return Err(UpdateError::HashMismatch {
+            name: "manifest.json".into(),
+            want,
+            got,
+        });
     }
     let manifest = Manifest::parse(&manifest_bytes)?;
     let mut artefacts = Vec::new();
     if !manifest_only {
         for a in &manifest.artefacts {
             if a.size > ARTEFACT_LIMIT {
-                return Err(UpdateError::TooLarge { what: a.name.clone(), limit: ARTEFACT_LIMIT });
+                return Err(UpdateError::TooLarge {
+                    what: a.name.clone(),
+                    limit: ARTEFACT_LIMIT,
+                });
             }
             let listed_hash = listed(&a.name)?;
             if listed_hash != a.sha256.to_ascii_lowercase() {
-                return Err(UpdateError::HashMismatch { name: a.name.clone(), want: listed_hash, got: a.sha256.clone() });
+                return Err(UpdateError::HashMismatch {
+                    name: a.name.clone(),
+                    want: listed_hash,
+                    got: a.sha256.clone(),
+                });
             }
             let bytes = get(&agent, &sibling(manifest_url, &a.url), a.size, true)?;
             let got = sha256_hex(&bytes);
             if got != listed_hash {
-                return Err(UpdateError::HashMismatch { name: a.name.clone(), want: listed_hash, got });
+                return Err(UpdateError::HashMismatch {
+                    name: a.name.clone(),
+                    want: listed_hash,
+                    got,
+                });
             }
             artefacts.push((a.name.clone(), bytes));
         }
     }
-    Ok(Fetched { manifest, artefacts })
+    Ok(Fetched {
+        manifest,
+        artefacts,
+    })
 }
 
 #[cfg(test)]
@@ -144,19 +189,34 @@ mod tests {
                     };
                 }
             });
-            Server { server, files, asked, thread: Some(thread) }
+            Server {
+                server,
+                files,
+                asked,
+                thread: Some(thread),
+            }
         }
 
         fn url(&self, name: &str) -> String {
-            format!("http://{}/r/{name}", self.server.server_addr().to_ip().unwrap())
+            format!(
+                "http://{}/r/{name}",
+                self.server.server_addr().to_ip().unwrap()
+            )
         }
 
         fn put(&self, name: &str, body: impl Into<Vec<u8>>) {
-            self.files.lock().unwrap().insert(format!("/r/{name}"), body.into());
+            self.files
+                .lock()
+                .unwrap()
+                .insert(format!("/r/{name}"), body.into());
         }
 
         fn asked(&self, name: &str) -> bool {
-            self.asked.lock().unwrap().iter().any(|p| p == &format!("/r/{name}"))
+            self.asked
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|p| p == &format!("/r/{name}"))
         }
     }
 
@@ -173,14 +233,19 @@ mod tests {
 
     fn keys() -> PublicKeys {
         use p256::pkcs8::EncodePublicKey;
-        let pem = signing_key().verifying_key().to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        let pem = signing_key()
+            .verifying_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
         PublicKeys::from_pems([pem.as_str()]).unwrap()
     }
 
     fn sign(message: &[u8]) -> Vec<u8> {
         let sig: p256::ecdsa::Signature = signing_key().sign(message);
         use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes()).into_bytes()
+        base64::engine::general_purpose::STANDARD
+            .encode(sig.to_der().as_bytes())
+            .into_bytes()
     }
 
     /// A release as `scripts/release` lays it out, before anything is tampered with.
@@ -198,17 +263,32 @@ mod tests {
             let bins: Vec<(String, Vec<u8>)> = crate::manifest::ARTEFACTS
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (n.to_string(), format!("#!{n} build {i}\n").repeat(100 + i).into_bytes()))
+                .map(|(i, n)| {
+                    (
+                        n.to_string(),
+                        format!("#!{n} build {i}\n").repeat(100 + i).into_bytes(),
+                    )
+                })
                 .collect();
-            let announced = bins.iter().map(|(n, b)| (n.clone(), b.len() as u64, sha256_hex(b))).collect();
-            Release { bins, announced, sums_extra: String::new(), unlisted: Vec::new() }
+            let announced = bins
+                .iter()
+                .map(|(n, b)| (n.clone(), b.len() as u64, sha256_hex(b)))
+                .collect();
+            Release {
+                bins,
+                announced,
+                sums_extra: String::new(),
+                unlisted: Vec::new(),
+            }
         }
 
         fn manifest(&self) -> Vec<u8> {
             let arts: Vec<String> = self
                 .announced
                 .iter()
-                .map(|(n, size, h)| format!(r#"{{"name":"{n}","url":"{n}","size":{size},"sha256":"{h}"}}"#))
+                .map(|(n, size, h)| {
+                    format!(r#"{{"name":"{n}","url":"{n}","size":{size},"sha256":"{h}"}}"#)
+                })
                 .collect();
             format!(
                 r#"{{"schema":1,"version":"9.1.0","channel":"stable","published_at":"2026-11-01T00:00:00Z","expires_at":"2099-01-01T00:00:00Z","artefacts":[{}]}}"#,
@@ -320,14 +400,22 @@ mod tests {
         rel.announced[3].1 = ARTEFACT_LIMIT + 1;
         let srv = rel.serve();
         match fetch(&srv) {
-            Err(UpdateError::TooLarge { what, limit }) => assert_eq!((what.as_str(), limit), ("banger-vmm-qemu", ARTEFACT_LIMIT)),
+            Err(UpdateError::TooLarge { what, limit }) => {
+                assert_eq!((what.as_str(), limit), ("banger-vmm-qemu", ARTEFACT_LIMIT))
+            }
             other => panic!("{other:?}"),
         }
         assert!(!srv.asked("banger-vmm-qemu"));
         // At the cap exactly, the size is not what stops it (the download is short).
         let mut rel = Release::new();
         rel.announced[3].1 = ARTEFACT_LIMIT;
-        assert!(matches!(fetch(&rel.serve()), Err(UpdateError::Truncated { want: ARTEFACT_LIMIT, .. })));
+        assert!(matches!(
+            fetch(&rel.serve()),
+            Err(UpdateError::Truncated {
+                want: ARTEFACT_LIMIT,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -339,7 +427,9 @@ mod tests {
         let at = m.windows(5).position(|w| w == b"9.1.0").unwrap();
         m[at] = b'8';
         srv.put("manifest.json", m);
-        assert!(matches!(fetch(&srv), Err(UpdateError::HashMismatch { name, .. }) if name == "manifest.json"));
+        assert!(
+            matches!(fetch(&srv), Err(UpdateError::HashMismatch { name, .. }) if name == "manifest.json")
+        );
         assert!(!srv.asked("banger"));
     }
 
@@ -351,7 +441,10 @@ mod tests {
         let srv = rel.serve();
         match fetch(&srv) {
             Err(UpdateError::HashMismatch { name, want, got }) => {
-                assert_eq!((name.as_str(), want, got), ("bangerd", real, "0".repeat(64)));
+                assert_eq!(
+                    (name.as_str(), want, got),
+                    ("bangerd", real, "0".repeat(64))
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -387,9 +480,15 @@ mod tests {
         let sums = rel.sums(&rel.manifest());
         let sig: p256::ecdsa::Signature = other.sign(&sums);
         use base64::Engine;
-        srv.put("SHA256SUMS.sig", base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes()));
+        srv.put(
+            "SHA256SUMS.sig",
+            base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes()),
+        );
         assert!(matches!(fetch(&srv), Err(UpdateError::BadSignature)));
-        assert!(!srv.asked("manifest.json"), "the manifest was fetched before the signature held");
+        assert!(
+            !srv.asked("manifest.json"),
+            "the manifest was fetched before the signature held"
+        );
 
         let srv = rel.serve();
         let mut changed = sums.clone();
@@ -402,7 +501,10 @@ mod tests {
     fn the_caps_are_the_documented_sizes() {
         // docs/update.md: SHA256SUMS 64 KiB, its signature 4 KiB, the manifest 1 MiB,
         // an artefact 512 MiB. The tests below use these, so each is also exercised.
-        assert_eq!((SUMS_LIMIT, SIG_LIMIT, MANIFEST_LIMIT, ARTEFACT_LIMIT), (65_536, 4_096, 1_048_576, 536_870_912));
+        assert_eq!(
+            (SUMS_LIMIT, SIG_LIMIT, MANIFEST_LIMIT, ARTEFACT_LIMIT),
+            (65_536, 4_096, 1_048_576, 536_870_912)
+        );
     }
 
     #[test]
@@ -442,9 +544,17 @@ mod tests {
         let rel = Release::new();
         let srv = rel.serve();
         srv.put("manifest.json", vec![b' '; MANIFEST_LIMIT as usize + 1]);
-        assert!(matches!(fetch(&srv), Err(UpdateError::TooLarge { limit: MANIFEST_LIMIT, .. })));
+        assert!(matches!(
+            fetch(&srv),
+            Err(UpdateError::TooLarge {
+                limit: MANIFEST_LIMIT,
+                ..
+            })
+        ));
         srv.put("manifest.json", vec![b' '; MANIFEST_LIMIT as usize]);
-        assert!(matches!(fetch(&srv), Err(UpdateError::HashMismatch { name, .. }) if name == "manifest.json"));
+        assert!(
+            matches!(fetch(&srv), Err(UpdateError::HashMismatch { name, .. }) if name == "manifest.json")
+        );
     }
 
     #[test]
@@ -462,8 +572,14 @@ mod tests {
 
     #[test]
     fn siblings_resolve_next_to_the_manifest() {
-        assert_eq!(sibling("http://h/v1/manifest.json", "SHA256SUMS"), "http://h/v1/SHA256SUMS");
-        assert_eq!(sibling("http://h/v1/manifest.json", "https://cdn/x"), "https://cdn/x");
+        assert_eq!(
+            sibling("http://h/v1/manifest.json", "SHA256SUMS"),
+            "http://h/v1/SHA256SUMS"
+        );
+        assert_eq!(
+            sibling("http://h/v1/manifest.json", "https://cdn/x"),
+            "https://cdn/x"
+        );
         assert_eq!(sibling("manifest.json", "SHA256SUMS"), "SHA256SUMS");
     }
 }

@@ -38,7 +38,11 @@ pub enum UpdateError {
     #[error("{name} is not listed in SHA256SUMS")]
     NotListed { name: String },
     #[error("{name} does not match its SHA-256 (expected {want}, got {got})")]
-    HashMismatch { name: String, want: String, got: String },
+    HashMismatch {
+        name: String,
+        want: String,
+        got: String,
+    },
     #[error("the manifest is malformed: {0}")]
     MalformedManifest(String),
     #[error("the manifest expired at {0}; refusing a release that may be frozen or replayed")]

@@ -11,7 +11,13 @@ pub struct Version(pub u32, pub u32, pub u32);
 impl Version {
     pub fn parse(s: &str) -> Option<Self> {
         let s = s.strip_prefix('v').unwrap_or(s);
-        let mut it = s.split('.').map(|p| if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() { p.parse().ok() } else { None });
+        let mut it = s.split('.').map(|p| {
+            if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() {
+                p.parse().ok()
+            } else {
+                None
+            }
+        });
         let v = Version(it.next()??, it.next()??, it.next()??);
         if it.next().is_some() { None } else { Some(v) }
     }
@@ -51,9 +57,13 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Self, UpdateError> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| UpdateError::MalformedManifest(e.to_string()))?;
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| UpdateError::MalformedManifest(e.to_string()))?;
         if m.schema != 1 {
-            return Err(UpdateError::MalformedManifest(format!("unknown schema {}", m.schema)));
+            return Err(UpdateError::MalformedManifest(format!(
+                "unknown schema {}",
+                m.schema
+            )));
         }
         m.version()?;
         m.expiry()?;
@@ -62,38 +72,60 @@ impl Manifest {
         let mut want = ARTEFACTS.to_vec();
         want.sort();
         if names != want {
-            return Err(UpdateError::MalformedManifest(format!("artefacts must be exactly {ARTEFACTS:?}, got {names:?}")));
+            return Err(UpdateError::MalformedManifest(format!(
+                "artefacts must be exactly {ARTEFACTS:?}, got {names:?}"
+            )));
         }
         for a in &m.artefacts {
             if a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(UpdateError::MalformedManifest(format!("bad sha256 for {}", a.name)));
+                return Err(UpdateError::MalformedManifest(format!(
+                    "bad sha256 for {}",
+                    a.name
+                )));
             }
         }
         Ok(m)
     }
 
     pub fn version(&self) -> Result<Version, UpdateError> {
-        Version::parse(&self.version).ok_or_else(|| UpdateError::MalformedManifest(format!("bad version {:?}", self.version)))
+        Version::parse(&self.version).ok_or_else(|| {
+            UpdateError::MalformedManifest(format!("bad version {:?}", self.version))
+        })
     }
 
     pub fn expiry(&self) -> Result<time::OffsetDateTime, UpdateError> {
-        time::OffsetDateTime::parse(&self.expires_at, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| UpdateError::MalformedManifest(format!("bad expires_at: {e}")))
+        time::OffsetDateTime::parse(
+            &self.expires_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| UpdateError::MalformedManifest(format!("bad expires_at: {e}")))
     }
 
     pub fn check_not_expired(&self, now: time::OffsetDateTime) -> Result<(), UpdateError> {
-        if self.expiry()? <= now { Err(UpdateError::Expired(self.expires_at.clone())) } else { Ok(()) }
+        if self.expiry()? <= now {
+            Err(UpdateError::Expired(self.expires_at.clone()))
+        } else {
+            Ok(())
+        }
     }
 }
 
 /// `SHA256SUMS`: lines of `<64 hex>  <name>` (sha256sum's format, `*` for binary mode
 /// accepted).
 pub fn parse_sums(text: &[u8]) -> Result<Vec<(String, String)>, UpdateError> {
-    let text = std::str::from_utf8(text).map_err(|_| UpdateError::MalformedSums("not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(text).map_err(|_| UpdateError::MalformedSums("not UTF-8".into()))?;
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let (hash, name) = line.split_once("  ").or_else(|| line.split_once(" *")).ok_or_else(|| UpdateError::MalformedSums(format!("bad line {line:?}")))?;
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) || name.is_empty() || name.contains('/') {
+        let (hash, name) = line
+            .split_once("  ")
+            .or_else(|| line.split_once(" *"))
+            .ok_or_else(|| UpdateError::MalformedSums(format!("bad line {line:?}")))?;
+        if hash.len() != 64
+            || !hash.bytes().all(|b| b.is_ascii_hexdigit())
+            || name.is_empty()
+            || name.contains('/')
+        {
             return Err(UpdateError::MalformedSums(format!("bad line {line:?}")));
         }
         if out.iter().any(|(_, n)| n == name) {
@@ -111,7 +143,12 @@ mod tests {
     fn manifest(version: &str, expires: &str) -> String {
         let arts: Vec<String> = ARTEFACTS
             .iter()
-            .map(|n| format!(r#"{{"name":"{n}","url":"{n}","size":1,"sha256":"{}"}}"#, "a".repeat(64)))
+            .map(|n| {
+                format!(
+                    r#"{{"name":"{n}","url":"{n}","size":1,"sha256":"{}"}}"#,
+                    "a".repeat(64)
+                )
+            })
             .collect();
         format!(
             r#"{{"schema":1,"version":"{version}","channel":"stable","published_at":"2026-11-01T00:00:00Z","expires_at":"{expires}","artefacts":[{}]}}"#,
@@ -129,16 +166,28 @@ mod tests {
 
     #[test]
     fn manifests_are_checked() {
-        let now = time::OffsetDateTime::parse("2026-11-23T00:00:00Z", &time::format_description::well_known::Rfc3339).unwrap();
+        let now = time::OffsetDateTime::parse(
+            "2026-11-23T00:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
         let m = Manifest::parse(manifest("0.2.0", "2027-01-01T00:00:00Z").as_bytes()).unwrap();
         m.check_not_expired(now).unwrap();
         let old = Manifest::parse(manifest("0.2.0", "2026-11-01T00:00:00Z").as_bytes()).unwrap();
-        assert!(matches!(old.check_not_expired(now), Err(UpdateError::Expired(_))));
+        assert!(matches!(
+            old.check_not_expired(now),
+            Err(UpdateError::Expired(_))
+        ));
         assert!(Manifest::parse(manifest("latest", "2027-01-01T00:00:00Z").as_bytes()).is_err());
         assert!(Manifest::parse(b"{}").is_err());
-        let extra = manifest("0.2.0", "2027-01-01T00:00:00Z").replace(r#""name":"banger","#, r#""name":"evil","#);
-        assert!(Manifest::parse(extra.as_bytes()).is_err(), "only banger's binaries");
-        let unknown = manifest("0.2.0", "2027-01-01T00:00:00Z").replace(r#""schema":1"#, r#""schema":1,"x":1"#);
+        let extra = manifest("0.2.0", "2027-01-01T00:00:00Z")
+            .replace(r#""name":"banger","#, r#""name":"evil","#);
+        assert!(
+            Manifest::parse(extra.as_bytes()).is_err(),
+            "only banger's binaries"
+        );
+        let unknown = manifest("0.2.0", "2027-01-01T00:00:00Z")
+            .replace(r#""schema":1"#, r#""schema":1,"x":1"#);
         assert!(Manifest::parse(unknown.as_bytes()).is_err());
     }
 
@@ -147,7 +196,12 @@ mod tests {
         let h = "a".repeat(64);
         let ok = format!("{h}  manifest.json\n{h} *banger\n");
         assert_eq!(parse_sums(ok.as_bytes()).unwrap().len(), 2);
-        for bad in [format!("{h} banger"), format!("{h}  ../etc/passwd"), "zz  banger".into(), format!("{h}  b\n{h}  b")] {
+        for bad in [
+            format!("{h} banger"),
+            format!("{h}  ../etc/passwd"),
+            "zz  banger".into(),
+            format!("{h}  b\n{h}  b"),
+        ] {
             assert!(parse_sums(bad.as_bytes()).is_err(), "{bad}");
         }
     }
@@ -158,7 +212,10 @@ mod tests {
             assert!(Version::parse(bad).is_none(), "{bad}");
         }
         assert_eq!(Version::parse("v1.20.3").unwrap().to_string(), "1.20.3");
-        assert_eq!(Version::parse("4294967295.0.0"), Some(Version(u32::MAX, 0, 0)));
+        assert_eq!(
+            Version::parse("4294967295.0.0"),
+            Some(Version(u32::MAX, 0, 0))
+        );
         assert!(Version::parse("4294967296.0.0").is_none(), "overflow");
     }
 
@@ -166,16 +223,28 @@ mod tests {
     fn an_artefact_hash_must_be_64_hex_digits() {
         let good = manifest("0.2.0", "2027-01-01T00:00:00Z");
         let a64 = "a".repeat(64);
-        for bad in ["a".repeat(63), "a".repeat(65), "g".repeat(64), format!("{}-", "a".repeat(63))] {
+        for bad in [
+            "a".repeat(63),
+            "a".repeat(65),
+            "g".repeat(64),
+            format!("{}-", "a".repeat(63)),
+        ] {
             let m = good.replacen(&a64, &bad, 1);
             match Manifest::parse(m.as_bytes()) {
-                Err(UpdateError::MalformedManifest(e)) => assert_eq!(e, "bad sha256 for banger", "{bad}"),
+                Err(UpdateError::MalformedManifest(e)) => {
+                    assert_eq!(e, "bad sha256 for banger", "{bad}")
+                }
                 other => panic!("{bad}: {other:?}"),
             }
         }
-        assert!(Manifest::parse(good.replace(&a64, &"A".repeat(64)).as_bytes()).is_ok(), "capitals are hex");
+        assert!(
+            Manifest::parse(good.replace(&a64, &"A".repeat(64)).as_bytes()).is_ok(),
+            "capitals are hex"
+        );
         let schema2 = good.replace(r#""schema":1"#, r#""schema":2"#);
-        assert!(matches!(Manifest::parse(schema2.as_bytes()), Err(UpdateError::MalformedManifest(e)) if e == "unknown schema 2"));
+        assert!(
+            matches!(Manifest::parse(schema2.as_bytes()), Err(UpdateError::MalformedManifest(e)) if e == "unknown schema 2")
+        );
     }
 
     #[test]
@@ -190,12 +259,20 @@ mod tests {
             (format!("{h}\tbanger"), "a tab"),
         ] {
             match parse_sums(line.as_bytes()) {
-                Err(UpdateError::MalformedSums(e)) => assert!(e.starts_with("bad line"), "{why}: {e}"),
+                Err(UpdateError::MalformedSums(e)) => {
+                    assert!(e.starts_with("bad line"), "{why}: {e}")
+                }
                 other => panic!("{why}: {other:?}"),
             }
         }
-        assert!(matches!(parse_sums(&[0xff, 0xfe]), Err(UpdateError::MalformedSums(e)) if e == "not UTF-8"));
+        assert!(
+            matches!(parse_sums(&[0xff, 0xfe]), Err(UpdateError::MalformedSums(e)) if e == "not UTF-8")
+        );
         let upper = format!("{}  banger\n\n  \n", "B".repeat(64));
-        assert_eq!(parse_sums(upper.as_bytes()).unwrap(), vec![(h, "banger".to_string())], "lowercased, blank lines skipped");
+        assert_eq!(
+            parse_sums(upper.as_bytes()).unwrap(),
+            vec![(h, "banger".to_string())],
+            "lowercased, blank lines skipped"
+        );
     }
 }

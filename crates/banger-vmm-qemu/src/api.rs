@@ -96,7 +96,8 @@ enum Phase {
 }
 
 const PRE_BOOT_ONLY: &str = "The requested operation is not supported after starting the microVM.";
-const POST_BOOT_ONLY: &str = "The requested operation is not supported before starting the microVM.";
+const POST_BOOT_ONLY: &str =
+    "The requested operation is not supported before starting the microVM.";
 
 fn check_phase(vmm: &Vmm, phase: Phase) -> Result<(), Fault> {
     let started = vmm.state != InstanceState::NotStarted;
@@ -115,7 +116,9 @@ type Reply = Result<Option<Value>, Fault>;
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Fault> {
     serde_json::from_slice(body).map_err(|e| {
-        Fault(format!("An error occurred when deserializing the json body of a request: {e}."))
+        Fault(format!(
+            "An error occurred when deserializing the json body of a request: {e}."
+        ))
     })
 }
 
@@ -129,7 +132,10 @@ fn resource_id(tokens: &[&str]) -> Result<String, Fault> {
     }
 }
 
-pub async fn serve(vmm: Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn serve(
+    vmm: Shared,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let max = vmm.lock().await.max_payload;
@@ -142,7 +148,9 @@ pub async fn serve(vmm: Shared, req: Request<Incoming>) -> Result<Response<Full<
         }
     };
     let body = if body.is_empty() { None } else { Some(body) };
-    let log_body = body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+    let log_body = body
+        .as_ref()
+        .map(|b| String::from_utf8_lossy(b).into_owned());
     let reply = route(&vmm, &method, &path, body.as_deref()).await;
     {
         let v = vmm.lock().await;
@@ -153,11 +161,15 @@ pub async fn serve(vmm: Shared, req: Request<Incoming>) -> Result<Response<Full<
             log_body.unwrap_or_default()
         ));
         match &reply {
-            Ok(Some(_)) => v.log.info("The request was executed successfully. Status code: 200 OK."),
-            Ok(None) => v.log.info("The request was executed successfully. Status code: 204 No Content."),
-            Err(Fault(m)) => {
-                v.log.info(&format!("Received Error. Status code: 400 Bad Request. Message: {m}"))
-            }
+            Ok(Some(_)) => v
+                .log
+                .info("The request was executed successfully. Status code: 200 OK."),
+            Ok(None) => v
+                .log
+                .info("The request was executed successfully. Status code: 204 No Content."),
+            Err(Fault(m)) => v.log.info(&format!(
+                "Received Error. Status code: 400 Bad Request. Message: {m}"
+            )),
         }
     }
     Ok(respond(reply))
@@ -184,7 +196,8 @@ fn respond(reply: Reply) -> Response<Full<Bytes>> {
     let has_body = bytes.is_some();
     let mut resp = Response::new(Full::new(bytes.unwrap_or_default()));
     *resp.status_mut() = status;
-    resp.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(b""));
+    resp.extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(b""));
     let h = resp.headers_mut();
     h.insert(SERVER, HeaderValue::from_static("Firecracker API"));
     h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
@@ -206,13 +219,16 @@ async fn route(vmm: &Shared, method: &Method, path: &str, body: Option<&[u8]>) -
             "vmm_version": VMM_VERSION,
         }))),
         (Method::GET, "version", None) => Ok(Some(json!({ "firecracker_version": VMM_VERSION }))),
-        (Method::GET, "machine-config", None) => Ok(Some(serde_json::to_value(&v.machine).expect("json"))),
+        (Method::GET, "machine-config", None) => {
+            Ok(Some(serde_json::to_value(&v.machine).expect("json")))
+        }
         (Method::PUT, "machine-config", Some(b)) => {
             check_phase(&v, Phase::PreBoot)?;
             let mc: MachineConfig = parse(b)?;
             mc.validate().map_err(Fault)?;
             if mc.cpu_template.is_some() {
-                v.log.warn("PUT /machine-config: cpu_template is deprecated.");
+                v.log
+                    .warn("PUT /machine-config: cpu_template is deprecated.");
             }
             v.machine = mc;
             Ok(None)
@@ -257,7 +273,9 @@ async fn route(vmm: &Shared, method: &Method, path: &str, body: Option<&[u8]>) -
                     .map_err(|e| Fault(format!("The initrd file cannot be opened: {e}")))?;
             }
             if bs.boot_args.as_ref().is_some_and(|a| a.len() > 2048) {
-                return Err(Fault("The kernel command line is invalid: Cmdline too long".into()));
+                return Err(Fault(
+                    "The kernel command line is invalid: Cmdline too long".into(),
+                ));
             }
             v.boot = Some(bs);
             Ok(None)
@@ -267,7 +285,9 @@ async fn route(vmm: &Shared, method: &Method, path: &str, body: Option<&[u8]>) -
             check_phase(&v, Phase::PreBoot)?;
             let d: Drive = parse(b)?;
             if d.drive_id != id {
-                return Err(Fault("The id from the path does not match the id from the body!".into()));
+                return Err(Fault(
+                    "The id from the path does not match the id from the body!".into(),
+                ));
             }
             put_drive(&mut v, d)?;
             Ok(None)
@@ -277,7 +297,9 @@ async fn route(vmm: &Shared, method: &Method, path: &str, body: Option<&[u8]>) -
             check_phase(&v, Phase::PostBoot)?;
             let d: PartialDrive = parse(b)?;
             if d.drive_id != id {
-                return Err(Fault("The id from the path does not match the id from the body!".into()));
+                return Err(Fault(
+                    "The id from the path does not match the id from the body!".into(),
+                ));
             }
             Err(Fault(format!(
                 "Unable to patch the block device: banger-vmm-qemu does not support changing drive {id} after boot"
@@ -323,7 +345,9 @@ async fn route(vmm: &Shared, method: &Method, path: &str, body: Option<&[u8]>) -
             }
             if let Some(p) = &l.log_path {
                 v.log.redirect(Path::new(p)).map_err(|e| {
-                    Fault(format!("Cannot initialize logging system: Failed to open target file: {e}"))
+                    Fault(format!(
+                        "Cannot initialize logging system: Failed to open target file: {e}"
+                    ))
                 })?;
             }
             v.logger_configured = true;
@@ -404,18 +428,24 @@ async fn route(vmm: &Shared, method: &Method, path: &str, body: Option<&[u8]>) -
                     check_phase(&v, Phase::PostBoot)?;
                     if let Some(m) = &v.metrics {
                         use std::io::Write;
-                        let line = json!({"utc_timestamp_ms": now_ms(), "vmm": {"banger_vmm_qemu": 1}});
+                        let line =
+                            json!({"utc_timestamp_ms": now_ms(), "vmm": {"banger_vmm_qemu": 1}});
                         let mut f = std::fs::OpenOptions::new()
                             .append(true)
                             .open(&m.metrics_path)
                             .map_err(|e| Fault(format!("Failed to write metrics: {e}")))?;
-                        writeln!(f, "{line}").map_err(|e| Fault(format!("Failed to write metrics: {e}")))?;
+                        writeln!(f, "{line}")
+                            .map_err(|e| Fault(format!("Failed to write metrics: {e}")))?;
                     }
                     Ok(None)
                 }
             }
         }
-        (Method::PUT, "vsock" | "balloon" | "snapshot" | "cpu-config" | "pmem" | "hotplug", Some(_))
+        (
+            Method::PUT,
+            "vsock" | "balloon" | "snapshot" | "cpu-config" | "pmem" | "hotplug",
+            Some(_),
+        )
         | (Method::PATCH, "balloon" | "hotplug", Some(_))
         | (Method::GET, "balloon" | "hotplug", None) => Err(Fault(format!(
             "banger-vmm-qemu does not support /{first} (see docs/vmm-qemu.md)"
@@ -423,7 +453,9 @@ async fn route(vmm: &Shared, method: &Method, path: &str, body: Option<&[u8]>) -
         (Method::GET, _, Some(_)) => Err(Fault("GET request cannot have a body.".into())),
         (Method::PUT, _, None) => Err(Fault("Empty PUT request.".into())),
         (Method::PATCH, _, None) => Err(Fault("Empty PATCH request.".into())),
-        (m, _, _) => Err(Fault(format!("Invalid request method and/or path: {m} {first}."))),
+        (m, _, _) => Err(Fault(format!(
+            "Invalid request method and/or path: {m} {first}."
+        ))),
     }
 }
 
@@ -456,12 +488,16 @@ fn put_drive(v: &mut Vmm, d: Drive) -> Result<(), Fault> {
                         .read(true)
                         .write(!ro)
                         .open(p)
-                        .map_err(|e| Fault(format!("Unable to create the block device: {p}: {e}")))?;
+                        .map_err(|e| {
+                            Fault(format!("Unable to create the block device: {p}: {e}"))
+                        })?;
                 }
             }
         }
         (None, Some(_)) => {
-            return Err(Fault("banger-vmm-qemu does not support vhost-user block devices".into()));
+            return Err(Fault(
+                "banger-vmm-qemu does not support vhost-user block devices".into(),
+            ));
         }
         _ => {
             return Err(Fault(
@@ -470,7 +506,11 @@ fn put_drive(v: &mut Vmm, d: Drive) -> Result<(), Fault> {
             ));
         }
     }
-    if d.is_root_device && v.drives.iter().any(|x| x.is_root_device && x.drive_id != d.drive_id) {
+    if d.is_root_device
+        && v.drives
+            .iter()
+            .any(|x| x.is_root_device && x.drive_id != d.drive_id)
+    {
         return Err(Fault("A root block device already exists!".into()));
     }
     // Re-PUT of an id overwrites it; the root device goes first.
@@ -487,17 +527,24 @@ fn put_net(v: &mut Vmm, n: NetworkInterface) -> Result<(), Fault> {
     if let Some(mtu) = n.mtu
         && mtu < 68
     {
-        return Err(Fault(format!("Invalid MTU {mtu}: must be between 68 and 65535")));
+        return Err(Fault(format!(
+            "Invalid MTU {mtu}: must be between 68 and 65535"
+        )));
     }
     if let Some(mac) = &n.guest_mac {
         let ok = mac.split(':').count() == 6
-            && mac.split(':').all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()));
+            && mac
+                .split(':')
+                .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()));
         if !ok {
             return Err(Fault(format!(
                 "An error occurred when deserializing the json body of a request: invalid MAC address {mac}."
             )));
         }
-        if v.nets.iter().any(|x| x.iface_id != n.iface_id && x.guest_mac.as_deref() == Some(mac)) {
+        if v.nets
+            .iter()
+            .any(|x| x.iface_id != n.iface_id && x.guest_mac.as_deref() == Some(mac))
+        {
             return Err(Fault("The MAC address is already in use".into()));
         }
     }

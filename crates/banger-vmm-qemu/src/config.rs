@@ -71,10 +71,16 @@ impl MachineConfig {
             return Err("The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled.".into());
         }
         if self.mem_size_mib == 0 {
-            return Err("The memory size (MiB) is either 0, or not a multiple of the configured page size.".into());
+            return Err(
+                "The memory size (MiB) is either 0, or not a multiple of the configured page size."
+                    .into(),
+            );
         }
         if !matches!(self.huge_pages.as_str(), "None" | "2M") {
-            return Err(format!("unknown variant `{}`, expected `None` or `2M`", self.huge_pages));
+            return Err(format!(
+                "unknown variant `{}`, expected `None` or `2M`",
+                self.huge_pages
+            ));
         }
         Ok(())
     }

@@ -14,7 +14,10 @@ pub struct Logger {
 
 impl Logger {
     pub fn new(id: &str) -> Self {
-        Self { id: id.into(), target: Arc::new(Mutex::new(None)) }
+        Self {
+            id: id.into(),
+            target: Arc::new(Mutex::new(None)),
+        }
     }
 
     pub fn redirect(&self, path: &Path) -> std::io::Result<()> {

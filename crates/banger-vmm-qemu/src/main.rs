@@ -84,12 +84,22 @@ struct Args {
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     // `--version` anywhere short-circuits, as in Firecracker's parser.
-    if argv.iter().skip(1).take_while(|a| *a != "--").any(|a| a == "--version") {
+    if argv
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--version")
+    {
         print!("Firecracker v{}\n\n", api::VMM_VERSION);
         return;
     }
     // Firecracker takes a value only as the next argument: `--api-sock=/x` is an error.
-    if let Some(bad) = argv.iter().skip(1).take_while(|a| *a != "--").find(|a| a.starts_with("--") && a.contains('=')) {
+    if let Some(bad) = argv
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .find(|a| a.starts_with("--") && a.contains('='))
+    {
         eprintln!(
             "Arguments parsing error: Found argument '{}' which wasn't expected, or isn't valid in this context.",
             bad.trim_start_matches("--")
@@ -108,7 +118,10 @@ fn main() {
         }
     };
     let valid_id = (1..=64).contains(&args.id.len())
-        && args.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        && args
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !valid_id {
         // Firecracker's `expect("Invalid instance ID")` panics, and panic=abort.
         eprintln!("Invalid instance ID: {:?}", args.id);
@@ -120,7 +133,10 @@ fn main() {
         );
         std::process::exit(EXIT_ARG_PARSING);
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     std::process::exit(rt.block_on(run(args)));
 }
 
@@ -132,7 +148,10 @@ async fn run(args: Args) -> i32 {
         eprintln!("Error: cannot open the log file {}: {e}", p.display());
         return EXIT_GENERIC;
     }
-    log.info(&format!("Running Firecracker v{} (banger-vmm-qemu)", api::VMM_VERSION));
+    log.info(&format!(
+        "Running Firecracker v{} (banger-vmm-qemu)",
+        api::VMM_VERSION
+    ));
     // Firecracker never unlinks the socket: an existing path is an error.
     let listener = match UnixListener::bind(&args.api_sock) {
         Ok(l) => l,

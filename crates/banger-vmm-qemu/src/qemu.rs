@@ -17,8 +17,7 @@ use tokio::net::UnixStream;
 use crate::config::{BootSource, CacheType, Drive, MachineConfig, NetworkInterface};
 
 /// Firecracker's default command line, used when `boot_args` is absent.
-pub const DEFAULT_KERNEL_CMDLINE: &str =
-    "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
+pub const DEFAULT_KERNEL_CMDLINE: &str = "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
 
 /// Everything needed to start the guest.
 #[derive(Debug, Clone)]
@@ -49,7 +48,14 @@ pub fn kernel_cmdline(boot: &BootSource, drives: &[Drive]) -> String {
             Some(u) => parts.push(format!("root=PARTUUID={u}")),
             None => parts.push("root=/dev/vda".into()),
         }
-        parts.push(if root.is_read_only.unwrap_or(false) { "ro" } else { "rw" }.into());
+        parts.push(
+            if root.is_read_only.unwrap_or(false) {
+                "ro"
+            } else {
+                "rw"
+            }
+            .into(),
+        );
     }
     parts.join(" ")
 }
@@ -90,14 +96,23 @@ pub fn args(m: &Machine<'_>) -> Vec<OsString> {
         None => push("stdio"),
     }
     push("-qmp");
-    push(&format!("unix:{},server=on,wait=off", m.qmp_socket.display()));
+    push(&format!(
+        "unix:{},server=on,wait=off",
+        m.qmp_socket.display()
+    ));
     for d in m.drives {
-        let Some(path) = &d.path_on_host else { continue };
+        let Some(path) = &d.path_on_host else {
+            continue;
+        };
         let cache = match d.cache_type {
             CacheType::Unsafe => "unsafe",
             CacheType::Writeback => "writeback",
         };
-        let ro = if d.is_read_only.unwrap_or(false) { "on" } else { "off" };
+        let ro = if d.is_read_only.unwrap_or(false) {
+            "on"
+        } else {
+            "off"
+        };
         // A disk given as a descriptor goes to QEMU as that descriptor (an fd set),
         // so QEMU never reopens it: the VMM may not be allowed to.
         let file = match inherited_fd(path) {
@@ -116,7 +131,10 @@ pub fn args(m: &Machine<'_>) -> Vec<OsString> {
             None => escape_opt(path),
         };
         push("-drive");
-        push(&format!("file={file},if=none,id=drive-{},format=raw,cache={cache},readonly={ro}", d.drive_id));
+        push(&format!(
+            "file={file},if=none,id=drive-{},format=raw,cache={cache},readonly={ro}",
+            d.drive_id
+        ));
         push("-device");
         push(&format!("virtio-blk-pci,drive=drive-{}", d.drive_id));
     }
@@ -144,7 +162,10 @@ pub fn args(m: &Machine<'_>) -> Vec<OsString> {
 /// The number of a file handed to this VMM as a descriptor: the root helper names
 /// files `/proc/self/fd/N` (N >= 3) when the VMM runs apart from a root daemon.
 pub fn inherited_fd(path: &str) -> Option<i32> {
-    path.strip_prefix("/proc/self/fd/")?.parse().ok().filter(|n| *n >= 3)
+    path.strip_prefix("/proc/self/fd/")?
+        .parse()
+        .ok()
+        .filter(|n| *n >= 3)
 }
 
 /// Whether descriptors `a` and `b` are both open on the same file.
@@ -191,15 +212,26 @@ pub enum QmpError {
 }
 
 /// Runs one QMP command on a fresh connection and returns its `return` value.
-pub async fn qmp(socket: &Path, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+pub async fn qmp(
+    socket: &Path,
+    command: &str,
+    arguments: Option<Value>,
+) -> Result<Value, QmpError> {
     let limit = Duration::from_secs(10);
     tokio::time::timeout(limit, qmp_inner(socket, command, arguments))
         .await
         .map_err(|_| QmpError::Timeout(limit))?
 }
 
-async fn qmp_inner(socket: &Path, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
-    let io = |source| QmpError::Io { path: socket.to_path_buf(), source };
+async fn qmp_inner(
+    socket: &Path,
+    command: &str,
+    arguments: Option<Value>,
+) -> Result<Value, QmpError> {
+    let io = |source| QmpError::Io {
+        path: socket.to_path_buf(),
+        source,
+    };
     let stream = UnixStream::connect(socket).await.map_err(io)?;
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
@@ -263,19 +295,30 @@ mod tests {
             kernel_cmdline(&boot, &[drive("rootfs", true, false)]),
             "console=ttyS0 reboot=k root=/dev/vda rw"
         );
-        assert_eq!(kernel_cmdline(&boot, &[drive("rootfs", true, true)]), "console=ttyS0 reboot=k root=/dev/vda ro");
+        assert_eq!(
+            kernel_cmdline(&boot, &[drive("rootfs", true, true)]),
+            "console=ttyS0 reboot=k root=/dev/vda ro"
+        );
         assert_eq!(kernel_cmdline(&boot, &[]), "console=ttyS0 reboot=k");
     }
 
     #[test]
     fn default_cmdline_is_firecracker_s() {
-        let boot = BootSource { kernel_image_path: "/k".into(), initrd_path: None, boot_args: None };
+        let boot = BootSource {
+            kernel_image_path: "/k".into(),
+            initrd_path: None,
+            boot_args: None,
+        };
         assert_eq!(kernel_cmdline(&boot, &[]), DEFAULT_KERNEL_CMDLINE);
     }
 
     #[test]
     fn args_describe_a_pc_machine_with_virtio_pci_devices() {
-        let mc = MachineConfig { vcpu_count: 2, mem_size_mib: 512, ..Default::default() };
+        let mc = MachineConfig {
+            vcpu_count: 2,
+            mem_size_mib: 512,
+            ..Default::default()
+        };
         let boot = BootSource {
             kernel_image_path: "/k/vmlinuz".into(),
             initrd_path: Some("/k/initrd".into()),
@@ -301,7 +344,10 @@ mod tests {
             entropy: true,
             accel: "tcg",
         };
-        let a: Vec<String> = args(&m).into_iter().map(|s| s.into_string().unwrap()).collect();
+        let a: Vec<String> = args(&m)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
         let joined = a.join(" ");
         for want in [
             "-M pc",
@@ -329,8 +375,16 @@ mod tests {
 
     #[test]
     fn a_disk_given_as_a_descriptor_goes_to_qemu_as_an_fd_set_never_a_path() {
-        let mc = MachineConfig { vcpu_count: 1, mem_size_mib: 128, ..Default::default() };
-        let boot = BootSource { kernel_image_path: "/proc/self/fd/3".into(), initrd_path: None, boot_args: None };
+        let mc = MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            ..Default::default()
+        };
+        let boot = BootSource {
+            kernel_image_path: "/proc/self/fd/3".into(),
+            initrd_path: None,
+            boot_args: None,
+        };
         let mut d = drive("rootfs", true, false);
         d.path_on_host = Some("/proc/self/fd/5".into());
         let drives = [d];
@@ -345,10 +399,22 @@ mod tests {
             entropy: false,
             accel: "tcg",
         };
-        let joined = args(&m).into_iter().map(|s| s.into_string().unwrap()).collect::<Vec<_>>().join(" ");
-        assert!(joined.contains("-add-fd fd=5,set=5 -drive file=/dev/fdset/5,if=none,id=drive-rootfs"), "{joined}");
+        let joined = args(&m)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            joined.contains("-add-fd fd=5,set=5 -drive file=/dev/fdset/5,if=none,id=drive-rootfs"),
+            "{joined}"
+        );
         assert!(joined.contains("-kernel /proc/self/fd/3"), "{joined}");
-        for (p, want) in [("/proc/self/fd/5", Some(5)), ("/proc/self/fd/2", None), ("/proc/self/fd/x", None), ("/img/5", None)] {
+        for (p, want) in [
+            ("/proc/self/fd/5", Some(5)),
+            ("/proc/self/fd/2", None),
+            ("/proc/self/fd/x", None),
+            ("/img/5", None),
+        ] {
             assert_eq!(inherited_fd(p), want, "{p}");
         }
     }

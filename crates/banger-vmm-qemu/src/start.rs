@@ -12,7 +12,9 @@ use crate::qemu;
 
 pub async fn instance_start(shared: Shared, v: &mut Vmm) -> Result<(), Fault> {
     let Some(boot) = v.boot.clone() else {
-        return Err(Fault("Start microvm error: Cannot start microvm without kernel configuration.".into()));
+        return Err(Fault(
+            "Start microvm error: Cannot start microvm without kernel configuration.".into(),
+        ));
     };
     let qmp_socket = {
         let mut s = v.api_sock.clone().into_os_string();
@@ -21,7 +23,11 @@ pub async fn instance_start(shared: Shared, v: &mut Vmm) -> Result<(), Fault> {
     };
     let _ = std::fs::remove_file(&qmp_socket);
     let accel = std::env::var("BANGER_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
-    let serial_out = v.serial.as_ref().and_then(|s| s.serial_out_path.clone()).map(PathBuf::from);
+    let serial_out = v
+        .serial
+        .as_ref()
+        .and_then(|s| s.serial_out_path.clone())
+        .map(PathBuf::from);
     let machine = qemu::Machine {
         id: &v.id,
         machine: &v.machine,
@@ -38,7 +44,10 @@ pub async fn instance_start(shared: Shared, v: &mut Vmm) -> Result<(), Fault> {
     v.log.info(&format!(
         "Starting guest: {} {}",
         bin.display(),
-        args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
     let mut cmd = std::process::Command::new(&bin);
     // The serial console is QEMU's stdout, which is ours (a file, never a pipe).
@@ -53,14 +62,20 @@ pub async fn instance_start(shared: Shared, v: &mut Vmm) -> Result<(), Fault> {
             Ok(())
         });
     }
-    let mut child = tokio::process::Command::from(cmd)
-        .spawn()
-        .map_err(|e| Fault(format!("Start microvm error: cannot run {}: {e}", bin.display())))?;
+    let mut child = tokio::process::Command::from(cmd).spawn().map_err(|e| {
+        Fault(format!(
+            "Start microvm error: cannot run {}: {e}",
+            bin.display()
+        ))
+    })?;
 
     // Wait until QMP reports a running guest, or QEMU dies trying.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| Fault(format!("Start microvm error: {e}")))? {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| Fault(format!("Start microvm error: {e}")))?
+        {
             return Err(Fault(format!(
                 "Start microvm error: qemu exited during start ({status}); see the VMM log"
             )));
@@ -73,7 +88,9 @@ pub async fn instance_start(shared: Shared, v: &mut Vmm) -> Result<(), Fault> {
         }
         if Instant::now() > deadline {
             let _ = child.start_kill();
-            return Err(Fault("Start microvm error: qemu did not start the guest within 30 s".into()));
+            return Err(Fault(
+                "Start microvm error: qemu did not start the guest within 30 s".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -91,7 +108,8 @@ pub async fn instance_start(shared: Shared, v: &mut Vmm) -> Result<(), Fault> {
         if code == 0 {
             v.log.info("Firecracker exiting successfully. exit_code=0");
         } else {
-            v.log.info(&format!("Firecracker exiting with error. exit_code={code}"));
+            v.log
+                .info(&format!("Firecracker exiting with error. exit_code={code}"));
         }
         // Like Firecracker, leave the API socket file behind.
         std::process::exit(code);

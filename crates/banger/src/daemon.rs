@@ -40,7 +40,9 @@ pub async fn run(cli: &Cli, cmd: &DaemonCommand) -> Result<u8> {
             Ok(exit::OK)
         }
         DaemonCommand::Status => {
-            let info = banger_client::Client::new(dirs.daemon_socket()).daemon_info().await?;
+            let info = banger_client::Client::new(dirs.daemon_socket())
+                .daemon_info()
+                .await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -64,19 +66,30 @@ pub(crate) fn systemd_manages_banger(cli: &Cli) -> bool {
 }
 
 async fn daemon_answers(dirs: &Dirs) -> bool {
-    banger_client::Client::new(dirs.daemon_socket()).daemon_info().await.is_ok()
+    banger_client::Client::new(dirs.daemon_socket())
+        .daemon_info()
+        .await
+        .is_ok()
 }
 
 fn helper_answers(dirs: &Dirs) -> bool {
-    banger_helper::HelperClient::new(dirs.helper_socket()).call(&banger_helper::Request::Ping {}).is_ok()
+    banger_helper::HelperClient::new(dirs.helper_socket())
+        .call(&banger_helper::Request::Ping {})
+        .is_ok()
 }
 
 async fn start(cli: &Cli, dirs: &Dirs) -> Result<u8> {
     start_quietly(cli, dirs).await?;
     if cli.json {
-        println!("{}", serde_json::json!({ "socket": dirs.daemon_socket(), "running": true }));
+        println!(
+            "{}",
+            serde_json::json!({ "socket": dirs.daemon_socket(), "running": true })
+        );
     } else {
-        println!("bangerd is running; socket {}", dirs.daemon_socket().display());
+        println!(
+            "bangerd is running; socket {}",
+            dirs.daemon_socket().display()
+        );
     }
     Ok(exit::OK)
 }
@@ -84,13 +97,19 @@ async fn start(cli: &Cli, dirs: &Dirs) -> Result<u8> {
 /// Starts whatever of the two daemons does not answer, and waits until both do.
 pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
     if systemd_manages_banger(cli) {
-        let st = Command::new("systemctl").args(["start", "bangerd-root.service", "bangerd.service"]).status()?;
+        let st = Command::new("systemctl")
+            .args(["start", "bangerd-root.service", "bangerd.service"])
+            .status()?;
         if !st.success() {
             bail!("systemctl start failed ({st}); see `journalctl -u bangerd -u bangerd-root`");
         }
     } else {
-        let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
-        std::fs::create_dir_all(&dirs.state).with_context(|| format!("cannot create {}", dirs.state.display()))?;
+        let bin_dir = std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        std::fs::create_dir_all(&dirs.state)
+            .with_context(|| format!("cannot create {}", dirs.state.display()))?;
         let state_args: Vec<String> = match &cli.state_dir {
             Some(_) => vec!["--state-dir".into(), dirs.state.display().to_string()],
             None => vec!["--system".into()],
@@ -102,7 +121,10 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
             }
             // Only root can start the root helper; anyone else waits for it (it may be
             // starting right now) and is told how to start it.
-            let ready = wait_until(Duration::from_secs(10), &log, "bangerd-root", || async { helper_answers(dirs) }).await;
+            let ready = wait_until(Duration::from_secs(10), &log, "bangerd-root", || async {
+                helper_answers(dirs)
+            })
+            .await;
             if !nix::unistd::geteuid().is_root() {
                 ready.context("the root helper is not running, and only root can start it: `sudo banger daemon start`")?;
             } else {
@@ -112,7 +134,10 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
         if !daemon_answers(dirs).await {
             let log = dirs.state.join("bangerd.log");
             spawn_detached(&bin_dir.join("bangerd"), &state_args, &log)?;
-            wait_until(Duration::from_secs(20), &log, "bangerd", || daemon_answers(dirs)).await?;
+            wait_until(Duration::from_secs(20), &log, "bangerd", || {
+                daemon_answers(dirs)
+            })
+            .await?;
         }
     }
     Ok(())
@@ -122,17 +147,28 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
 /// with this terminal or write to a pipe we hold.
 fn spawn_detached(bin: &Path, args: &[String], log: &Path) -> Result<()> {
     // The daemons' logs name VMs, paths and users: theirs and root's only.
-    let out = std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().create(true).append(true), 0o600)
-        .open(log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
+    let out = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().create(true).append(true),
+        0o600,
+    )
+    .open(log)
+    .with_context(|| format!("cannot open {}", log.display()))?;
     out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
     // SAFETY: setsid is async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
     }
-    cmd.spawn().with_context(|| format!("cannot start {}", bin.display()))?;
+    cmd.spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
     Ok(())
 }
 
@@ -145,8 +181,19 @@ where
     while !ready().await {
         if Instant::now() > deadline {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-            bail!("{what} did not become ready within {limit:?}; last lines of {}:\n{}", log.display(), tail.join("\n"));
+            let tail: Vec<&str> = tail
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            bail!(
+                "{what} did not become ready within {limit:?}; last lines of {}:\n{}",
+                log.display(),
+                tail.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -166,7 +213,9 @@ pub(crate) async fn stop_quietly(dirs: &Dirs) -> Result<()> {
 
 async fn stop(cli: &Cli, dirs: &Dirs) -> Result<u8> {
     if systemd_manages_banger(cli) {
-        let st = Command::new("systemctl").args(["stop", "bangerd.service", "bangerd-root.service"]).status()?;
+        let st = Command::new("systemctl")
+            .args(["stop", "bangerd.service", "bangerd-root.service"])
+            .status()?;
         if !st.success() {
             bail!("systemctl stop failed ({st})");
         }
@@ -186,13 +235,19 @@ async fn stop(cli: &Cli, dirs: &Dirs) -> Result<u8> {
 /// a zombie once it exits).
 fn running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
 
 async fn stop_pidfile(name: &str, pidfile: &PathBuf) -> Result<()> {
-    let Some(pid) = std::fs::read_to_string(pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
+    let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
         return Ok(());
     };
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();

@@ -50,13 +50,23 @@ pub enum ImageCommand {
 }
 
 fn absolute(p: &std::path::Path) -> Result<PathBuf> {
-    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
 }
 
 pub async fn run(cli: &Cli, cmd: &ImageCommand) -> Result<u8> {
     let client = Client::new(cli.dirs().daemon_socket());
     match cmd {
-        ImageCommand::Build { distro, release, packages, name, quiet } => {
+        ImageCommand::Build {
+            distro,
+            release,
+            packages,
+            name,
+            quiet,
+        } => {
             if distro != "debian" {
                 bail!("unknown distribution {distro:?}: banger builds `debian` images");
             }
@@ -68,7 +78,12 @@ pub async fn run(cli: &Cli, cmd: &ImageCommand) -> Result<u8> {
             let img = build_with_progress(&client, &req, *quiet || cli.json).await?;
             render::image_done(cli, &img, "built");
         }
-        ImageCommand::Import { kernel, initrd, rootfs, name } => {
+        ImageCommand::Import {
+            kernel,
+            initrd,
+            rootfs,
+            name,
+        } => {
             let req = ImageImportRequest {
                 name: name.clone(),
                 kernel: absolute(kernel)?,
@@ -93,14 +108,20 @@ pub async fn run(cli: &Cli, cmd: &ImageCommand) -> Result<u8> {
 }
 
 /// Runs a build, showing its current step and elapsed time unless `quiet`.
-pub async fn build_with_progress(client: &Client, req: &ImageBuildRequest, quiet: bool) -> Result<banger_api::Image> {
+pub async fn build_with_progress(
+    client: &Client,
+    req: &ImageBuildRequest,
+    quiet: bool,
+) -> Result<banger_api::Image> {
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
         let b = indicatif::ProgressBar::new_spinner();
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] building image {prefix}: {msg}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] building image {prefix}: {msg}",
+            )
+            .expect("valid template"),
         );
         b.set_prefix(req.name.clone());
         b.enable_steady_tick(Duration::from_millis(120));
@@ -131,7 +152,11 @@ pub async fn ensure(client: &Client, name: &str, quiet: bool) -> Result<()> {
             if !quiet {
                 eprintln!("image {name} is not built yet; building it now (once)");
             }
-            let req = ImageBuildRequest { name: name.into(), release: "bookworm".into(), packages: Vec::new() };
+            let req = ImageBuildRequest {
+                name: name.into(),
+                release: "bookworm".into(),
+                packages: Vec::new(),
+            };
             build_with_progress(client, &req, quiet).await.map(|_| ())
         }
         Err(e) => Err(e.into()),

@@ -29,7 +29,11 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "banger", version, about = "Run Firecracker microVMs as easily as containers")]
+#[command(
+    name = "banger",
+    version,
+    about = "Run Firecracker microVMs as easily as containers"
+)]
 pub struct Cli {
     /// Keep all state under this directory instead of the system directories
     /// (/var/lib/banger, /run/banger).
@@ -61,9 +65,7 @@ pub enum Command {
     /// Print banger's version.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completion {
-        shell: clap_complete::Shell,
-    },
+    Completion { shell: clap_complete::Shell },
 }
 
 impl Cli {
@@ -71,7 +73,11 @@ impl Cli {
     pub fn dirs(&self) -> Dirs {
         match &self.state_dir {
             Some(d) if d.is_absolute() => Dirs::under(d),
-            Some(d) => Dirs::under(std::env::current_dir().map(|c| c.join(d)).unwrap_or_else(|_| d.clone())),
+            Some(d) => Dirs::under(
+                std::env::current_dir()
+                    .map(|c| c.join(d))
+                    .unwrap_or_else(|_| d.clone()),
+            ),
             None => Dirs::system(),
         }
     }
@@ -81,15 +87,27 @@ fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away
     // (`banger vm list | head`).
     // SAFETY: restoring the default disposition before any thread exists.
-    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(&cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -115,7 +133,12 @@ async fn run(cli: &Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Completion { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "banger", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "banger",
+                &mut std::io::stdout(),
+            );
             Ok(exit::OK)
         }
     }

@@ -6,7 +6,10 @@ use crate::Cli;
 
 pub fn vm_done(cli: &Cli, vm: &Vm, what: &str) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(vm).expect("vm serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(vm).expect("vm serializes")
+        );
     } else {
         match vm.pid {
             Some(pid) => println!("{what} {} (pid {pid}, state {})", vm.name, vm.state),
@@ -17,7 +20,10 @@ pub fn vm_done(cli: &Cli, vm: &Vm, what: &str) {
 
 pub fn vm_list(cli: &Cli, vms: &[VmSummary]) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(vms).expect("vms serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(vms).expect("vms serialize")
+        );
         return;
     }
     let rows: Vec<[String; 8]> = vms
@@ -36,7 +42,12 @@ pub fn vm_list(cli: &Cli, vms: &[VmSummary]) {
         })
         .collect();
     use std::io::Write;
-    let t = table(["NAME", "STATE", "CPUS", "MEMORY", "IP", "IMAGE", "PID", "CREATED"], &rows);
+    let t = table(
+        [
+            "NAME", "STATE", "CPUS", "MEMORY", "IP", "IMAGE", "PID", "CREATED",
+        ],
+        &rows,
+    );
     let _ = std::io::stdout().lock().write_all(t.as_bytes());
 }
 
@@ -55,7 +66,10 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
         for (i, (c, w)) in cells.zip(widths).enumerate() {
             out.push_str(c);
             if i + 1 < N {
-                out.extend(std::iter::repeat_n(' ', w.saturating_sub(c.chars().count()) + 2));
+                out.extend(std::iter::repeat_n(
+                    ' ',
+                    w.saturating_sub(c.chars().count()) + 2,
+                ));
             }
         }
         let trimmed = out[start..].trim_end().len();
@@ -73,39 +87,71 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
 mod tests {
     #[test]
     fn table_columns_align_to_the_widest_cell() {
-        let t = super::table(["A", "BB"], &[["long".into(), "x".into()], ["s".into(), "yy".into()]]);
+        let t = super::table(
+            ["A", "BB"],
+            &[["long".into(), "x".into()], ["s".into(), "yy".into()]],
+        );
         assert_eq!(t, "A     BB\nlong  x\ns     yy\n");
     }
 }
 
 pub fn vm_show(cli: &Cli, vm: &Vm) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(vm).expect("vm serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(vm).expect("vm serializes")
+        );
         return;
     }
-    let opt = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
+    let opt = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".into())
+    };
     let rows = [
         ("name", vm.name.to_string()),
         ("id", vm.id.clone()),
         ("state", vm.state.to_string()),
-        ("pid", vm.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())),
-        ("vmm", if vm.vmm.is_empty() { "-".into() } else { vm.vmm.clone() }),
+        (
+            "pid",
+            vm.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "vmm",
+            if vm.vmm.is_empty() {
+                "-".into()
+            } else {
+                vm.vmm.clone()
+            },
+        ),
         ("cpus", vm.spec.vcpus.to_string()),
         ("memory", format!("{} MiB", vm.spec.memory_mib)),
         ("ip", vm.ip.clone().unwrap_or_else(|| "-".into())),
         ("image", vm.spec.image.clone().unwrap_or_else(|| "-".into())),
-        ("disk", match (&vm.disk, &vm.disk_method) {
-            (Some(d), Some(m)) => format!("{} ({m})", d.display()),
-            _ => "-".into(),
-        }),
+        (
+            "disk",
+            match (&vm.disk, &vm.disk_method) {
+                (Some(d), Some(m)) => format!("{} ({m})", d.display()),
+                _ => "-".into(),
+            },
+        ),
         ("kernel", opt(&vm.spec.kernel)),
         ("initrd", opt(&vm.spec.initrd)),
         ("rootfs", opt(&vm.spec.rootfs)),
-        ("boot args", vm.spec.boot_args.clone().unwrap_or_else(|| format!("{} (default)", banger_api::DEFAULT_BOOT_ARGS))),
+        (
+            "boot args",
+            vm.spec
+                .boot_args
+                .clone()
+                .unwrap_or_else(|| format!("{} (default)", banger_api::DEFAULT_BOOT_ARGS)),
+        ),
         ("console log", vm.console_log.display().to_string()),
         ("created", vm.created_at.clone()),
         ("updated", vm.updated_at.clone()),
-        ("last error", vm.last_error.clone().unwrap_or_else(|| "-".into())),
+        (
+            "last error",
+            vm.last_error.clone().unwrap_or_else(|| "-".into()),
+        ),
     ];
     for (k, v) in rows {
         println!("{k:<12} {v}");
@@ -114,15 +160,25 @@ pub fn vm_show(cli: &Cli, vm: &Vm) {
 
 pub fn image_done(cli: &Cli, img: &Image, what: &str) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(img).expect("image serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(img).expect("image serializes")
+        );
     } else {
-        println!("{what} image {} ({})", img.name, &img.digest[..12.min(img.digest.len())]);
+        println!(
+            "{what} image {} ({})",
+            img.name,
+            &img.digest[..12.min(img.digest.len())]
+        );
     }
 }
 
 pub fn image_list(cli: &Cli, imgs: &[Image]) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(imgs).expect("images serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(imgs).expect("images serialize")
+        );
         return;
     }
     let rows: Vec<[String; 5]> = imgs
@@ -137,15 +193,25 @@ pub fn image_list(cli: &Cli, imgs: &[Image]) {
             ]
         })
         .collect();
-    print!("{}", table(["NAME", "DIGEST", "SIZE", "SOURCE", "VMS"], &rows));
+    print!(
+        "{}",
+        table(["NAME", "DIGEST", "SIZE", "SOURCE", "VMS"], &rows)
+    );
 }
 
 pub fn image_show(cli: &Cli, i: &Image) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(i).expect("image serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(i).expect("image serializes")
+        );
         return;
     }
-    let opt = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
+    let opt = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".into())
+    };
     for (k, v) in [
         ("name", i.name.clone()),
         ("digest", i.digest.clone()),
@@ -153,9 +219,19 @@ pub fn image_show(cli: &Cli, i: &Image) {
         ("kernel", i.kernel.display().to_string()),
         ("vmlinux", opt(&i.vmlinux)),
         ("initrd", opt(&i.initrd)),
-        ("rootfs", format!("{} ({} MiB)", i.rootfs.display(), i.rootfs_bytes >> 20)),
+        (
+            "rootfs",
+            format!("{} ({} MiB)", i.rootfs.display(), i.rootfs_bytes >> 20),
+        ),
         ("created", i.created_at.clone()),
-        ("used by", if i.used_by.is_empty() { "-".into() } else { i.used_by.join(", ") }),
+        (
+            "used by",
+            if i.used_by.is_empty() {
+                "-".into()
+            } else {
+                i.used_by.join(", ")
+            },
+        ),
     ] {
         println!("{k:<9} {v}");
     }

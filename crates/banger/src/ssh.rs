@@ -43,7 +43,10 @@ pub fn user_key() -> Result<(String, Option<PathBuf>)> {
             .output()
             .context("cannot run ssh-keygen (install openssh-client)")?;
         if !out.status.success() {
-            bail!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "ssh-keygen failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         let tmp_pub = PathBuf::from(format!("{}.pub", tmp.display()));
         // Public half first: whoever sees the private key may rely on the public one.
@@ -54,17 +57,23 @@ pub fn user_key() -> Result<(String, Option<PathBuf>)> {
         let _ = std::fs::remove_file(&tmp);
         let _ = std::fs::remove_file(&tmp_pub);
     }
-    let public = std::fs::read_to_string(key.with_extension("pub")).context("cannot read banger's SSH key")?;
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .context("cannot read banger's SSH key")?;
     Ok((public.trim().to_string(), Some(key)))
 }
 
 /// The `ssh` command for `vm`, ready for a command or an interactive session.
 pub fn command(vm: &Vm) -> Result<Command> {
-    let ip = vm.ip.as_deref().with_context(|| format!("VM {} has no address", vm.name))?;
-    let host_key = vm
-        .host_key
+    let ip = vm
+        .ip
         .as_deref()
-        .with_context(|| format!("VM {} has no SSH host key (it was not created from an image)", vm.name))?;
+        .with_context(|| format!("VM {} has no address", vm.name))?;
+    let host_key = vm.host_key.as_deref().with_context(|| {
+        format!(
+            "VM {} has no SSH host key (it was not created from an image)",
+            vm.name
+        )
+    })?;
     let kh_dir = config_dir()?.join("known_hosts.d");
     std::fs::create_dir_all(&kh_dir)?;
     let known_hosts = kh_dir.join(&vm.id);
@@ -73,8 +82,16 @@ pub fn command(vm: &Vm) -> Result<Command> {
     std::fs::write(&known_hosts, format!("{ip} {}\n", key.join(" ")))?;
     let (_, identity) = user_key()?;
     let mut c = Command::new("ssh");
-    c.arg("-o").arg(format!("UserKnownHostsFile={}", known_hosts.display()));
-    c.args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"]);
+    c.arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()));
+    c.args([
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "LogLevel=ERROR",
+    ]);
     if let Some(id) = identity {
         c.arg("-i").arg(id).args(["-o", "IdentitiesOnly=yes"]);
     }
@@ -84,13 +101,22 @@ pub fn command(vm: &Vm) -> Result<Command> {
 
 /// Polls until `ssh true` succeeds or `timeout` passes; `alive` says whether it is
 /// still worth waiting (the VM is running).
-pub async fn wait(vm: &Vm, timeout: Duration, mut alive: impl AsyncFnMut() -> bool) -> Result<Duration> {
+pub async fn wait(
+    vm: &Vm,
+    timeout: Duration,
+    mut alive: impl AsyncFnMut() -> bool,
+) -> Result<Duration> {
     let start = Instant::now();
     loop {
         let mut c = command(vm)?;
         c.args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=2", "true"]);
-        c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-        let st = tokio::process::Command::from(c).status().await.context("cannot run ssh (install openssh-client)")?;
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let st = tokio::process::Command::from(c)
+            .status()
+            .await
+            .context("cannot run ssh (install openssh-client)")?;
         if st.success() {
             return Ok(start.elapsed());
         }

@@ -41,11 +41,18 @@ pub async fn run(cli: &Cli, cmd: &SystemCommand) -> Result<u8> {
             require_root()?;
             install(bin_dir)?;
             let client = banger_client::Client::new(crate::Dirs::system().daemon_socket());
-            let info = client.daemon_info().await.context("bangerd did not answer after install")?;
+            let info = client
+                .daemon_info()
+                .await
+                .context("bangerd did not answer after install")?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
-                println!("banger {} installed; bangerd answers on {}", info.version, info.socket.display());
+                println!(
+                    "banger {} installed; bangerd answers on {}",
+                    info.version,
+                    info.socket.display()
+                );
             }
             Ok(exit::OK)
         }
@@ -61,11 +68,17 @@ pub async fn run(cli: &Cli, cmd: &SystemCommand) -> Result<u8> {
                     info.running
                 );
             }
-            let _ = systemctl(&["disable", "--now", "bangerd.service", "bangerd-root.service"]);
+            let _ = systemctl(&[
+                "disable",
+                "--now",
+                "bangerd.service",
+                "bangerd-root.service",
+            ]);
             for unit in ["bangerd.service", "bangerd-root.service"] {
                 let p = Path::new(UNIT_DIR).join(unit);
                 if p.exists() {
-                    std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+                    std::fs::remove_file(&p)
+                        .with_context(|| format!("cannot remove {}", p.display()))?;
                 }
             }
             systemctl(&["daemon-reload"])?;
@@ -74,7 +87,9 @@ pub async fn run(cli: &Cli, cmd: &SystemCommand) -> Result<u8> {
         }
         SystemCommand::Status => {
             for unit in ["bangerd-root.service", "bangerd.service"] {
-                let out = Command::new("systemctl").args(["is-active", unit]).output()?;
+                let out = Command::new("systemctl")
+                    .args(["is-active", unit])
+                    .output()?;
                 println!("{unit:<22} {}", String::from_utf8_lossy(&out.stdout).trim());
             }
             Ok(exit::OK)
@@ -94,7 +109,10 @@ fn require_root() -> Result<()> {
 
 fn install(bin_dir: &Path) -> Result<()> {
     // 1. Binaries, each replaced atomically (copy beside, fsync, rename).
-    let from = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
+    let from = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     std::fs::create_dir_all(bin_dir)?;
     for b in BINARIES {
         let src = from.join(b);
@@ -120,7 +138,8 @@ fn install(bin_dir: &Path) -> Result<()> {
             "banger",
         ]))?;
     }
-    let user = nix::unistd::User::from_name("banger")?.context("user banger missing after useradd")?;
+    let user =
+        nix::unistd::User::from_name("banger")?.context("user banger missing after useradd")?;
     // 3. Directories.
     for d in ["/var/lib/banger", "/var/lib/banger/vms"] {
         std::fs::create_dir_all(d)?;
@@ -131,8 +150,14 @@ fn install(bin_dir: &Path) -> Result<()> {
         t.replace("@BINDIR@", &bin_dir.display().to_string())
             .replace("@DAEMON_UID@", &user.uid.as_raw().to_string())
     };
-    std::fs::write(Path::new(UNIT_DIR).join("bangerd-root.service"), fill(HELPER_UNIT))?;
-    std::fs::write(Path::new(UNIT_DIR).join("bangerd.service"), fill(DAEMON_UNIT))?;
+    std::fs::write(
+        Path::new(UNIT_DIR).join("bangerd-root.service"),
+        fill(HELPER_UNIT),
+    )?;
+    std::fs::write(
+        Path::new(UNIT_DIR).join("bangerd.service"),
+        fill(DAEMON_UNIT),
+    )?;
     systemctl(&["daemon-reload"])?;
     systemctl(&["enable", "bangerd-root.service", "bangerd.service"])?;
     // Restart rather than start so a second install picks up new binaries and units;
@@ -147,9 +172,15 @@ fn systemctl(args: &[&str]) -> Result<()> {
 }
 
 fn run_checked(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

@@ -94,13 +94,19 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
         bail!("banger update needs root (sudo banger update); nothing was changed");
     }
     let keys = match &a.pubkey_file {
-        Some(f) => PublicKeys::from_pems([std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?.as_str()])?,
+        Some(f) => PublicKeys::from_pems([std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read {}", f.display()))?
+            .as_str()])?,
         None => PublicKeys::embedded(),
     };
-    let latest = a.manifest_url.clone().unwrap_or_else(|| DEFAULT_MANIFEST_URL.to_string());
+    let latest = a
+        .manifest_url
+        .clone()
+        .unwrap_or_else(|| DEFAULT_MANIFEST_URL.to_string());
     let url = match &a.to {
         Some(v) => {
-            let v = Version::parse(v).with_context(|| format!("{v:?} is not a version like 1.2.3"))?;
+            let v =
+                Version::parse(v).with_context(|| format!("{v:?} is not a version like 1.2.3"))?;
             // <base>/<channel-dir>/manifest.json -> <base>/v<version>/manifest.json
             let mut parts: Vec<&str> = latest.rsplitn(3, '/').collect();
             parts.reverse();
@@ -108,7 +114,8 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
         }
         None => latest.clone(),
     };
-    let installed = Version::parse(banger_api::VERSION).context("this binary's version is malformed")?;
+    let installed =
+        Version::parse(banger_api::VERSION).context("this binary's version is malformed")?;
     let check_only = a.check;
     let u = url.clone();
     let fetched = tokio::task::spawn_blocking(move || fetch_verified(&u, &keys, check_only))
@@ -117,7 +124,8 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
         .with_context(|| format!("release {url} refused; nothing was changed"))?;
     let m = &fetched.manifest;
     let offered = m.version()?;
-    m.check_not_expired(time::OffsetDateTime::now_utc()).context("nothing was changed")?;
+    m.check_not_expired(time::OffsetDateTime::now_utc())
+        .context("nothing was changed")?;
     // The signed manifest binds version and channel: both must be what was asked for.
     if m.channel != a.channel {
         bail!(
@@ -134,26 +142,43 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
 
     let dirs = cli.dirs();
     let state_path = dirs.state.join("update-state.json");
-    let state: UpdateState = std::fs::read(&state_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-    let highest = state.highest_accepted.as_deref().and_then(Version::parse).unwrap_or(installed).max(installed);
+    let state: UpdateState = std::fs::read(&state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let highest = state
+        .highest_accepted
+        .as_deref()
+        .and_then(Version::parse)
+        .unwrap_or(installed)
+        .max(installed);
 
     if a.check {
         let newer = offered > installed;
         if cli.json {
-            println!("{}", serde_json::json!({ "installed": installed.to_string(), "available": offered.to_string(), "newer": newer }));
+            println!(
+                "{}",
+                serde_json::json!({ "installed": installed.to_string(), "available": offered.to_string(), "newer": newer })
+            );
         } else if newer {
-            println!("banger {offered} is available (installed: {installed}); run: sudo banger update");
+            println!(
+                "banger {offered} is available (installed: {installed}); run: sudo banger update"
+            );
         } else {
             println!("banger {installed} is up to date (latest: {offered})");
         }
         return Ok(exit::OK);
     }
     if a.to.is_some() && offered < installed && !a.dry_run {
-        eprintln!("warning: {offered} is older than the installed {installed}: downgrading, as --to asked");
+        eprintln!(
+            "warning: {offered} is older than the installed {installed}: downgrading, as --to asked"
+        );
     }
     if a.to.is_none() {
         if offered < highest {
-            bail!("release {offered} is older than {highest}, already accepted: refusing a replayed release; nothing was changed");
+            bail!(
+                "release {offered} is older than {highest}, already accepted: refusing a replayed release; nothing was changed"
+            );
         }
         if offered <= installed {
             println!("banger {installed} is up to date");
@@ -162,11 +187,16 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
     }
 
     // Stage beside the installed binaries, so the swap is a rename on one filesystem.
-    let install_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).context("no install directory")?;
+    let install_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("no install directory")?;
     if a.dry_run {
         // A dry run never changes the host: not even to finish an interrupted update.
         if install_dir.join(".banger-update.json").exists() {
-            eprintln!("note: an earlier update was interrupted; `sudo banger update` will restore it first");
+            eprintln!(
+                "note: an earlier update was interrupted; `sudo banger update` will restore it first"
+            );
         }
     } else {
         recover(&install_dir, cli, &dirs).await?;
@@ -186,7 +216,10 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
     })();
     if let Err(e) = staged {
         let _ = std::fs::remove_dir_all(&stage);
-        bail!("cannot stage {offered} in {} ({e}); nothing was changed", install_dir.display());
+        bail!(
+            "cannot stage {offered} in {} ({e}); nothing was changed",
+            install_dir.display()
+        );
     }
     // The staged daemon must be able to migrate the database.
     let mut check = std::process::Command::new(stage.join("bangerd"));
@@ -198,11 +231,16 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
     let out = check.output().context("cannot run the staged bangerd")?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&stage);
-        bail!("the staged bangerd {offered} cannot migrate this installation: {}; nothing was changed", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "the staged bangerd {offered} cannot migrate this installation: {}; nothing was changed",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     if a.dry_run {
         let _ = std::fs::remove_dir_all(&stage);
-        println!("banger {offered}: downloaded, verified and staged; nothing was changed (--dry-run)");
+        println!(
+            "banger {offered}: downloaded, verified and staged; nothing was changed (--dry-run)"
+        );
         return Ok(exit::OK);
     }
 
@@ -210,21 +248,30 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
     // rename the staged one over it. A failure (or a crash) at any step is undone
     // from the journal: exactly the journalled binaries get their `.previous` back.
     let journal = install_dir.join(".banger-update.json");
-    let mut j = Journal { from: installed.to_string(), to: offered.to_string(), swapped: Vec::new() };
+    let mut j = Journal {
+        from: installed.to_string(),
+        to: offered.to_string(),
+        swapped: Vec::new(),
+    };
     write_synced(&journal, &serde_json::to_vec(&j)?)?;
     let swapped = (|| -> Result<()> {
         for (name, _) in &fetched.artefacts {
             let dst = install_dir.join(name);
             let prev = install_dir.join(format!("{name}.previous"));
             if !dst.exists() {
-                bail!("{} is missing: this is not a complete install", dst.display());
+                bail!(
+                    "{} is missing: this is not a complete install",
+                    dst.display()
+                );
             }
             let _ = std::fs::remove_file(&prev);
-            std::fs::hard_link(&dst, &prev).with_context(|| format!("cannot keep {}", prev.display()))?;
+            std::fs::hard_link(&dst, &prev)
+                .with_context(|| format!("cannot keep {}", prev.display()))?;
             j.swapped.push(name.clone());
             write_synced(&journal, &serde_json::to_vec(&j)?)?;
             banger_helper::fault_point(&format!("update:swap:{name}"));
-            std::fs::rename(stage.join(name), &dst).with_context(|| format!("cannot install {}", dst.display()))?;
+            std::fs::rename(stage.join(name), &dst)
+                .with_context(|| format!("cannot install {}", dst.display()))?;
         }
         std::fs::File::open(&install_dir)?.sync_all()?;
         Ok(())
@@ -235,17 +282,25 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
         let again = restart_and_wait(cli, &dirs).await;
         std::fs::remove_file(&journal)?;
         match again {
-            Ok(()) => bail!("update to {offered} failed during the swap ({e:#}); rolled back to {installed} and restarted it"),
-            Err(e2) => bail!("update to {offered} failed during the swap ({e:#}); rolled back to {installed}, but restarting it failed too: {e2:#}"),
+            Ok(()) => bail!(
+                "update to {offered} failed during the swap ({e:#}); rolled back to {installed} and restarted it"
+            ),
+            Err(e2) => bail!(
+                "update to {offered} failed during the swap ({e:#}); rolled back to {installed}, but restarting it failed too: {e2:#}"
+            ),
         }
     }
 
     match restart_and_wait(cli, &dirs).await {
         Ok(()) => {
             std::fs::remove_file(&journal)?;
-            let st = UpdateState { highest_accepted: Some(offered.max(highest).to_string()) };
+            let st = UpdateState {
+                highest_accepted: Some(offered.max(highest).to_string()),
+            };
             let _ = write_synced(&state_path, &serde_json::to_vec(&st)?);
-            println!("banger updated {installed} -> {offered}; the daemons restarted and running VMs kept running");
+            println!(
+                "banger updated {installed} -> {offered}; the daemons restarted and running VMs kept running"
+            );
             Ok(exit::OK)
         }
         Err(e) => {
@@ -253,8 +308,12 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
             let again = restart_and_wait(cli, &dirs).await;
             std::fs::remove_file(&journal)?;
             match again {
-                Ok(()) => bail!("update to {offered} failed ({e:#}); rolled back to {installed} and restarted it"),
-                Err(e2) => bail!("update to {offered} failed ({e:#}); rolled back to {installed}, but restarting it failed too: {e2:#}"),
+                Ok(()) => bail!(
+                    "update to {offered} failed ({e:#}); rolled back to {installed} and restarted it"
+                ),
+                Err(e2) => bail!(
+                    "update to {offered} failed ({e:#}); rolled back to {installed}, but restarting it failed too: {e2:#}"
+                ),
             }
         }
     }
@@ -269,7 +328,8 @@ fn rollback(install_dir: &Path, swapped: &[String]) -> Result<()> {
         }
         let prev = install_dir.join(format!("{name}.previous"));
         if prev.exists() {
-            std::fs::rename(&prev, install_dir.join(name)).with_context(|| format!("cannot restore {}", prev.display()))?;
+            std::fs::rename(&prev, install_dir.join(name))
+                .with_context(|| format!("cannot restore {}", prev.display()))?;
         }
     }
     std::fs::File::open(install_dir)?.sync_all()?;
@@ -280,7 +340,10 @@ fn rollback(install_dir: &Path, swapped: &[String]) -> Result<()> {
 /// confirmed is undone, so the install is the old one, whole.
 async fn recover(install_dir: &Path, cli: &Cli, dirs: &banger_helper::Dirs) -> Result<()> {
     for e in std::fs::read_dir(install_dir)?.flatten() {
-        if e.file_name().to_string_lossy().starts_with(".banger-stage-") {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(".banger-stage-")
+        {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -289,9 +352,14 @@ async fn recover(install_dir: &Path, cli: &Cli, dirs: &banger_helper::Dirs) -> R
         eprintln!("an earlier update was interrupted; restoring the previous binaries first");
         // An unreadable journal (cut by a crash mid-write) lists nothing swapped: it
         // is written before each binary is replaced, never after.
-        let j: Journal = std::fs::read(&journal).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let j: Journal = std::fs::read(&journal)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         rollback(install_dir, &j.swapped)?;
-        restart_and_wait(cli, dirs).await.context("restarting the restored binaries failed")?;
+        restart_and_wait(cli, dirs)
+            .await
+            .context("restarting the restored binaries failed")?;
         std::fs::remove_file(&journal)?;
     }
     Ok(())
@@ -301,7 +369,9 @@ async fn recover(install_dir: &Path, cli: &Cli, dirs: &banger_helper::Dirs) -> R
 async fn restart_and_wait(cli: &Cli, dirs: &banger_helper::Dirs) -> Result<()> {
     if crate::daemon::systemd_manages_banger(cli) {
         for unit in ["bangerd-root.service", "bangerd.service"] {
-            let st = std::process::Command::new("systemctl").args(["restart", unit]).status()?;
+            let st = std::process::Command::new("systemctl")
+                .args(["restart", unit])
+                .status()?;
             if !st.success() {
                 bail!("systemctl restart {unit} failed ({st})");
             }

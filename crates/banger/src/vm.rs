@@ -123,7 +123,9 @@ fn absolute(p: &std::path::Path) -> Result<PathBuf> {
     if p.is_absolute() {
         return Ok(p.to_path_buf());
     }
-    Ok(std::env::current_dir().context("cannot resolve a relative path")?.join(p))
+    Ok(std::env::current_dir()
+        .context("cannot resolve a relative path")?
+        .join(p))
 }
 
 pub async fn run(cli: &Cli, cmd: &VmCommand) -> Result<u8> {
@@ -159,7 +161,15 @@ pub async fn run(cli: &Cli, cmd: &VmCommand) -> Result<u8> {
             if a.start {
                 vm = client.start(&a.name).await?;
             }
-            render::vm_done(cli, &vm, if a.start { "created and started" } else { "created" });
+            render::vm_done(
+                cli,
+                &vm,
+                if a.start {
+                    "created and started"
+                } else {
+                    "created"
+                },
+            );
         }
         VmCommand::Start { name } => {
             let vm = client.start(name).await?;
@@ -192,7 +202,10 @@ pub async fn run(cli: &Cli, cmd: &VmCommand) -> Result<u8> {
         }
         VmCommand::Ip { name } => {
             let vm = client.get(name).await?;
-            let ip = vm.ip.clone().with_context(|| format!("VM {name} has no address"))?;
+            let ip = vm
+                .ip
+                .clone()
+                .with_context(|| format!("VM {name} has no address"))?;
             if cli.json {
                 println!("{}", serde_json::json!({ "name": name, "ip": ip }));
             } else {
@@ -221,7 +234,10 @@ pub async fn run(cli: &Cli, cmd: &VmCommand) -> Result<u8> {
                 }
                 if bytes.is_empty() {
                     let vm = client.get(name).await?;
-                    if !matches!(vm.state, VmState::Running | VmState::Starting | VmState::Stopping) {
+                    if !matches!(
+                        vm.state,
+                        VmState::Running | VmState::Starting | VmState::Stopping
+                    ) {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -239,7 +255,10 @@ async fn run_vm(cli: &Cli, client: &banger_client::Client, a: &RunArgs) -> Resul
         Some(n) => n.clone(),
         None => format!("run-{:06x}", rand::rng().random::<u32>() & 0xff_ffff),
     };
-    let image = a.image.clone().unwrap_or_else(|| banger_api::DEFAULT_IMAGE.to_string());
+    let image = a
+        .image
+        .clone()
+        .unwrap_or_else(|| banger_api::DEFAULT_IMAGE.to_string());
     let quiet = a.quiet || cli.json;
     let spec = VmSpec {
         name: VmName::new(name.clone())?,
@@ -259,7 +278,10 @@ async fn run_vm(cli: &Cli, client: &banger_client::Client, a: &RunArgs) -> Resul
         indicatif::ProgressBar::hidden()
     } else {
         let b = indicatif::ProgressBar::new_spinner();
-        b.set_style(indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("template"));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                .expect("template"),
+        );
         b.enable_steady_tick(Duration::from_millis(120));
         b
     };
@@ -268,15 +290,32 @@ async fn run_vm(cli: &Cli, client: &banger_client::Client, a: &RunArgs) -> Resul
     let result = async {
         bar.set_message(format!("starting {name}"));
         let vm = client.start(&name).await?;
-        bar.set_message(format!("waiting for SSH on {name} ({})", vm.ip.as_deref().unwrap_or("-")));
+        bar.set_message(format!(
+            "waiting for SSH on {name} ({})",
+            vm.ip.as_deref().unwrap_or("-")
+        ));
         let waited = crate::ssh::wait(&vm, Duration::from_secs(a.ssh_timeout), async || {
-            client.get(&name).await.is_ok_and(|v| v.state == VmState::Running)
+            client
+                .get(&name)
+                .await
+                .is_ok_and(|v| v.state == VmState::Running)
         })
         .await;
         if let Err(e) = waited {
-            let console = client.logs(&name, 0).await.map(|(b, _)| b).unwrap_or_default();
+            let console = client
+                .logs(&name, 0)
+                .await
+                .map(|(b, _)| b)
+                .unwrap_or_default();
             let text = String::from_utf8_lossy(&console);
-            let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: Vec<&str> = text
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             anyhow::bail!(
                 "VM {name} did not answer SSH ({e}) within {} s; last lines of its console:\n{}",
                 a.ssh_timeout,
@@ -285,7 +324,10 @@ async fn run_vm(cli: &Cli, client: &banger_client::Client, a: &RunArgs) -> Resul
         }
         bar.finish_and_clear();
         if !quiet {
-            eprintln!("{name} is ready at {} (banger vm ssh {name})", vm.ip.as_deref().unwrap_or("-"));
+            eprintln!(
+                "{name} is ready at {} (banger vm ssh {name})",
+                vm.ip.as_deref().unwrap_or("-")
+            );
         }
         let mut c = crate::ssh::command(&vm)?;
         c.args(&a.command);
@@ -295,7 +337,10 @@ async fn run_vm(cli: &Cli, client: &banger_client::Client, a: &RunArgs) -> Resul
     .await;
     bar.finish_and_clear();
     if a.rm {
-        client.remove(&name, true).await.with_context(|| format!("cannot remove {name}"))?;
+        client
+            .remove(&name, true)
+            .await
+            .with_context(|| format!("cannot remove {name}"))?;
     }
     result
 }

@@ -19,8 +19,7 @@ use std::process::{Command, Stdio};
 
 use banger_helper::{PackageName, Release};
 
-pub const BASE_PACKAGES: &str =
-    "systemd,systemd-sysv,dbus,udev,openssh-server,iproute2,linux-image-cloud-amd64,initramfs-tools";
+pub const BASE_PACKAGES: &str = "systemd,systemd-sysv,dbus,udev,openssh-server,iproute2,linux-image-cloud-amd64,initramfs-tools";
 
 const NET_SCRIPT: &str = r#"#!/bin/sh
 # Installed by banger: configures eth0 from banger.ip=, banger.gw= and banger.hostname=
@@ -66,7 +65,10 @@ pub enum BuildError {
 }
 
 fn step_err(step: &'static str) -> impl Fn(std::io::Error) -> BuildError {
-    move |e| BuildError::Step { step, detail: e.to_string() }
+    move |e| BuildError::Step {
+        step,
+        detail: e.to_string(),
+    }
 }
 
 /// The files a finished build leaves in its directory (`vmlinux` when the kernel
@@ -106,14 +108,28 @@ impl Build<'_> {
             return Ok(());
         }
         let text = std::fs::read_to_string(self.dir.join("build.log")).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
-        Err(BuildError::Step { step, detail: format!("{status}; last lines of build.log:\n{}", tail.join("\n")) })
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Err(BuildError::Step {
+            step,
+            detail: format!("{status}; last lines of build.log:\n{}", tail.join("\n")),
+        })
     }
 
     pub fn run_all(&self) -> Result<(), BuildError> {
         let root = self.dir.join("root");
         // 1. debootstrap
-        self.progress(&format!("debootstrap {} from {}", self.release.as_str(), self.mirror));
+        self.progress(&format!(
+            "debootstrap {} from {}",
+            self.release.as_str(),
+            self.mirror
+        ));
         let mut include = BASE_PACKAGES.to_string();
         for p in self.packages {
             include.push(',');
@@ -137,20 +153,31 @@ impl Build<'_> {
                 std::fs::create_dir_all(d).map_err(step_err("customise"))?;
             }
             std::fs::write(&p, content).map_err(step_err("customise"))?;
-            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(step_err("customise"))
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map_err(step_err("customise"))
         };
         w("usr/local/sbin/banger-net", NET_SCRIPT, 0o755)?;
         w("etc/systemd/system/banger-net.service", NET_UNIT, 0o644)?;
         let wants = root.join("etc/systemd/system/multi-user.target.wants");
         std::fs::create_dir_all(&wants).map_err(step_err("customise"))?;
         let _ = std::fs::remove_file(wants.join("banger-net.service"));
-        std::os::unix::fs::symlink("/etc/systemd/system/banger-net.service", wants.join("banger-net.service"))
-            .map_err(step_err("customise"))?;
+        std::os::unix::fs::symlink(
+            "/etc/systemd/system/banger-net.service",
+            wants.join("banger-net.service"),
+        )
+        .map_err(step_err("customise"))?;
         w("etc/hostname", "banger\n", 0o644)?;
         w("etc/fstab", "/dev/vda / ext4 rw,relatime 0 1\n", 0o644)?;
         std::fs::create_dir_all(root.join("root/.ssh")).map_err(step_err("customise"))?;
-        std::fs::set_permissions(root.join("root/.ssh"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(step_err("customise"))?;
-        for e in std::fs::read_dir(root.join("etc/ssh")).map_err(step_err("customise"))?.flatten() {
+        std::fs::set_permissions(
+            root.join("root/.ssh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(step_err("customise"))?;
+        for e in std::fs::read_dir(root.join("etc/ssh"))
+            .map_err(step_err("customise"))?
+            .flatten()
+        {
             if e.file_name().to_string_lossy().starts_with("ssh_host_") {
                 std::fs::remove_file(e.path()).map_err(step_err("customise"))?;
             }
@@ -169,8 +196,14 @@ impl Build<'_> {
                 .map_err(step_err("kernel"))?
                 .flatten()
                 .map(|e| e.path())
-                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
-                .ok_or(BuildError::Step { step: "kernel", detail: format!("no {prefix}* in /boot") })
+                .find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+                })
+                .ok_or(BuildError::Step {
+                    step: "kernel",
+                    detail: format!("no {prefix}* in /boot"),
+                })
         };
         let vmlinuz = find("vmlinuz-")?;
         let initrd = find("initrd.img-")?;
@@ -190,7 +223,13 @@ impl Build<'_> {
         std::fs::File::create(&img)
             .and_then(|f| f.set_len(size))
             .map_err(step_err("mkfs"))?;
-        self.run("mkfs.ext4", Command::new(tool("mkfs.ext4")).args(["-q", "-F", "-L", "banger-root", "-d"]).arg(&root).arg(&img))?;
+        self.run(
+            "mkfs.ext4",
+            Command::new(tool("mkfs.ext4"))
+                .args(["-q", "-F", "-L", "banger-root", "-d"])
+                .arg(&root)
+                .arg(&img),
+        )?;
         self.progress("cleaning up");
         std::fs::remove_dir_all(&root).map_err(step_err("cleanup"))?;
         Ok(())
@@ -204,9 +243,13 @@ fn du(root: &Path) -> u64 {
     let mut total = 0u64;
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
-            let Ok(m) = e.path().symlink_metadata() else { continue };
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
             if m.is_dir() {
                 stack.push(e.path());
             }

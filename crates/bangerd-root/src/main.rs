@@ -62,7 +62,11 @@ struct Args {
     #[arg(long, env = "BANGER_NFT_TABLE", default_value = "banger")]
     nft_table: String,
     /// Debian mirror for image builds.
-    #[arg(long, env = "BANGER_MIRROR", default_value = "http://deb.debian.org/debian")]
+    #[arg(
+        long,
+        env = "BANGER_MIRROR",
+        default_value = "http://deb.debian.org/debian"
+    )]
     mirror: String,
 }
 
@@ -104,7 +108,10 @@ fn run(args: Args) -> Result<()> {
             .flatten()
             .map(|u| u.gid.as_raw())
             .unwrap_or(allow_uid);
-        safe::Caller { uid: allow_uid, gid }
+        safe::Caller {
+            uid: allow_uid,
+            gid,
+        }
     };
     // In system mode the daemon runs as its own user: it must own the state and run
     // directories (never a systemd RuntimeDirectory=, which is removed with the unit
@@ -131,7 +138,10 @@ fn run(args: Args) -> Result<()> {
     })?;
     if args.jailer.is_some() {
         let st = nix::sys::statvfs::statvfs(&args.jail_base)?;
-        for (flag, what) in [(nix::sys::statvfs::FsFlags::ST_NODEV, "nodev"), (nix::sys::statvfs::FsFlags::ST_NOEXEC, "noexec")] {
+        for (flag, what) in [
+            (nix::sys::statvfs::FsFlags::ST_NODEV, "nodev"),
+            (nix::sys::statvfs::FsFlags::ST_NOEXEC, "noexec"),
+        ] {
             anyhow::ensure!(
                 !st.flags().contains(flag),
                 "the jail base {} is on a filesystem mounted {what}: the jailer's device nodes and its copy of \
@@ -174,20 +184,48 @@ fn run(args: Args) -> Result<()> {
         .split_once('/')
         .and_then(|(a, p)| Some((a.parse::<std::net::Ipv4Addr>().ok()?, p.parse::<u8>().ok()?)))
         .filter(|(_, p)| (8..=30).contains(p))
-        .with_context(|| format!("--gateway {} is not ADDRESS/PREFIX with a prefix of 8-30", args.gateway))?;
-    let valid_name = |s: &str| !s.is_empty() && s.len() < 16 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    anyhow::ensure!(valid_name(&args.bridge), "invalid --bridge {:?}", args.bridge);
+        .with_context(|| {
+            format!(
+                "--gateway {} is not ADDRESS/PREFIX with a prefix of 8-30",
+                args.gateway
+            )
+        })?;
+    let valid_name = |s: &str| {
+        !s.is_empty()
+            && s.len() < 16
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    anyhow::ensure!(
+        valid_name(&args.bridge),
+        "invalid --bridge {:?}",
+        args.bridge
+    );
     // Taps are named bg<id>; a bridge with that prefix would match the tap rules.
-    anyhow::ensure!(!args.bridge.starts_with("bg"), "--bridge must not start with \"bg\" (the tap prefix)");
-    anyhow::ensure!(valid_name(&args.nft_table), "invalid --nft-table {:?}", args.nft_table);
+    anyhow::ensure!(
+        !args.bridge.starts_with("bg"),
+        "--bridge must not start with \"bg\" (the tap prefix)"
+    );
+    anyhow::ensure!(
+        valid_name(&args.nft_table),
+        "invalid --nft-table {:?}",
+        args.nft_table
+    );
     let network = banger_helper::NetworkConfig {
         bridge: args.bridge.clone(),
         gateway: gw,
         prefix_len: prefix,
         nft_table: args.nft_table.clone(),
     };
-    let helper =
-        ops::Helper::new(dirs.clone(), vmm, args.jailer, vmm_user, args.jail_base.clone(), network, args.mirror.clone())?;
+    let helper = ops::Helper::new(
+        dirs.clone(),
+        vmm,
+        args.jailer,
+        vmm_user,
+        args.jail_base.clone(),
+        network,
+        args.mirror.clone(),
+    )?;
     // Builds that a crash interrupted are never finished: remove root's workspaces
     // (root's own tree). The daemon removes its `.build-*` directories itself.
     if let Ok(rd) = std::fs::read_dir(helper.builds_dir()) {
@@ -222,7 +260,10 @@ fn run(args: Args) -> Result<()> {
             Ok(c) => c,
             Err(e) => {
                 warn(format!("accept failed: {e}"));
-                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 continue;
@@ -233,13 +274,17 @@ fn run(args: Args) -> Result<()> {
             Err(_) => continue,
         };
         if uid != 0 && uid != allow_uid {
-            warn(format!("refused uid {uid}: only root and uid {allow_uid} (the daemon) may use the helper"));
+            warn(format!(
+                "refused uid {uid}: only root and uid {allow_uid} (the daemon) may use the helper"
+            ));
             let _ = conn.set_nonblocking(true);
             let _ = (&conn).write_all(&denial(uid, allow_uid));
             continue;
         }
         if active.load(std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
-            warn(format!("{MAX_CONNECTIONS} requests are in progress; refusing another"));
+            warn(format!(
+                "{MAX_CONNECTIONS} requests are in progress; refusing another"
+            ));
             continue;
         }
         let _ = conn.set_read_timeout(Some(REQUEST_READ_TIMEOUT));
@@ -265,7 +310,9 @@ const REQUEST_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 fn denial(uid: u32, allow_uid: u32) -> Vec<u8> {
     let r: Response = Err(Failure {
         kind: FailureKind::Denied,
-        message: format!("uid {uid} may not use the root helper; only root and uid {allow_uid} (the daemon) may"),
+        message: format!(
+            "uid {uid} may not use the root helper; only root and uid {allow_uid} (the daemon) may"
+        ),
     });
     let mut out = serde_json::to_vec(&r).expect("responses serialize");
     out.push(b'\n');
@@ -308,8 +355,15 @@ pub(crate) fn vmm_version(vmm: &std::path::Path, name: &str) -> Result<Option<St
     if name == "firecracker" {
         let v = banger_fc::version::parse_version_output(&text)
             .with_context(|| format!("{} --version", vmm.display()))?;
-        let oldest = banger_fc::version::Version { major: 1, minor: 12, patch: 0 };
-        anyhow::ensure!(v >= oldest, "Firecracker v{v} is too old: banger needs v1.12 or newer");
+        let oldest = banger_fc::version::Version {
+            major: 1,
+            minor: 12,
+            patch: 0,
+        };
+        anyhow::ensure!(
+            v >= oldest,
+            "Firecracker v{v} is too old: banger needs v1.12 or newer"
+        );
         if v.major != 1 || v.minor > 16 {
             tracing::warn!("Firecracker v{v} is newer than the v1.16 banger was tested with");
         }
@@ -317,7 +371,11 @@ pub(crate) fn vmm_version(vmm: &std::path::Path, name: &str) -> Result<Option<St
     }
     // Other VMMs (banger-vmm-qemu) print clap's "<name> <version>".
     let first = text.lines().next().unwrap_or_default();
-    Ok(first.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).filter(|v| !v.contains(' ')).map(str::to_string))
+    Ok(first
+        .strip_prefix(name)
+        .and_then(|r| r.strip_prefix(' '))
+        .filter(|v| !v.contains(' '))
+        .map(str::to_string))
 }
 
 /// Binds the socket, replacing a stale file but refusing if another helper answers.
@@ -350,7 +408,11 @@ fn serve(helper: &ops::Helper, conn: UnixStream, allow_uid: u32) -> Result<()> {
     let mut line = String::new();
     BufReader::new(conn.take_limited()).read_line(&mut line)?;
     let response: Response = if cred.uid() != 0 && cred.uid() != allow_uid {
-        tracing::warn!(uid = cred.uid(), pid = cred.pid(), "refused a caller that is not the daemon");
+        tracing::warn!(
+            uid = cred.uid(),
+            pid = cred.pid(),
+            "refused a caller that is not the daemon"
+        );
         Err(Failure {
             kind: FailureKind::Denied,
             message: format!(
@@ -361,7 +423,13 @@ fn serve(helper: &ops::Helper, conn: UnixStream, allow_uid: u32) -> Result<()> {
     } else {
         match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
-                let r = helper.handle(ops::Caller { uid: cred.uid(), gid: cred.gid() }, &req);
+                let r = helper.handle(
+                    ops::Caller {
+                        uid: cred.uid(),
+                        gid: cred.gid(),
+                    },
+                    &req,
+                );
                 match &r {
                     Ok(_) => tracing::debug!(?req, "done"),
                     Err(f) => tracing::warn!(?req, "failed: {}", f.message),
@@ -393,11 +461,26 @@ impl TakeLimited for UnixStream {
 /// The VMM user by name, with its groups; `None` when there is no such user. Root is
 /// refused: the point of this user is not to be root.
 fn vmm_user(name: &str) -> Result<Option<(String, safe::RunAs)>> {
-    let Some(u) = nix::unistd::User::from_name(name)? else { return Ok(None) };
-    anyhow::ensure!(!u.uid.is_root(), "--vmm-user {name} is root: VMMs never run as root");
+    let Some(u) = nix::unistd::User::from_name(name)? else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        !u.uid.is_root(),
+        "--vmm-user {name} is root: VMMs never run as root"
+    );
     let cname = std::ffi::CString::new(name)?;
-    let groups = nix::unistd::getgrouplist(&cname, u.gid)?.into_iter().map(|g| g.as_raw()).collect();
-    Ok(Some((name.to_string(), safe::RunAs { uid: u.uid.as_raw(), gid: u.gid.as_raw(), groups })))
+    let groups = nix::unistd::getgrouplist(&cname, u.gid)?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    Ok(Some((
+        name.to_string(),
+        safe::RunAs {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            groups,
+        },
+    )))
 }
 
 #[cfg(test)]
@@ -409,11 +492,24 @@ mod tests {
     #[test]
     fn the_socket_is_born_0666_and_a_planted_link_is_replaced_not_followed() {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "tests::bind_alone", "--ignored", "--test-threads=1"])
+            .args([
+                "--exact",
+                "tests::bind_alone",
+                "--ignored",
+                "--test-threads=1",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     /// The helper's socket is born 0666 (nothing is chmodded by a path the daemon's
@@ -436,6 +532,12 @@ mod tests {
         assert!(m.file_type().is_socket(), "{:?}", m.file_type());
         assert_eq!(m.permissions().mode() & 0o777, 0o666);
         let v = std::fs::metadata(&victim).unwrap();
-        assert_eq!((v.permissions().mode() & 0o777, std::fs::read(&victim).unwrap()), (0o600, b"root's".to_vec()));
+        assert_eq!(
+            (
+                v.permissions().mode() & 0o777,
+                std::fs::read(&victim).unwrap()
+            ),
+            (0o600, b"root's".to_vec())
+        );
     }
 }

@@ -50,9 +50,13 @@ fn nl(e: rtnetlink::Error) -> NetError {
 /// Runs an async netlink conversation on a throwaway runtime: the helper is
 /// synchronous, and one operation is a handful of messages.
 fn with_netlink<T>(f: impl AsyncFnOnce(Handle) -> Result<T, NetError>) -> Result<T, NetError> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetError::Netlink(e.to_string()))?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| NetError::Netlink(e.to_string()))?;
         tokio::spawn(conn);
         f(handle).await
     })
@@ -71,7 +75,9 @@ async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
 
 impl Net {
     pub fn subnet(&self) -> String {
-        let mask = u32::MAX.checked_shl(32 - self.cfg.prefix_len as u32).unwrap_or(0);
+        let mask = u32::MAX
+            .checked_shl(32 - self.cfg.prefix_len as u32)
+            .unwrap_or(0);
         let net = Ipv4Addr::from(u32::from(self.cfg.gateway) & mask);
         format!("{net}/{}", self.cfg.prefix_len)
     }
@@ -82,8 +88,14 @@ impl Net {
             let idx = match link_index(&h, &cfg.bridge).await? {
                 Some(i) => i,
                 None => {
-                    h.link().add(LinkBridge::new(&cfg.bridge).build()).execute().await.map_err(nl)?;
-                    link_index(&h, &cfg.bridge).await?.ok_or_else(|| NetError::Netlink("bridge vanished".into()))?
+                    h.link()
+                        .add(LinkBridge::new(&cfg.bridge).build())
+                        .execute()
+                        .await
+                        .map_err(nl)?;
+                    link_index(&h, &cfg.bridge)
+                        .await?
+                        .ok_or_else(|| NetError::Netlink("bridge vanished".into()))?
                 }
             };
             let has_addr = h
@@ -101,18 +113,31 @@ impl Net {
                     })
                 });
             if !has_addr {
-                h.address().add(idx, cfg.gateway.into(), cfg.prefix_len).execute().await.map_err(nl)?;
+                h.address()
+                    .add(idx, cfg.gateway.into(), cfg.prefix_len)
+                    .execute()
+                    .await
+                    .map_err(nl)?;
             }
-            h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(nl)?;
+            h.link()
+                .set(LinkUnspec::new_with_index(idx).up().build())
+                .execute()
+                .await
+                .map_err(nl)?;
             Ok(())
         })?;
         // Outbound NAT needs forwarding; VM-to-VM and VM-to-host traffic does not. Where
         // /proc/sys is read-only (a container), say so and carry on.
         let fwd = "/proc/sys/net/ipv4/ip_forward";
-        if std::fs::read_to_string(fwd).map(|v| v.trim() != "1").unwrap_or(true)
+        if std::fs::read_to_string(fwd)
+            .map(|v| v.trim() != "1")
+            .unwrap_or(true)
             && let Err(e) = std::fs::write(fwd, "1")
         {
-            tracing::warn!("{}; guests will not reach beyond this host", NetError::Forwarding(e));
+            tracing::warn!(
+                "{}; guests will not reach beyond this host",
+                NetError::Forwarding(e)
+            );
         }
         self.nft(json!({"nftables": [
             {"add": {"table": {"family": "inet", "name": self.cfg.nft_table}}},
@@ -155,13 +180,24 @@ impl Net {
     pub fn create_tap(&self, id: &VmId, ip: Ipv4Addr, uid: u32, gid: u32) -> Result<(), NetError> {
         self.setup()?;
         let name = NetworkConfig::tap_name(id);
-        make_persistent_tap(&name, uid, gid).map_err(|source| NetError::Tap { name: name.clone(), source })?;
+        make_persistent_tap(&name, uid, gid).map_err(|source| NetError::Tap {
+            name: name.clone(),
+            source,
+        })?;
         let bridge = self.cfg.bridge.clone();
         let tap = name.clone();
         with_netlink(async move |h| {
-            let br = link_index(&h, &bridge).await?.ok_or_else(|| NetError::Netlink(format!("no bridge {bridge}")))?;
-            let t = link_index(&h, &tap).await?.ok_or_else(|| NetError::Netlink(format!("no tap {tap}")))?;
-            h.link().set(LinkUnspec::new_with_index(t).controller(br).up().build()).execute().await.map_err(nl)?;
+            let br = link_index(&h, &bridge)
+                .await?
+                .ok_or_else(|| NetError::Netlink(format!("no bridge {bridge}")))?;
+            let t = link_index(&h, &tap)
+                .await?
+                .ok_or_else(|| NetError::Netlink(format!("no tap {tap}")))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(t).controller(br).up().build())
+                .execute()
+                .await
+                .map_err(nl)?;
             Ok(())
         })?;
         // Replace any element this tap had before.
@@ -191,7 +227,9 @@ impl Net {
         ) else {
             return;
         };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else { return };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
+            return;
+        };
         let elems: Vec<serde_json::Value> = v["nftables"]
             .as_array()
             .into_iter()
@@ -211,9 +249,13 @@ impl Net {
     }
 
     fn nft(&self, ruleset: serde_json::Value) -> Result<(), NetError> {
-        nftables::helper::apply_ruleset_raw(&ruleset.to_string(), None::<&str>, std::iter::empty::<&str>())
-            .map(|_| ())
-            .map_err(|e| NetError::Nft(e.to_string()))
+        nftables::helper::apply_ruleset_raw(
+            &ruleset.to_string(),
+            None::<&str>,
+            std::iter::empty::<&str>(),
+        )
+        .map(|_| ())
+        .map_err(|e| NetError::Nft(e.to_string()))
     }
 }
 
@@ -240,8 +282,15 @@ fn make_persistent_tap(name: &str, uid: u32, gid: u32) -> std::io::Result<()> {
     if name.len() >= libc::IFNAMSIZ {
         return Err(std::io::Error::other("name too long"));
     }
-    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
-    let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        _pad: [0; 22],
+    };
     for (d, s) in req.name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }

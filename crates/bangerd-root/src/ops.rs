@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use banger_fc::launch::{JailerConfig, LaunchConfig};
 use banger_fc::pid;
 use banger_helper::{
-    ArgError, BootFile, BootFiles, Dirs, Failure, FailureKind, LaunchInfo, Launched, Reply, Request, Response,
-    VmId, VmmExit, VmmPaths, VmmSignal,
+    ArgError, BootFile, BootFiles, Dirs, Failure, FailureKind, LaunchInfo, Launched, Reply,
+    Request, Response, VmId, VmmExit, VmmPaths, VmmSignal,
 };
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -51,11 +51,17 @@ type LaunchRecord = banger_helper::LaunchInfo;
 const JAIL_FILES: [&str; 4] = ["kernel", "initrd", "rootfs", "vmm.log"];
 
 fn bad(e: ArgError) -> Failure {
-    Failure { kind: FailureKind::BadArgument, message: e.to_string() }
+    Failure {
+        kind: FailureKind::BadArgument,
+        message: e.to_string(),
+    }
 }
 
 fn failed(msg: impl Into<String>) -> Failure {
-    Failure { kind: FailureKind::Failed, message: msg.into() }
+    Failure {
+        kind: FailureKind::Failed,
+        message: msg.into(),
+    }
 }
 
 fn io_failed(what: impl std::fmt::Display, e: io::Error) -> Failure {
@@ -63,7 +69,10 @@ fn io_failed(what: impl std::fmt::Display, e: io::Error) -> Failure {
 }
 
 /// Runs `f` as the caller, folding a failure to switch identity into the result.
-fn caller_does<T: Send>(caller: Caller, f: impl FnOnce() -> Result<T, Failure> + Send) -> Result<T, Failure> {
+fn caller_does<T: Send>(
+    caller: Caller,
+    f: impl FnOnce() -> Result<T, Failure> + Send,
+) -> Result<T, Failure> {
     as_caller(caller, f).map_err(|e| io_failed("cannot act as the caller", e))?
 }
 
@@ -113,11 +122,22 @@ impl Helper {
             | Request::RemoveVmState { vm_id } => Some(vm_id.clone()),
             _ => None,
         };
-        let lock = vm.map(|id| self.vm_locks.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_default().clone());
-        let _serialized = lock.as_ref().map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+        let lock = vm.map(|id| {
+            self.vm_locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(id)
+                .or_default()
+                .clone()
+        });
+        let _serialized = lock
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
         match req {
             Request::Ping {} => Ok(Reply::Pong {
-                version: option_env!("BANGER_VERSION").unwrap_or(env!("CARGO_PKG_VERSION")).into(),
+                version: option_env!("BANGER_VERSION")
+                    .unwrap_or(env!("CARGO_PKG_VERSION"))
+                    .into(),
                 vmm: self.vmm_name.clone(),
                 vmm_version: self.vmm_version.clone(),
                 jailed: self.jailer.is_some(),
@@ -127,9 +147,11 @@ impl Helper {
                 },
                 network: self.network.clone(),
             }),
-            Request::BuildImage { build_id, release, packages } => {
-                self.build_image(build_id, release, packages, caller)
-            }
+            Request::BuildImage {
+                build_id,
+                release,
+                packages,
+            } => self.build_image(build_id, release, packages, caller),
             Request::SetupNetwork {} => {
                 self.net().setup().map_err(|e| failed(e.to_string()))?;
                 Ok(Reply::Done)
@@ -148,16 +170,31 @@ impl Helper {
                 Ok(Reply::Done)
             }
             Request::DeleteTap { vm_id } => {
-                self.net().delete_tap(vm_id).map_err(|e| failed(e.to_string()))?;
+                self.net()
+                    .delete_tap(vm_id)
+                    .map_err(|e| failed(e.to_string()))?;
                 Ok(Reply::Done)
             }
             Request::CreateVmDirs { vm_id } => self.create_vm_dirs(vm_id, caller),
-            Request::LaunchVmm { vm_id, files, owner } => self.launch(vm_id, files, caller, *owner),
-            Request::Launches {} => Ok(Reply::Launches { launches: self.running_launches() }),
-            Request::VmmExited { vm_id, pid, start_time } => {
+            Request::LaunchVmm {
+                vm_id,
+                files,
+                owner,
+            } => self.launch(vm_id, files, caller, *owner),
+            Request::Launches {} => Ok(Reply::Launches {
+                launches: self.running_launches(),
+            }),
+            Request::VmmExited {
+                vm_id,
+                pid,
+                start_time,
+            } => {
                 let known = {
                     let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
-                    exits.get(&(*pid, *start_time)).filter(|(id, _)| id == vm_id).map(|(_, e)| e.clone())
+                    exits
+                        .get(&(*pid, *start_time))
+                        .filter(|(id, _)| id == vm_id)
+                        .map(|(_, e)| e.clone())
                 };
                 // Just ended: the reaper thread may not have recorded it yet, but the
                 // zombie (still our child, same start time) tells its status. A
@@ -172,7 +209,10 @@ impl Helper {
                 {
                     exit = peek_exit(*pid, false).or_else(|| {
                         let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
-                        exits.get(&(*pid, *start_time)).filter(|(id, _)| id == vm_id).map(|(_, e)| e.clone())
+                        exits
+                            .get(&(*pid, *start_time))
+                            .filter(|(id, _)| id == vm_id)
+                            .map(|(_, e)| e.clone())
                     });
                     if std::time::Instant::now() > deadline {
                         break;
@@ -183,26 +223,34 @@ impl Helper {
                 }
                 if exit.is_none() {
                     let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
-                    exit = exits.get(&(*pid, *start_time)).filter(|(id, _)| id == vm_id).map(|(_, e)| e.clone());
+                    exit = exits
+                        .get(&(*pid, *start_time))
+                        .filter(|(id, _)| id == vm_id)
+                        .map(|(_, e)| e.clone());
                 }
                 Ok(Reply::Exited { exit })
             }
-            Request::SignalVmm { vm_id, pid, start_time, signal } => {
-                self.signal(caller, vm_id, *pid, *start_time, *signal)
-            }
+            Request::SignalVmm {
+                vm_id,
+                pid,
+                start_time,
+                signal,
+            } => self.signal(caller, vm_id, *pid, *start_time, *signal),
             Request::RemoveVmRuntime { vm_id } => {
                 self.end_recorded(vm_id)?;
                 self.clear_jail(vm_id)?;
                 let run_dir = self.dirs.vm_run_dir(vm_id);
                 caller_does(caller, || {
-                    safe::remove_tree(&run_dir).map_err(|e| io_failed(format!("cannot remove {}", run_dir.display()), e))
+                    safe::remove_tree(&run_dir)
+                        .map_err(|e| io_failed(format!("cannot remove {}", run_dir.display()), e))
                 })?;
                 Ok(Reply::Done)
             }
             Request::RemoveVmState { vm_id } => {
                 let dir = self.dirs.vm_state_dir(vm_id);
                 caller_does(caller, || {
-                    safe::remove_tree(&dir).map_err(|e| io_failed(format!("cannot remove {}", dir.display()), e))
+                    safe::remove_tree(&dir)
+                        .map_err(|e| io_failed(format!("cannot remove {}", dir.display()), e))
                 })?;
                 Ok(Reply::Done)
             }
@@ -210,7 +258,9 @@ impl Helper {
     }
 
     fn net(&self) -> crate::net::Net {
-        crate::net::Net { cfg: self.network.clone() }
+        crate::net::Net {
+            cfg: self.network.clone(),
+        }
     }
 
     /// A guest address must be a host address of the subnet, not the gateway.
@@ -218,11 +268,15 @@ impl Helper {
         let n = &self.network;
         let mask = u32::MAX.checked_shl(32 - n.prefix_len as u32).unwrap_or(0);
         let (net, host) = (u32::from(ip) & mask, u32::from(ip) & !mask);
-        let ok = net == u32::from(n.gateway) & mask && host != 0 && host != !mask && ip != n.gateway;
+        let ok =
+            net == u32::from(n.gateway) & mask && host != 0 && host != !mask && ip != n.gateway;
         if ok {
             Ok(())
         } else {
-            Err(bad(ArgError::Address { ip, network: format!("{}/{}", n.gateway, n.prefix_len) }))
+            Err(bad(ArgError::Address {
+                ip,
+                network: format!("{}/{}", n.gateway, n.prefix_len),
+            }))
         }
     }
 
@@ -256,7 +310,9 @@ impl Helper {
                 .map_err(|e| io_failed("cannot create the build's progress file", e))
         })?;
         let remove_out = || {
-            let _ = caller_does(caller, || safe::remove_tree(&out).map_err(|e| io_failed("cannot remove the build", e)));
+            let _ = caller_does(caller, || {
+                safe::remove_tree(&out).map_err(|e| io_failed("cannot remove the build", e))
+            });
         };
         // Root's workspace: debootstrap and mkfs run as root, so only beneath root's
         // own checked base, where nobody else can redirect a path.
@@ -272,33 +328,46 @@ impl Helper {
             remove_out();
             return Err(io_failed(format!("cannot prepare {}", work.display()), e));
         }
-        let build = crate::image::Build { dir: &work, progress: &progress, release, packages, mirror: &self.mirror };
-        let built = build.run_all().map_err(|e| failed(e.to_string())).and_then(|()| {
-            // Hand the results over as the caller: new files of its own in its own
-            // directory, data copied from root's descriptors (nothing chowned).
-            let mut sources = Vec::new();
-            for name in crate::image::OUTPUTS {
-                match File::open(work.join(name)) {
-                    Ok(f) => sources.push((name, f)),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound && name == "vmlinux" => {}
-                    Err(e) => return Err(io_failed(format!("cannot open the built {name}"), e)),
+        let build = crate::image::Build {
+            dir: &work,
+            progress: &progress,
+            release,
+            packages,
+            mirror: &self.mirror,
+        };
+        let built = build
+            .run_all()
+            .map_err(|e| failed(e.to_string()))
+            .and_then(|()| {
+                // Hand the results over as the caller: new files of its own in its own
+                // directory, data copied from root's descriptors (nothing chowned).
+                let mut sources = Vec::new();
+                for name in crate::image::OUTPUTS {
+                    match File::open(work.join(name)) {
+                        Ok(f) => sources.push((name, f)),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound && name == "vmlinux" => {}
+                        Err(e) => {
+                            return Err(io_failed(format!("cannot open the built {name}"), e));
+                        }
+                    }
                 }
-            }
-            caller_does(caller, || {
-                for (name, from) in &sources {
-                    let to = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o644)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(out.join(name))
-                        .map_err(|e| io_failed(format!("cannot create {name} in {}", out.display()), e))?;
-                    banger_helper::copy::clone_data(from, &to)
-                        .map_err(|e| io_failed(format!("cannot copy the built {name}"), e))?;
-                }
-                Ok(())
-            })
-        });
+                caller_does(caller, || {
+                    for (name, from) in &sources {
+                        let to = OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o644)
+                            .custom_flags(libc::O_NOFOLLOW)
+                            .open(out.join(name))
+                            .map_err(|e| {
+                                io_failed(format!("cannot create {name} in {}", out.display()), e)
+                            })?;
+                        banger_helper::copy::clone_data(from, &to)
+                            .map_err(|e| io_failed(format!("cannot copy the built {name}"), e))?;
+                    }
+                    Ok(())
+                })
+            });
         let _ = safe::remove_tree(&work);
         if let Err(e) = built {
             remove_out();
@@ -346,8 +415,17 @@ impl Helper {
 
     fn write_record(&self, r: &LaunchRecord) -> Result<(), Failure> {
         let dir = self.records_dir();
-        let err = |e| io_failed(format!("cannot write the launch record in {}", dir.display()), e);
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(err)?;
+        let err = |e| {
+            io_failed(
+                format!("cannot write the launch record in {}", dir.display()),
+                e,
+            )
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(err)?;
         let tmp = dir.join(format!(".{}.tmp", r.vm_id));
         fs::write(&tmp, serde_json::to_vec(r).expect("records serialize")).map_err(err)?;
         fs::rename(&tmp, dir.join(r.vm_id.as_str())).map_err(err)
@@ -358,12 +436,16 @@ impl Helper {
         // A record of another boot names no process of this one.
         serde_json::from_slice::<LaunchRecord>(&bytes)
             .ok()
-            .filter(|r| &r.vm_id == id && !r.boot_id.is_empty() && r.boot_id == banger_helper::boot_id())
+            .filter(|r| {
+                &r.vm_id == id && !r.boot_id.is_empty() && r.boot_id == banger_helper::boot_id()
+            })
     }
 
     /// Records whose process still runs (same pid, same start time).
     fn running_launches(&self) -> Vec<LaunchInfo> {
-        let Ok(rd) = fs::read_dir(self.records_dir()) else { return Vec::new() };
+        let Ok(rd) = fs::read_dir(self.records_dir()) else {
+            return Vec::new();
+        };
         rd.flatten()
             .filter_map(|e| VmId::new(e.file_name().to_string_lossy().into_owned()).ok())
             .filter_map(|id| self.read_record(&id))
@@ -383,7 +465,10 @@ impl Helper {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while pid::start_time(r.pid) == Some(r.start_time) {
                 if std::time::Instant::now() > deadline {
-                    return Err(failed(format!("the VMM (pid {}) of VM {id} did not end after SIGKILL", r.pid)));
+                    return Err(failed(format!(
+                        "the VMM (pid {}) of VM {id} did not end after SIGKILL",
+                        r.pid
+                    )));
                 }
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
@@ -408,16 +493,27 @@ impl Helper {
         let dir = self.jail_dir(id);
         for name in JAIL_FILES {
             let target = dir.join("root").join(name);
-            safe::unbind(&target).map_err(|e| io_failed(format!("cannot unmount {}", target.display()), e))?;
+            safe::unbind(&target)
+                .map_err(|e| io_failed(format!("cannot unmount {}", target.display()), e))?;
         }
-        safe::remove_tree(&dir).map_err(|e| io_failed(format!("cannot remove {}", dir.display()), e))
+        safe::remove_tree(&dir)
+            .map_err(|e| io_failed(format!("cannot remove {}", dir.display()), e))
     }
 
     /// Opens a boot file with the caller's rights (run inside [`as_caller`]), read-only
     /// or read-write, and says which host path it is.
-    fn open_boot_file(&self, id: &VmId, f: &BootFile, write: bool) -> Result<(File, PathBuf), Failure> {
+    fn open_boot_file(
+        &self,
+        id: &VmId,
+        f: &BootFile,
+        write: bool,
+    ) -> Result<(File, PathBuf), Failure> {
         let path = match f {
-            BootFile::Image { digest, file } => self.dirs.images().join(digest.as_str()).join(file.file_name()),
+            BootFile::Image { digest, file } => self
+                .dirs
+                .images()
+                .join(digest.as_str())
+                .join(file.file_name()),
             BootFile::VmDisk {} => self.dirs.vm_disk(id),
             BootFile::Named { path } => {
                 if !path.is_absolute() {
@@ -446,7 +542,11 @@ impl Helper {
     /// as root.
     fn vmm_identity(&self, caller: Caller) -> Result<RunAs, Failure> {
         if caller.uid != 0 {
-            return Ok(RunAs { uid: caller.uid, gid: caller.gid, groups: Vec::new() });
+            return Ok(RunAs {
+                uid: caller.uid,
+                gid: caller.gid,
+                groups: Vec::new(),
+            });
         }
         self.vmm_user.as_ref().map(|(_, u)| u.clone()).ok_or_else(|| {
             failed(
@@ -457,7 +557,13 @@ impl Helper {
         })
     }
 
-    fn launch(&self, id: &VmId, files: &BootFiles, caller: Caller, owner: Option<banger_helper::Identity>) -> Response {
+    fn launch(
+        &self,
+        id: &VmId,
+        files: &BootFiles,
+        caller: Caller,
+        owner: Option<banger_helper::Identity>,
+    ) -> Response {
         let api_sock = self.dirs.api_socket(id);
         let console = self.dirs.console_log(id);
         let vmm_log = self.dirs.vmm_log(id);
@@ -491,21 +597,36 @@ impl Helper {
         //    could take any identity itself, so believing it gives nothing away) and
         //    they are opened with that user's rights, never root's; any other daemon's
         //    word is ignored and its own rights stand.
-        let named_as = owner.filter(|o| caller.uid == 0 && o.uid != 0).map(|o| Caller { uid: o.uid, gid: o.gid });
+        let named_as = owner
+            .filter(|o| caller.uid == 0 && o.uid != 0)
+            .map(|o| Caller {
+                uid: o.uid,
+                gid: o.gid,
+            });
         let open = |f: &BootFile, write: bool| match (f, named_as) {
-            (BootFile::Named { .. }, Some(who)) => caller_does(who, || self.open_boot_file(id, f, write))
-                .map_err(|e| failed(format!("{e} (opened as uid {}, whose request created the VM)", who.uid))),
+            (BootFile::Named { .. }, Some(who)) => {
+                caller_does(who, || self.open_boot_file(id, f, write)).map_err(|e| {
+                    failed(format!(
+                        "{e} (opened as uid {}, whose request created the VM)",
+                        who.uid
+                    ))
+                })
+            }
             _ => self.open_boot_file(id, f, write),
         };
         let opened = caller_does(caller, || {
             // (As the caller: a jail's socket symlink and pidfile are followed with
             // the caller's rights.)
             if let Ok(p) = pid::find_pid(&api_sock, &self.vmm_name) {
-                return Err(failed(format!("a VMM (pid {p}) is already serving {}", api_sock.display())));
+                return Err(failed(format!(
+                    "a VMM (pid {p}) is already serving {}",
+                    api_sock.display()
+                )));
             }
             // The VMM's directory, fresh for each launch: stale sockets go with it.
             // Removed without following anything a VMM user could have left in it.
-            safe::remove_tree(&vmm_dir).map_err(|e| io_failed(format!("cannot remove {}", vmm_dir.display()), e))?;
+            safe::remove_tree(&vmm_dir)
+                .map_err(|e| io_failed(format!("cannot remove {}", vmm_dir.display()), e))?;
             fs::DirBuilder::new()
                 .mode(0o700)
                 .create(&vmm_dir)
@@ -514,7 +635,13 @@ impl Helper {
                 // Made by root in root's directory just now: nobody else can have
                 // replaced it yet. The VMM enters it by descriptor (it cannot reach
                 // it by path) and binds its socket there.
-                chown(&vmm_dir, Caller { uid: run_as.uid, gid: run_as.gid })?;
+                chown(
+                    &vmm_dir,
+                    Caller {
+                        uid: run_as.uid,
+                        gid: run_as.gid,
+                    },
+                )?;
                 Some(
                     OpenOptions::new()
                         .read(true)
@@ -550,7 +677,9 @@ impl Helper {
                         .read(true)
                         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
                         .open(&own)
-                        .map_err(|e| io_failed(format!("cannot reopen {} read-only", path.display()), e))
+                        .map_err(|e| {
+                            io_failed(format!("cannot reopen {} read-only", path.display()), e)
+                        })
                 })?)
             }
             _ => None,
@@ -562,15 +691,24 @@ impl Helper {
         //     VMM that reopens it by path must already be allowed to.
         if apart {
             let give = |f: &File, what: &Path| {
-                nix::unistd::fchown(f, Some(run_as.uid.into()), Some(run_as.gid.into()))
-                    .map_err(|e| failed(format!("cannot give {} to the VMM's user: {e}", what.display())))
+                nix::unistd::fchown(f, Some(run_as.uid.into()), Some(run_as.gid.into())).map_err(
+                    |e| {
+                        failed(format!(
+                            "cannot give {} to the VMM's user: {e}",
+                            what.display()
+                        ))
+                    },
+                )
             };
             give(&stderr, &vmm_log)?;
             if let (Some(BootFile::VmDisk {}), Some((f, p))) = (&files.rootfs, &rootfs) {
                 give(f, p)?;
             }
             let check = |f: &BootFile, opened: &(File, PathBuf), write: bool, reopened: bool| {
-                if !reopened || matches!(f, BootFile::VmDisk {}) || safe::usable_by(&opened.0, &run_as, write) {
+                if !reopened
+                    || matches!(f, BootFile::VmDisk {})
+                    || safe::usable_by(&opened.0, &run_as, write)
+                {
                     return Ok(());
                 }
                 Err(failed(format!(
@@ -580,7 +718,11 @@ impl Helper {
                     run_as.uid,
                     opened.1.display(),
                     if write { "read and write" } else { "read" },
-                    if write { "readable and writable" } else { "readable" },
+                    if write {
+                        "readable and writable"
+                    } else {
+                        "readable"
+                    },
                     run_as.uid,
                     run_as.gid
                 )))
@@ -607,9 +749,17 @@ impl Helper {
             vmm: self.vmm.clone(),
             id: id.to_string(),
             // Apart, the socket is named from the VMM's working directory (its own).
-            api_sock: if fds_only { PathBuf::from("/proc/self/cwd/api.sock") } else { api_sock.clone() },
+            api_sock: if fds_only {
+                PathBuf::from("/proc/self/cwd/api.sock")
+            } else {
+                api_sock.clone()
+            },
             // Apart, the VMM cannot reach the log by path: its stderr is the same file.
-            log_path: Some(if fds_only { PathBuf::from("/proc/self/fd/2") } else { vmm_log.clone() }),
+            log_path: Some(if fds_only {
+                PathBuf::from("/proc/self/fd/2")
+            } else {
+                vmm_log.clone()
+            }),
             jailer,
         };
         let plan = cfg.plan().map_err(|e| failed(e.to_string()))?;
@@ -645,7 +795,8 @@ impl Helper {
                 self.clear_jail(id)?;
                 let jail = self.jail_dir(id);
                 for d in [jail.parent().unwrap_or(&jail), &jail] {
-                    safe::ensure_root_dir(d, 0o711).map_err(|e| io_failed(format!("cannot create {}", d.display()), e))?;
+                    safe::ensure_root_dir(d, 0o711)
+                        .map_err(|e| io_failed(format!("cannot create {}", d.display()), e))?;
                 }
                 safe::ensure_root_dir(chroot, 0o700)
                     .map_err(|e| io_failed(format!("cannot create {}", chroot.display()), e))?;
@@ -665,8 +816,14 @@ impl Helper {
                     bind(&stderr, &vmm_log, "vmm.log")?;
                     Ok(VmmPaths {
                         kernel: bind(&kernel.0, &kernel.1, "kernel")?,
-                        initrd: initrd.as_ref().map(|f| bind(&f.0, &f.1, "initrd")).transpose()?,
-                        rootfs: rootfs.as_ref().map(|f| bind(&f.0, &f.1, "rootfs")).transpose()?,
+                        initrd: initrd
+                            .as_ref()
+                            .map(|f| bind(&f.0, &f.1, "initrd"))
+                            .transpose()?,
+                        rootfs: rootfs
+                            .as_ref()
+                            .map(|f| bind(&f.0, &f.1, "rootfs"))
+                            .transpose()?,
                     })
                 })();
                 match paths {
@@ -693,7 +850,9 @@ impl Helper {
             // the pid stays the same.
             Some(systemd_run) => {
                 let mut a: Vec<std::ffi::OsString> =
-                    ["--scope", "--quiet", "--collect", "--slice=banger.slice"].map(Into::into).to_vec();
+                    ["--scope", "--quiet", "--collect", "--slice=banger.slice"]
+                        .map(Into::into)
+                        .to_vec();
                 a.push(format!("--unit=banger-vm-{id}-{}", now_millis()).into());
                 if let Some(u) = &drop_to {
                     a.push(format!("--uid={}", u.uid).into());
@@ -706,8 +865,15 @@ impl Helper {
             }
             None => (plan.program.clone(), plan.args.clone(), drop_to),
         };
-        let spawn =
-            crate::spawn::Spawn { program: program.clone(), args, stdout, stderr, inherit, cwd: vmm_dir_fd, drop_to: child_drop };
+        let spawn = crate::spawn::Spawn {
+            program: program.clone(),
+            args,
+            stdout,
+            stderr,
+            inherit,
+            cwd: vmm_dir_fd,
+            drop_to: child_drop,
+        };
         let held = match crate::spawn::spawn_held(&spawn) {
             Ok(h) => h,
             Err(e) => {
@@ -720,9 +886,16 @@ impl Helper {
         // The start time is fixed at fork, so it is already the VMM's.
         let Some(start_time) = pid::start_time(pid) else {
             let _ = self.clear_jail(id);
-            return Err(failed(format!("the VMM (pid {pid}) ended before it started")));
+            return Err(failed(format!(
+                "the VMM (pid {pid}) ended before it started"
+            )));
         };
-        if let Err(e) = self.write_record(&LaunchRecord { vm_id: id.clone(), pid, start_time, boot_id: banger_helper::boot_id() }) {
+        if let Err(e) = self.write_record(&LaunchRecord {
+            vm_id: id.clone(),
+            pid,
+            start_time,
+            boot_id: banger_helper::boot_id(),
+        }) {
             // Dropping `held` ends the child before it execs.
             drop(held);
             let _ = self.clear_jail(id);
@@ -738,12 +911,16 @@ impl Helper {
             // daemon may ask, and must find the answer.
             if let Some(exit) = peek_exit(pid, true) {
                 tracing::info!(vm = %vm, pid, "VMM ended with {exit}");
-                exits.lock().unwrap_or_else(|e| e.into_inner()).insert((pid, start_time), (vm, exit));
+                exits
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((pid, start_time), (vm, exit));
             }
             // SAFETY: reaping our own child.
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
         });
-        held.release().map_err(|e| io_failed("cannot release the VMM", e))?;
+        held.release()
+            .map_err(|e| io_failed("cannot release the VMM", e))?;
         banger_helper::fault_point("helper:launch:released");
 
         // 5. With a jail, the host-side socket is a symlink into it, in the caller's
@@ -767,7 +944,14 @@ impl Helper {
         }))
     }
 
-    fn signal(&self, caller: Caller, id: &VmId, p: i32, start_time: u64, sig: VmmSignal) -> Response {
+    fn signal(
+        &self,
+        caller: Caller,
+        id: &VmId,
+        p: i32,
+        start_time: u64,
+        sig: VmmSignal,
+    ) -> Response {
         if p <= 1 {
             return Err(failed(format!("refusing to signal pid {p}")));
         }
@@ -782,7 +966,9 @@ impl Helper {
         // pidfile are the caller's to write, so they are followed with the caller's
         // rights, and what they name is believed only for a process of the VMM user:
         // never root's, nor anyone else's that is merely called like the VMM.
-        let recorded = self.read_record(id).is_some_and(|r| (r.pid, r.start_time) == (p, start_time));
+        let recorded = self
+            .read_record(id)
+            .is_some_and(|r| (r.pid, r.start_time) == (p, start_time));
         let identified = recorded || {
             let sock = self.dirs.api_socket(id);
             let served = caller_does(caller, || Ok(pid::find_pid(&sock, &self.vmm_name)))? == Ok(p);
@@ -858,8 +1044,14 @@ fn peek_exit(pid: i32, block: bool) -> Option<VmmExit> {
     // SAFETY: waitid filled a SIGCHLD siginfo.
     let status = unsafe { info.si_status() };
     Some(match info.si_code {
-        libc::CLD_EXITED => VmmExit { code: Some(status), signal: None },
-        _ => VmmExit { code: None, signal: Some(status) },
+        libc::CLD_EXITED => VmmExit {
+            code: Some(status),
+            signal: None,
+        },
+        _ => VmmExit {
+            code: None,
+            signal: Some(status),
+        },
     })
 }
 
@@ -893,12 +1085,23 @@ mod tests {
             nft_table: "banger_test".into(),
         };
         let jail_base = dirs.state.join("jail");
-        Helper::new(dirs, "/bin/sleep".into(), None, None, jail_base, network, "http://deb.debian.org/debian".into())
-            .unwrap()
+        Helper::new(
+            dirs,
+            "/bin/sleep".into(),
+            None,
+            None,
+            jail_base,
+            network,
+            "http://deb.debian.org/debian".into(),
+        )
+        .unwrap()
     }
 
     const ROOT: Caller = Caller { uid: 0, gid: 0 };
-    const NOBODY: Caller = Caller { uid: 65534, gid: 65534 };
+    const NOBODY: Caller = Caller {
+        uid: 65534,
+        gid: 65534,
+    };
 
     fn id() -> VmId {
         VmId::new("0123456789ab").unwrap()
@@ -906,7 +1109,9 @@ mod tests {
 
     fn named(kernel: &Path, rootfs: Option<&Path>) -> BootFiles {
         BootFiles {
-            kernel: BootFile::Named { path: kernel.into() },
+            kernel: BootFile::Named {
+                path: kernel.into(),
+            },
             initrd: None,
             rootfs: rootfs.map(|p| BootFile::Named { path: p.into() }),
         }
@@ -928,19 +1133,28 @@ mod tests {
     fn files_a_caller_names_are_opened_with_its_rights_not_root_s() {
         let dir = tempfile::tempdir().unwrap();
         let h = nobody_s(dir.path());
-        h.handle(NOBODY, &Request::CreateVmDirs { vm_id: id() }).unwrap();
+        h.handle(NOBODY, &Request::CreateVmDirs { vm_id: id() })
+            .unwrap();
         // Root's own files: the VMM would read or write them as root's helper could.
         for (kernel, rootfs) in [
             (Path::new("/etc/shadow"), None),
             (Path::new("/bin/sleep"), Some(Path::new("/etc/passwd"))),
         ] {
             let f = h
-                .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), owner: None, files: named(kernel, rootfs) })
+                .handle(
+                    NOBODY,
+                    &Request::LaunchVmm {
+                        vm_id: id(),
+                        owner: None,
+                        files: named(kernel, rootfs),
+                    },
+                )
                 .unwrap_err();
             assert_eq!(f.kind, FailureKind::Failed, "{}", f.message);
             let culprit = rootfs.unwrap_or(kernel);
             assert!(
-                f.message.contains(&format!("cannot open {}", culprit.display()))
+                f.message
+                    .contains(&format!("cannot open {}", culprit.display()))
                     && f.message.contains("Permission denied"),
                 "{}",
                 f.message
@@ -948,7 +1162,14 @@ mod tests {
         }
         // A relative path is refused before anything is opened.
         let f = h
-            .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), owner: None, files: named(Path::new("vmlinux"), None) })
+            .handle(
+                NOBODY,
+                &Request::LaunchVmm {
+                    vm_id: id(),
+                    owner: None,
+                    files: named(Path::new("vmlinux"), None),
+                },
+            )
             .unwrap_err();
         assert_eq!(f.kind, FailureKind::BadArgument, "{}", f.message);
         assert!(!h.dirs.api_socket(&id()).exists());
@@ -964,20 +1185,40 @@ mod tests {
         // The VM's state directory is a symlink to a root directory: the console and
         // VMM logs would be created (and chowned) there by a naive helper.
         fs::create_dir_all(h.dirs.vm_run_dir(&id())).unwrap();
-        std::os::unix::fs::chown(h.dirs.vm_run_dir(&id()), Some(NOBODY.uid), Some(NOBODY.gid)).unwrap();
+        std::os::unix::fs::chown(h.dirs.vm_run_dir(&id()), Some(NOBODY.uid), Some(NOBODY.gid))
+            .unwrap();
         std::os::unix::fs::symlink(victim.path(), h.dirs.vm_state_dir(&id())).unwrap();
         let f = h
-            .handle(NOBODY, &Request::LaunchVmm { vm_id: id(), owner: None, files: named(Path::new("/bin/sleep"), None) })
+            .handle(
+                NOBODY,
+                &Request::LaunchVmm {
+                    vm_id: id(),
+                    owner: None,
+                    files: named(Path::new("/bin/sleep"), None),
+                },
+            )
             .unwrap_err();
-        assert!(f.message.contains("console.log") && f.message.contains("Permission denied"), "{}", f.message);
+        assert!(
+            f.message.contains("console.log") && f.message.contains("Permission denied"),
+            "{}",
+            f.message
+        );
         assert!(!victim.path().join("console.log").exists());
         // The stale-socket clean-up unlinks as the caller: a socket path that is a
         // link to root's file removes the link at most, never the file.
         std::os::unix::fs::symlink(&root_file, h.dirs.api_socket(&id())).unwrap();
-        let _ = h.handle(NOBODY, &Request::LaunchVmm { vm_id: id(), owner: None, files: named(Path::new("/bin/sleep"), None) });
+        let _ = h.handle(
+            NOBODY,
+            &Request::LaunchVmm {
+                vm_id: id(),
+                owner: None,
+                files: named(Path::new("/bin/sleep"), None),
+            },
+        );
         assert_eq!(fs::read(&root_file).unwrap(), b"root's");
         // Removing the VM's directories through the link removes nothing of root's.
-        h.handle(NOBODY, &Request::RemoveVmState { vm_id: id() }).unwrap_or_else(|f| panic!("{}", f.message));
+        h.handle(NOBODY, &Request::RemoveVmState { vm_id: id() })
+            .unwrap_or_else(|f| panic!("{}", f.message));
         assert_eq!(fs::read(&root_file).unwrap(), b"root's");
         assert_eq!(fs::metadata(&root_file).unwrap().uid(), 0);
     }
@@ -990,8 +1231,12 @@ mod tests {
     fn signal_believes_the_launch_record_not_a_pidfile_the_caller_wrote() {
         let dir = tempfile::tempdir().unwrap();
         let h = nobody_s(dir.path());
-        h.handle(NOBODY, &Request::CreateVmDirs { vm_id: id() }).unwrap();
-        let mut victim = std::process::Command::new("/bin/sleep").arg("60").spawn().unwrap();
+        h.handle(NOBODY, &Request::CreateVmDirs { vm_id: id() })
+            .unwrap();
+        let mut victim = std::process::Command::new("/bin/sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
         let vpid = victim.id() as i32;
         let st = pid::start_time(vpid).unwrap();
         let theirs = dir.path().join("theirs");
@@ -999,17 +1244,29 @@ mod tests {
         fs::write(theirs.join("sleep.pid"), vpid.to_string()).unwrap();
         let vmm_dir = h.dirs.vmm_dir(&id());
         fs::create_dir_all(&vmm_dir).unwrap();
-        std::os::unix::fs::symlink(theirs.join("firecracker.socket"), h.dirs.api_socket(&id())).unwrap();
+        std::os::unix::fs::symlink(theirs.join("firecracker.socket"), h.dirs.api_socket(&id()))
+            .unwrap();
         for d in [&theirs, &vmm_dir] {
             std::os::unix::fs::chown(d, Some(NOBODY.uid), Some(NOBODY.gid)).unwrap();
         }
         // (The planted link does lead to that process: banger-fc's own lookup finds it.)
         assert_eq!(pid::find_pid(&h.dirs.api_socket(&id()), "sleep"), Ok(vpid));
         let f = h
-            .handle(NOBODY, &Request::SignalVmm { vm_id: id(), pid: vpid, start_time: st, signal: VmmSignal::Kill })
+            .handle(
+                NOBODY,
+                &Request::SignalVmm {
+                    vm_id: id(),
+                    pid: vpid,
+                    start_time: st,
+                    signal: VmmSignal::Kill,
+                },
+            )
             .unwrap_err();
         assert!(f.message.contains("not the VMM"), "{}", f.message);
-        assert!(victim.try_wait().unwrap().is_none(), "root's process was signalled");
+        assert!(
+            victim.try_wait().unwrap().is_none(),
+            "root's process was signalled"
+        );
         let _ = victim.kill();
         let _ = victim.wait();
     }
@@ -1022,12 +1279,28 @@ mod tests {
         let me = std::process::id() as i32;
         let st = pid::start_time(me).unwrap();
         let f = h
-            .handle(ROOT, &Request::SignalVmm { vm_id: id(), pid: me, start_time: st, signal: VmmSignal::Kill })
+            .handle(
+                ROOT,
+                &Request::SignalVmm {
+                    vm_id: id(),
+                    pid: me,
+                    start_time: st,
+                    signal: VmmSignal::Kill,
+                },
+            )
             .unwrap_err();
         assert!(f.message.contains("not the VMM"), "{}", f.message);
         // A wrong start time means the pid was reused: reported dead, nothing sent.
         let r = h
-            .handle(ROOT, &Request::SignalVmm { vm_id: id(), pid: me, start_time: st + 1, signal: VmmSignal::Kill })
+            .handle(
+                ROOT,
+                &Request::SignalVmm {
+                    vm_id: id(),
+                    pid: me,
+                    start_time: st + 1,
+                    signal: VmmSignal::Kill,
+                },
+            )
             .unwrap();
         assert_eq!(r, Reply::Signalled { was_alive: false });
     }
@@ -1038,7 +1311,13 @@ mod tests {
         let h = helper(dir.path());
         assert!(h.check_guest_ip("10.200.0.2".parse().unwrap()).is_ok());
         assert!(h.check_guest_ip("10.200.0.254".parse().unwrap()).is_ok());
-        for bad in ["10.200.0.1", "10.200.0.0", "10.200.0.255", "10.201.0.2", "8.8.8.8"] {
+        for bad in [
+            "10.200.0.1",
+            "10.200.0.0",
+            "10.200.0.255",
+            "10.201.0.2",
+            "8.8.8.8",
+        ] {
             assert!(h.check_guest_ip(bad.parse().unwrap()).is_err(), "{bad}");
         }
     }
@@ -1047,10 +1326,13 @@ mod tests {
     fn removing_directories_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let h = helper(dir.path());
-        h.handle(ROOT, &Request::CreateVmDirs { vm_id: id() }).unwrap();
+        h.handle(ROOT, &Request::CreateVmDirs { vm_id: id() })
+            .unwrap();
         for _ in 0..2 {
-            h.handle(ROOT, &Request::RemoveVmRuntime { vm_id: id() }).unwrap();
-            h.handle(ROOT, &Request::RemoveVmState { vm_id: id() }).unwrap();
+            h.handle(ROOT, &Request::RemoveVmRuntime { vm_id: id() })
+                .unwrap();
+            h.handle(ROOT, &Request::RemoveVmState { vm_id: id() })
+                .unwrap();
         }
         assert!(!h.dirs.vm_run_dir(&id()).exists() && !h.dirs.vm_state_dir(&id()).exists());
     }

@@ -54,7 +54,13 @@ pub fn usable_by(f: &File, who: &RunAs, write: bool) -> bool {
 
 /// Runs `f` with the caller's file system identity (see [`banger_helper::as_identity`]).
 pub fn as_caller<T: Send>(caller: Caller, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    banger_helper::as_identity(banger_helper::Identity { uid: caller.uid, gid: caller.gid }, f)
+    banger_helper::as_identity(
+        banger_helper::Identity {
+            uid: caller.uid,
+            gid: caller.gid,
+        },
+        f,
+    )
 }
 
 /// Refuses `path` unless it and every directory above it is a real directory (no
@@ -62,7 +68,10 @@ pub fn as_caller<T: Send>(caller: Caller, f: impl FnOnce() -> T + Send) -> io::R
 /// is accepted above it, as OpenSSH's StrictModes does).
 pub fn check_root_owned(path: &Path) -> io::Result<()> {
     if !path.is_absolute() {
-        return Err(io::Error::other(format!("{} is not an absolute path", path.display())));
+        return Err(io::Error::other(format!(
+            "{} is not an absolute path",
+            path.display()
+        )));
     }
     let mut cur = PathBuf::new();
     for c in path.components() {
@@ -71,7 +80,10 @@ pub fn check_root_owned(path: &Path) -> io::Result<()> {
         let mode = m.mode();
         let sticky = mode & 0o1000 != 0;
         if m.file_type().is_symlink() || !m.is_dir() {
-            return Err(io::Error::other(format!("{} is not a directory", cur.display())));
+            return Err(io::Error::other(format!(
+                "{} is not a directory",
+                cur.display()
+            )));
         }
         if m.uid() != 0 {
             return Err(io::Error::other(format!(
@@ -113,8 +125,14 @@ pub fn bind_file(src: &File, target: &Path) -> io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(target)?;
     let source = format!("/proc/self/fd/{}", src.as_raw_fd());
-    nix::mount::mount(Some(source.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(io::Error::from)
+    nix::mount::mount(
+        Some(source.as_str()),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Undoes [`bind_file`]: detaches a mount at `target` without following a symlink
@@ -151,7 +169,9 @@ pub fn ensure_owned_subdir(parent: &Path, name: &str, owner: Caller, mode: u32) 
     let d = nix::fcntl::openat(
         &p,
         name,
-        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_RDONLY,
+        nix::fcntl::OFlag::O_DIRECTORY
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_RDONLY,
         nix::sys::stat::Mode::empty(),
     )?;
     nix::unistd::fchown(&d, Some(owner.uid.into()), Some(owner.gid.into()))?;
@@ -186,7 +206,11 @@ mod tests {
         fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o775)).unwrap();
         for p in [open.join("a"), open.join("a/b")] {
             let e = check_root_owned(&p).unwrap_err();
-            assert!(e.to_string().contains("can be written by users other than root"), "{p:?}: {e}");
+            assert!(
+                e.to_string()
+                    .contains("can be written by users other than root"),
+                "{p:?}: {e}"
+            );
         }
     }
 
@@ -197,14 +221,26 @@ mod tests {
         let secret = dir.path().join("secret");
         fs::write(&secret, b"root only").unwrap();
         fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
-        let nobody = Caller { uid: 65534, gid: 65534 };
+        let nobody = Caller {
+            uid: 65534,
+            gid: 65534,
+        };
         let r = as_caller(nobody, || fs::read(&secret)).unwrap();
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
         // Root-group files stay closed too: the supplementary groups are dropped.
-        let r = as_caller(Caller { uid: 65534, gid: 65534 }, || File::open("/etc/shadow")).unwrap();
+        let r = as_caller(
+            Caller {
+                uid: 65534,
+                gid: 65534,
+            },
+            || File::open("/etc/shadow"),
+        )
+        .unwrap();
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
         // What the caller creates is the caller's.
-        as_caller(nobody, || fs::write(dir.path().join("mine"), b"x")).unwrap().unwrap();
+        as_caller(nobody, || fs::write(dir.path().join("mine"), b"x"))
+            .unwrap()
+            .unwrap();
         let m = fs::metadata(dir.path().join("mine")).unwrap();
         assert_eq!((m.uid(), m.gid()), (65534, 65534));
         // And this thread kept root's identity.
@@ -229,7 +265,11 @@ mod tests {
         fs::write(&target, b"written in the jail").unwrap();
         assert_eq!(fs::read(&src).unwrap(), b"written in the jail");
         unbind(&target).unwrap();
-        assert_eq!(fs::metadata(&target).unwrap().len(), 0, "the placeholder is left");
+        assert_eq!(
+            fs::metadata(&target).unwrap().len(),
+            0,
+            "the placeholder is left"
+        );
         // An existing target is refused rather than replaced.
         let e = bind_file(&File::open(&src).unwrap(), &target).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
@@ -243,7 +283,10 @@ mod tests {
     #[test]
     fn owned_subdirectories_are_made_without_following_symlinks() {
         let dir = tempfile::tempdir().unwrap();
-        let owner = Caller { uid: 4242, gid: 4343 };
+        let owner = Caller {
+            uid: 4242,
+            gid: 4343,
+        };
         ensure_owned_subdir(dir.path(), "vms", owner, 0o700).unwrap();
         let m = fs::metadata(dir.path().join("vms")).unwrap();
         assert_eq!((m.uid(), m.gid()), (4242, 4343));
@@ -260,9 +303,24 @@ mod tests {
         let victim = tempfile::tempdir().unwrap();
         let link = dir.path().join("run");
         std::os::unix::fs::symlink(victim.path(), &link).unwrap();
-        let e = ensure_owned_subdir(&link, "vms", Caller { uid: 4242, gid: 4242 }, 0o700).unwrap_err();
-        assert!(matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)), "{e}");
-        assert!(!victim.path().join("vms").exists(), "nothing was made through the link");
+        let e = ensure_owned_subdir(
+            &link,
+            "vms",
+            Caller {
+                uid: 4242,
+                gid: 4242,
+            },
+            0o700,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)),
+            "{e}"
+        );
+        assert!(
+            !victim.path().join("vms").exists(),
+            "nothing was made through the link"
+        );
     }
 
     #[test]
@@ -271,10 +329,26 @@ mod tests {
         let p = dir.path().join("f");
         fs::write(&p, b"x").unwrap();
         std::os::unix::fs::chown(&p, Some(1000), Some(2000)).unwrap();
-        let owner = RunAs { uid: 1000, gid: 9, groups: vec![] };
-        let by_gid = RunAs { uid: 1001, gid: 2000, groups: vec![] };
-        let by_group = RunAs { uid: 1001, gid: 9, groups: vec![7, 2000] };
-        let other = RunAs { uid: 1001, gid: 9, groups: vec![7] };
+        let owner = RunAs {
+            uid: 1000,
+            gid: 9,
+            groups: vec![],
+        };
+        let by_gid = RunAs {
+            uid: 1001,
+            gid: 2000,
+            groups: vec![],
+        };
+        let by_group = RunAs {
+            uid: 1001,
+            gid: 9,
+            groups: vec![7, 2000],
+        };
+        let other = RunAs {
+            uid: 1001,
+            gid: 9,
+            groups: vec![7],
+        };
         // (mode, who, read, write)
         let cases: [(u32, &RunAs, bool, bool); 12] = [
             (0o600, &owner, true, true),
@@ -293,7 +367,11 @@ mod tests {
         for (mode, who, read, write) in cases {
             fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
             let f = File::open(&p).unwrap();
-            assert_eq!((usable_by(&f, who, false), usable_by(&f, who, true)), (read, write), "{mode:o} {who:?}");
+            assert_eq!(
+                (usable_by(&f, who, false), usable_by(&f, who, true)),
+                (read, write),
+                "{mode:o} {who:?}"
+            );
         }
     }
 

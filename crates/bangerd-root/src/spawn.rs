@@ -44,7 +44,9 @@ pub struct Held {
 impl Held {
     /// Lets the child exec.
     pub fn release(self) -> io::Result<()> {
-        nix::unistd::write(&self.go, &[1]).map(|_| ()).map_err(io::Error::from)
+        nix::unistd::write(&self.go, &[1])
+            .map(|_| ())
+            .map_err(io::Error::from)
     }
 }
 
@@ -74,10 +76,20 @@ pub fn spawn_held(s: &Spawn) -> io::Result<Held> {
     envp.push(std::ptr::null());
     let devnull = File::open("/dev/null")?;
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    if s.inherit.iter().any(|&(_, to)| !(3..MOVED_FDS).contains(&to)) {
-        return Err(io::Error::other(format!("inherited descriptors must be numbered 3 to {}", MOVED_FDS - 1)));
+    if s.inherit
+        .iter()
+        .any(|&(_, to)| !(3..MOVED_FDS).contains(&to))
+    {
+        return Err(io::Error::other(format!(
+            "inherited descriptors must be numbered 3 to {}",
+            MOVED_FDS - 1
+        )));
     }
-    let groups: Vec<libc::gid_t> = s.drop_to.as_ref().map(|u| u.groups.clone()).unwrap_or_default();
+    let groups: Vec<libc::gid_t> = s
+        .drop_to
+        .as_ref()
+        .map(|u| u.groups.clone())
+        .unwrap_or_default();
     let fds = ChildFds {
         stdin: devnull.as_raw_fd(),
         stdout: s.stdout.as_raw_fd(),
@@ -140,7 +152,10 @@ unsafe fn child(
         if libc::setsid() < 0 {
             fail(b"setsid failed");
         }
-        if libc::dup2(fds.stdin, 0) < 0 || libc::dup2(fds.stdout, 1) < 0 || libc::dup2(fds.stderr, 2) < 0 {
+        if libc::dup2(fds.stdin, 0) < 0
+            || libc::dup2(fds.stdout, 1) < 0
+            || libc::dup2(fds.stderr, 2) < 0
+        {
             fail(b"dup2 failed");
         }
         // Every signal back to its default action and nothing blocked, whatever the
@@ -270,14 +285,24 @@ mod tests {
         // As when the helper dies: the pipe's write end closes.
         drop(held);
         let status = wait_status(pid);
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 126, "{status:#x}");
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 126,
+            "{status:#x}"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
     }
 
     #[test]
     fn the_child_drops_to_the_daemon_s_user_in_its_own_session() {
-        let nobody = RunAs { uid: 65534, gid: 65534, groups: Vec::new() };
-        let (_d, path, held) = held_sh("id -u; id -G; cat /proc/self/stat | cut -d' ' -f6; echo $$", Some(nobody));
+        let nobody = RunAs {
+            uid: 65534,
+            gid: 65534,
+            groups: Vec::new(),
+        };
+        let (_d, path, held) = held_sh(
+            "id -u; id -G; cat /proc/self/stat | cut -d' ' -f6; echo $$",
+            Some(nobody),
+        );
         let pid = held.pid;
         held.release().unwrap();
         wait_status(pid);
@@ -290,7 +315,11 @@ mod tests {
 
     #[test]
     fn the_child_gets_exactly_the_groups_it_is_given() {
-        let who = RunAs { uid: 65534, gid: 65534, groups: vec![65534, 4242] };
+        let who = RunAs {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534, 4242],
+        };
         let (_d, path, held) = held_sh("id -G", Some(who));
         let pid = held.pid;
         held.release().unwrap();
@@ -321,15 +350,18 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines, ["second", "first"], "{text}");
-        assert!(spawn_held(&Spawn {
-            program: "/bin/true".into(),
-            args: vec![],
-            stdout: File::open("/dev/null").unwrap(),
-            stderr: File::open("/dev/null").unwrap(),
-            inherit: vec![(ra, 2)],
-            cwd: None,
-            drop_to: None,
-        })
-        .is_err(), "a file cannot replace stderr");
+        assert!(
+            spawn_held(&Spawn {
+                program: "/bin/true".into(),
+                args: vec![],
+                stdout: File::open("/dev/null").unwrap(),
+                stderr: File::open("/dev/null").unwrap(),
+                inherit: vec![(ra, 2)],
+                cwd: None,
+                drop_to: None,
+            })
+            .is_err(),
+            "a file cannot replace stderr"
+        );
     }
 }

@@ -9,8 +9,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use banger_api::{
+    DaemonInfo, ErrorBody, ErrorKind, ImageBuildRequest, ImageImportRequest, StopRequest, VmSpec,
+};
 use banger_helper::Identity;
-use banger_api::{DaemonInfo, ErrorBody, ErrorKind, ImageBuildRequest, ImageImportRequest, StopRequest, VmSpec};
 use serde::Deserialize;
 
 use crate::serve::Peer;
@@ -39,7 +41,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images/{name}", get(show_image).delete(remove_image))
         .route("/v1/images/{name}/progress", get(image_progress))
         .fallback(|| async {
-            ApiError::new(ErrorKind::NotFound, "no such API route; this daemon serves /v1".into())
+            ApiError::new(
+                ErrorKind::NotFound,
+                "no such API route; this daemon serves /v1".into(),
+            )
         })
         .layer(axum::middleware::from_fn(crate::serve::bounded_body))
         .with_state(state)
@@ -62,7 +67,10 @@ impl From<ServiceError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        Self::new(ErrorKind::BadRequest, format!("malformed request body: {}", e.body_text()))
+        Self::new(
+            ErrorKind::BadRequest,
+            format!("malformed request body: {}", e.body_text()),
+        )
     }
 }
 
@@ -100,7 +108,10 @@ async fn list_vms(State(s): State<Arc<AppState>>) -> AppResult<impl IntoResponse
 
 /// The caller's identity (SO_PEERCRED), set by the accept loop on every request.
 fn identity(p: Peer) -> Identity {
-    Identity { uid: p.uid, gid: p.gid }
+    Identity {
+        uid: p.uid,
+        gid: p.gid,
+    }
 }
 
 async fn create_vm(
@@ -109,7 +120,10 @@ async fn create_vm(
     body: Result<Json<VmSpec>, JsonRejection>,
 ) -> AppResult<impl IntoResponse> {
     let Json(spec) = body?;
-    Ok((StatusCode::CREATED, Json(s.service.create(spec, identity(peer)).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(s.service.create(spec, identity(peer)).await?),
+    ))
 }
 
 async fn show_vm(
@@ -161,7 +175,10 @@ async fn stop_vm(
         Err(e) => return Err(e.into()),
     };
     req.validate().map_err(crate::service::ServiceError::from)?;
-    let timeout = req.timeout_secs.map(Duration::from_secs).unwrap_or(DEFAULT_STOP_TIMEOUT);
+    let timeout = req
+        .timeout_secs
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_STOP_TIMEOUT);
     Ok(Json(s.service.stop(&name, timeout).await?))
 }
 
@@ -189,7 +206,10 @@ async fn vm_logs(
     s.service.authorize(&name, identity(peer))?;
     let (bytes, next) = s.service.console(&name, q.offset).await?;
     let mut headers = HeaderMap::new();
-    headers.insert("content-type", HeaderValue::from_static("application/octet-stream"));
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
     headers.insert("x-banger-next-offset", HeaderValue::from(next));
     Ok((headers, bytes))
 }
@@ -198,11 +218,17 @@ async fn list_images(State(s): State<Arc<AppState>>) -> AppResult<impl IntoRespo
     Ok(Json(s.service.images()?))
 }
 
-async fn show_image(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult<impl IntoResponse> {
+async fn show_image(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> AppResult<impl IntoResponse> {
     Ok(Json(s.service.image(&name)?))
 }
 
-async fn remove_image(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult<impl IntoResponse> {
+async fn remove_image(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> AppResult<impl IntoResponse> {
     s.service.remove_image(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -221,11 +247,17 @@ async fn import_image(
     body: Result<Json<ImageImportRequest>, JsonRejection>,
 ) -> AppResult<impl IntoResponse> {
     let Json(req) = body?;
-    Ok((StatusCode::CREATED, Json(s.service.import_image(req, identity(peer)).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(s.service.import_image(req, identity(peer)).await?),
+    ))
 }
 
 /// `{"building": bool, "step": "..."}` for a build in flight.
-async fn image_progress(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> impl IntoResponse {
+async fn image_progress(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> impl IntoResponse {
     let step = s.service.build_progress(&name);
     Json(serde_json::json!({ "building": step.is_some(), "step": step }))
 }

@@ -45,26 +45,40 @@ pub enum DiskError {
         source: io::Error,
     },
     #[error("{tool} failed on {disk}: {detail}")]
-    Tool { tool: &'static str, disk: PathBuf, detail: String },
+    Tool {
+        tool: &'static str,
+        disk: PathBuf,
+        detail: String,
+    },
     #[error("the disk can only grow: the image is {image} bytes, asked for {asked}")]
     Shrink { image: u64, asked: u64 },
 }
 
-
 /// Clones `src` to a new file `dst` by the best method available; `dst` must not exist.
 pub fn clone(src: &Path, dst: &Path) -> Result<CloneMethod, DiskError> {
-    let from = File::open(src).map_err(|source| DiskError::Clone { src: src.into(), dst: dst.into(), source })?;
+    let from = File::open(src).map_err(|source| DiskError::Clone {
+        src: src.into(),
+        dst: dst.into(),
+        source,
+    })?;
     clone_file(&from, src, dst)
 }
 
 /// [`clone`] from a file already open (`src` names it in messages): how a file a
 /// caller named, opened with the caller's rights, is copied.
 pub fn clone_file(from: &File, src: &Path, dst: &Path) -> Result<CloneMethod, DiskError> {
-    let err = |source| DiskError::Clone { src: src.into(), dst: dst.into(), source };
+    let err = |source| DiskError::Clone {
+        src: src.into(),
+        dst: dst.into(),
+        source,
+    };
     // Private to the daemon's user: a VM disk holds the guest's SSH host key.
-    let to = std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().write(true).create_new(true), 0o600)
-        .open(dst)
-        .map_err(err)?;
+    let to = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        0o600,
+    )
+    .open(dst)
+    .map_err(err)?;
     match banger_helper::copy::reflink(from, &to) {
         Ok(()) => return Ok(CloneMethod::Reflink),
         Err(e) => tracing::warn!(
@@ -76,12 +90,14 @@ pub fn clone_file(from: &File, src: &Path, dst: &Path) -> Result<CloneMethod, Di
     Ok(CloneMethod::Copy)
 }
 
-
 /// Grows an ext4 image to `size` bytes (a no-op if it is that size).
 pub fn grow(disk: &Path, size: u64) -> Result<(), DiskError> {
     let current = std::fs::metadata(disk).map(|m| m.len()).unwrap_or(0);
     if size < current {
-        return Err(DiskError::Shrink { image: current, asked: size });
+        return Err(DiskError::Shrink {
+            image: current,
+            asked: size,
+        });
     }
     if size == current {
         return Ok(());
@@ -90,10 +106,24 @@ pub fn grow(disk: &Path, size: u64) -> Result<(), DiskError> {
         .write(true)
         .open(disk)
         .and_then(|f| f.set_len(size))
-        .map_err(|e| DiskError::Tool { tool: "truncate", disk: disk.into(), detail: e.to_string() })?;
+        .map_err(|e| DiskError::Tool {
+            tool: "truncate",
+            disk: disk.into(),
+            detail: e.to_string(),
+        })?;
     // resize2fs insists on a fresh check of an offline filesystem.
-    run("e2fsck", Command::new(tool("e2fsck")).args(["-f", "-y"]).arg(disk), disk, &[0, 1])?;
-    run("resize2fs", Command::new(tool("resize2fs")).arg(disk), disk, &[0])
+    run(
+        "e2fsck",
+        Command::new(tool("e2fsck")).args(["-f", "-y"]).arg(disk),
+        disk,
+        &[0, 1],
+    )?;
+    run(
+        "resize2fs",
+        Command::new(tool("resize2fs")).arg(disk),
+        disk,
+        &[0],
+    )
 }
 
 /// A file banger writes into a VM disk before boot.
@@ -113,11 +143,22 @@ pub fn inject(disk: &Path, files: &[Inject], scratch: &Path) -> Result<(), DiskE
     let mut script = String::new();
     for (i, f) in files.iter().enumerate() {
         let local = scratch.join(format!("inject-{i}"));
-        std::fs::write(&local, &f.content)
-            .map_err(|e| DiskError::Tool { tool: "debugfs", disk: disk.into(), detail: e.to_string() })?;
+        std::fs::write(&local, &f.content).map_err(|e| DiskError::Tool {
+            tool: "debugfs",
+            disk: disk.into(),
+            detail: e.to_string(),
+        })?;
         let g = f.guest_path;
         let mut parent = String::new();
-        for part in g.trim_start_matches('/').split('/').rev().skip(1).collect::<Vec<_>>().into_iter().rev() {
+        for part in g
+            .trim_start_matches('/')
+            .split('/')
+            .rev()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
             parent.push('/');
             parent.push_str(part);
             script.push_str(&format!("mkdir {parent}\n"));
@@ -129,14 +170,22 @@ pub fn inject(disk: &Path, files: &[Inject], scratch: &Path) -> Result<(), DiskE
         ));
     }
     let cmds = scratch.join("inject.debugfs");
-    std::fs::write(&cmds, script).map_err(|e| DiskError::Tool { tool: "debugfs", disk: disk.into(), detail: e.to_string() })?;
+    std::fs::write(&cmds, script).map_err(|e| DiskError::Tool {
+        tool: "debugfs",
+        disk: disk.into(),
+        detail: e.to_string(),
+    })?;
     let out = Command::new(tool("debugfs"))
         .arg("-w")
         .arg("-f")
         .arg(&cmds)
         .arg(disk)
         .output()
-        .map_err(|e| DiskError::Tool { tool: "debugfs", disk: disk.into(), detail: e.to_string() })?;
+        .map_err(|e| DiskError::Tool {
+            tool: "debugfs",
+            disk: disk.into(),
+            detail: e.to_string(),
+        })?;
     for i in 0..files.len() {
         let _ = std::fs::remove_file(scratch.join(format!("inject-{i}")));
     }
@@ -147,11 +196,19 @@ pub fn inject(disk: &Path, files: &[Inject], scratch: &Path) -> Result<(), DiskE
         .lines()
         // The `rm` of a file not there yet, and the `mkdir` of a directory already
         // there, are expected to fail.
-        .filter(|l| !l.starts_with("debugfs ") && !l.starts_with("rm: ") && !l.contains("directory already exists"))
+        .filter(|l| {
+            !l.starts_with("debugfs ")
+                && !l.starts_with("rm: ")
+                && !l.contains("directory already exists")
+        })
         .filter(|l| !l.trim().is_empty())
         .collect();
     if !out.status.success() || !bad.is_empty() {
-        return Err(DiskError::Tool { tool: "debugfs", disk: disk.into(), detail: bad.join("; ") });
+        return Err(DiskError::Tool {
+            tool: "debugfs",
+            disk: disk.into(),
+            detail: bad.join("; "),
+        });
     }
     Ok(())
 }
@@ -183,14 +240,32 @@ pub struct DmSnapshot {
 impl DmSnapshot {
     /// `snapshot <origin> <cow> P 8`: persistent, 8-sector (4 KiB) chunks.
     pub fn table(&self) -> String {
-        format!("0 {} snapshot {} {} P 8", self.sectors, self.origin_loop, self.cow_loop)
+        format!(
+            "0 {} snapshot {} {} P 8",
+            self.sectors, self.origin_loop, self.cow_loop
+        )
     }
 
     pub fn setup_commands(&self, origin_file: &Path, cow_file: &Path) -> Vec<Vec<String>> {
         vec![
-            vec!["losetup".into(), "--read-only".into(), self.origin_loop.clone(), origin_file.display().to_string()],
-            vec!["losetup".into(), self.cow_loop.clone(), cow_file.display().to_string()],
-            vec!["dmsetup".into(), "create".into(), self.name.clone(), "--table".into(), self.table()],
+            vec![
+                "losetup".into(),
+                "--read-only".into(),
+                self.origin_loop.clone(),
+                origin_file.display().to_string(),
+            ],
+            vec![
+                "losetup".into(),
+                self.cow_loop.clone(),
+                cow_file.display().to_string(),
+            ],
+            vec![
+                "dmsetup".into(),
+                "create".into(),
+                self.name.clone(),
+                "--table".into(),
+                self.table(),
+            ],
         ]
     }
 
@@ -207,17 +282,28 @@ impl DmSnapshot {
     }
 }
 
-fn run(tool_name: &'static str, cmd: &mut Command, disk: &Path, ok_codes: &[i32]) -> Result<(), DiskError> {
-    let out = cmd
-        .output()
-        .map_err(|e| DiskError::Tool { tool: tool_name, disk: disk.into(), detail: e.to_string() })?;
+fn run(
+    tool_name: &'static str,
+    cmd: &mut Command,
+    disk: &Path,
+    ok_codes: &[i32],
+) -> Result<(), DiskError> {
+    let out = cmd.output().map_err(|e| DiskError::Tool {
+        tool: tool_name,
+        disk: disk.into(),
+        detail: e.to_string(),
+    })?;
     if out.status.code().is_some_and(|c| ok_codes.contains(&c)) {
         Ok(())
     } else {
         Err(DiskError::Tool {
             tool: tool_name,
             disk: disk.into(),
-            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         })
     }
 }
@@ -234,13 +320,23 @@ mod tests {
         std::fs::write(content.join("etc/hostname"), "img\n").unwrap();
         let img = dir.join("img.ext4");
         File::create(&img).unwrap().set_len(size_mib << 20).unwrap();
-        let st = Command::new(tool("mkfs.ext4")).args(["-q", "-F", "-d"]).arg(&content).arg(&img).status().unwrap();
+        let st = Command::new(tool("mkfs.ext4"))
+            .args(["-q", "-F", "-d"])
+            .arg(&content)
+            .arg(&img)
+            .status()
+            .unwrap();
         assert!(st.success());
         img
     }
 
     fn debugfs_cat(disk: &Path, path: &str) -> String {
-        let out = Command::new(tool("debugfs")).arg("-R").arg(format!("cat {path}")).arg(disk).output().unwrap();
+        let out = Command::new(tool("debugfs"))
+            .arg("-R")
+            .arg(format!("cat {path}"))
+            .arg(disk)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -262,9 +358,15 @@ mod tests {
         assert!(a == b, "content differs");
         use std::os::unix::fs::MetadataExt;
         if m == CloneMethod::Copy {
-            assert!(std::fs::metadata(&dst).unwrap().blocks() * 512 < 1 << 20, "holes were filled");
+            assert!(
+                std::fs::metadata(&dst).unwrap().blocks() * 512 < 1 << 20,
+                "holes were filled"
+            );
         }
-        assert!(clone(&src, &dst).is_err(), "an existing destination is never overwritten");
+        assert!(
+            clone(&src, &dst).is_err(),
+            "an existing destination is never overwritten"
+        );
     }
 
     #[test]
@@ -272,17 +374,36 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let img = ext4(d.path(), 32);
         let files = [
-            Inject { guest_path: "/etc/hostname", content: b"vm1\n".to_vec(), mode: 0o100644 },
-            Inject { guest_path: "/etc/secret", content: b"key\n".to_vec(), mode: 0o100600 },
+            Inject {
+                guest_path: "/etc/hostname",
+                content: b"vm1\n".to_vec(),
+                mode: 0o100644,
+            },
+            Inject {
+                guest_path: "/etc/secret",
+                content: b"key\n".to_vec(),
+                mode: 0o100600,
+            },
         ];
         inject(&img, &files, d.path()).unwrap();
         assert_eq!(debugfs_cat(&img, "/etc/hostname"), "vm1\n");
         assert_eq!(debugfs_cat(&img, "/etc/secret"), "key\n");
-        let stat = Command::new(tool("debugfs")).args(["-R", "stat /etc/secret"]).arg(&img).output().unwrap();
+        let stat = Command::new(tool("debugfs"))
+            .args(["-R", "stat /etc/secret"])
+            .arg(&img)
+            .output()
+            .unwrap();
         let s = String::from_utf8_lossy(&stat.stdout);
-        assert!(s.contains("Mode:  0600") && s.contains("User:     0"), "{s}");
+        assert!(
+            s.contains("Mode:  0600") && s.contains("User:     0"),
+            "{s}"
+        );
         // Into directories that do not exist yet: they are made.
-        let deep = [Inject { guest_path: "/new/dir/file", content: b"x\n".to_vec(), mode: 0o100644 }];
+        let deep = [Inject {
+            guest_path: "/new/dir/file",
+            content: b"x\n".to_vec(),
+            mode: 0o100644,
+        }];
         inject(&img, &deep, d.path()).unwrap();
         assert_eq!(debugfs_cat(&img, "/new/dir/file"), "x\n");
         // A disk that is not ext4 is refused with debugfs's reason.
@@ -297,12 +418,31 @@ mod tests {
         let img = ext4(d.path(), 32);
         grow(&img, 64 << 20).unwrap();
         assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 << 20);
-        let out = Command::new(tool("dumpe2fs")).arg("-h").arg(&img).output().unwrap();
+        let out = Command::new(tool("dumpe2fs"))
+            .arg("-h")
+            .arg(&img)
+            .output()
+            .unwrap();
         let s = String::from_utf8_lossy(&out.stdout);
-        let blocks: u64 = s.lines().find_map(|l| l.strip_prefix("Block count:")).unwrap().trim().parse().unwrap();
-        let bsize: u64 = s.lines().find_map(|l| l.strip_prefix("Block size:")).unwrap().trim().parse().unwrap();
+        let blocks: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("Block count:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let bsize: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("Block size:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(blocks * bsize, 64 << 20);
-        assert!(matches!(grow(&img, 16 << 20), Err(DiskError::Shrink { .. })));
+        assert!(matches!(
+            grow(&img, 16 << 20),
+            Err(DiskError::Shrink { .. })
+        ));
     }
 
     #[test]
@@ -327,8 +467,20 @@ mod tests {
         };
         assert_eq!(s.table(), "0 2097152 snapshot /dev/loop7 /dev/loop8 P 8");
         let setup = s.setup_commands(Path::new("/img/rootfs.ext4"), Path::new("/vms/x/cow"));
-        assert_eq!(setup[0], ["losetup", "--read-only", "/dev/loop7", "/img/rootfs.ext4"]);
-        assert_eq!(setup[2], ["dmsetup", "create", "banger-0123456789ab", "--table", "0 2097152 snapshot /dev/loop7 /dev/loop8 P 8"]);
+        assert_eq!(
+            setup[0],
+            ["losetup", "--read-only", "/dev/loop7", "/img/rootfs.ext4"]
+        );
+        assert_eq!(
+            setup[2],
+            [
+                "dmsetup",
+                "create",
+                "banger-0123456789ab",
+                "--table",
+                "0 2097152 snapshot /dev/loop7 /dev/loop8 P 8"
+            ]
+        );
         let down = s.teardown_commands();
         assert_eq!(down[0], ["dmsetup", "remove", "banger-0123456789ab"]);
         assert_eq!(down.last().unwrap(), &["losetup", "-d", "/dev/loop7"]);

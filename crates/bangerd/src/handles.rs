@@ -44,9 +44,17 @@ pub fn read(path: &Path) -> Result<Handles, HandlesError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(HandlesError::Missing(path.into()));
         }
-        Err(source) => return Err(HandlesError::Io { path: path.into(), source }),
+        Err(source) => {
+            return Err(HandlesError::Io {
+                path: path.into(),
+                source,
+            });
+        }
     };
-    serde_json::from_slice(&bytes).map_err(|source| HandlesError::Corrupt { path: path.into(), source })
+    serde_json::from_slice(&bytes).map_err(|source| HandlesError::Corrupt {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Write to a temporary file and rename it over the old one: readers see the old or
@@ -94,7 +102,10 @@ mod tests {
         assert!(matches!(read(&p), Err(HandlesError::Missing(_))));
         for bad in [&b""[..], b"{", b"{\"pid\":1}", b"\x00\xff"] {
             std::fs::write(&p, bad).unwrap();
-            assert!(matches!(read(&p), Err(HandlesError::Corrupt { .. })), "{bad:?}");
+            assert!(
+                matches!(read(&p), Err(HandlesError::Corrupt { .. })),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -20,7 +20,11 @@ type Result<T, E = ServiceError> = std::result::Result<T, E>;
 const FILES: [&str; 4] = ["vmlinuz", "initrd.img", "rootfs.ext4", "vmlinux"];
 
 fn new_id() -> VmId {
-    VmId::new(format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff)).expect("12 hex digits")
+    VmId::new(format!(
+        "{:012x}",
+        rand::rng().random::<u64>() & 0xffff_ffff_ffff
+    ))
+    .expect("12 hex digits")
 }
 
 /// SHA-256 over each present file's name, length and content, in a fixed order.
@@ -29,7 +33,9 @@ fn digest_dir(dir: &Path) -> std::io::Result<String> {
     let mut buf = vec![0u8; 1 << 20];
     for name in FILES {
         let p = dir.join(name);
-        let Ok(mut f) = std::fs::File::open(&p) else { continue };
+        let Ok(mut f) = std::fs::File::open(&p) else {
+            continue;
+        };
         h.update(name.as_bytes());
         h.update(f.metadata()?.len().to_le_bytes());
         loop {
@@ -63,24 +69,39 @@ impl Service {
             initrd: opt("initrd.img"),
             vmlinux: opt("vmlinux"),
             rootfs: dir.join("rootfs.ext4"),
-            rootfs_bytes: std::fs::metadata(dir.join("rootfs.ext4")).map(|m| m.len()).unwrap_or(0),
+            rootfs_bytes: std::fs::metadata(dir.join("rootfs.ext4"))
+                .map(|m| m.len())
+                .unwrap_or(0),
             created_at: r.created_at.clone(),
             used_by,
         }
     }
 
     pub fn images(&self) -> Result<Vec<Image>> {
-        Ok(self.store.images()?.iter().map(|r| self.image_api(r)).collect())
+        Ok(self
+            .store
+            .images()?
+            .iter()
+            .map(|r| self.image_api(r))
+            .collect())
     }
 
     pub fn image(&self, name: &str) -> Result<Image> {
-        let r = self.store.image(name)?.ok_or_else(|| ServiceError::ImageNotFound(name.into()))?;
+        let r = self
+            .store
+            .image(name)?
+            .ok_or_else(|| ServiceError::ImageNotFound(name.into()))?;
         Ok(self.image_api(&r))
     }
 
     /// The last progress line of a build in flight (None when none runs).
     pub fn build_progress(&self, name: &str) -> Option<String> {
-        let dir = self.builds.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()?;
+        let dir = self
+            .builds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()?;
         let text = std::fs::read_to_string(dir.join("progress")).unwrap_or_default();
         Some(text.lines().last().unwrap_or("starting").to_string())
     }
@@ -102,7 +123,10 @@ impl Service {
                 for f in FILES {
                     let p = dir.join(f);
                     if p.exists() {
-                        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
+                        std::fs::set_permissions(
+                            &p,
+                            std::os::unix::fs::PermissionsExt::from_mode(0o444),
+                        )?;
                     }
                 }
                 std::fs::rename(&dir, &target)?;
@@ -120,7 +144,11 @@ impl Service {
     pub async fn build_image(&self, req: ImageBuildRequest) -> Result<Image> {
         validate_image_name(&req.name)?;
         let release = Release::new(req.release.clone())?;
-        let packages = req.packages.iter().map(|p| PackageName::new(p.clone())).collect::<std::result::Result<Vec<_>, _>>()?;
+        let packages = req
+            .packages
+            .iter()
+            .map(|p| PackageName::new(p.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         if self.store.image(&req.name)?.is_some() {
             return Err(ServiceError::NameTaken(format!("image {}", req.name)));
         }
@@ -129,15 +157,31 @@ impl Service {
         {
             let mut b = self.builds.lock().unwrap_or_else(|e| e.into_inner());
             if b.contains_key(&req.name) {
-                return Err(ServiceError::NameTaken(format!("image {} (a build is running)", req.name)));
+                return Err(ServiceError::NameTaken(format!(
+                    "image {} (a build is running)",
+                    req.name
+                )));
             }
             b.insert(req.name.clone(), dir.clone());
         }
-        let result = self.helper(Request::BuildImage { build_id: id, release, packages }).await;
-        self.builds.lock().unwrap_or_else(|e| e.into_inner()).remove(&req.name);
+        let result = self
+            .helper(Request::BuildImage {
+                build_id: id,
+                release,
+                packages,
+            })
+            .await;
+        self.builds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&req.name);
         let dir = match result {
             Ok(Reply::ImageBuilt { dir }) => dir,
-            Ok(other) => return Err(ServiceError::BuildFailed(format!("unexpected helper reply {other:?}"))),
+            Ok(other) => {
+                return Err(ServiceError::BuildFailed(format!(
+                    "unexpected helper reply {other:?}"
+                )));
+            }
             Err(ServiceError::Helper(banger_helper::ClientError::Refused(f))) => {
                 return Err(ServiceError::BuildFailed(f.message));
             }
@@ -157,9 +201,15 @@ impl Service {
     /// after the check changes nothing.
     pub async fn import_image(&self, req: ImageImportRequest, owner: Identity) -> Result<Image> {
         validate_image_name(&req.name)?;
-        for p in [Some(&req.kernel), req.initrd.as_ref(), Some(&req.rootfs)].into_iter().flatten() {
+        for p in [Some(&req.kernel), req.initrd.as_ref(), Some(&req.rootfs)]
+            .into_iter()
+            .flatten()
+        {
             if !p.is_absolute() {
-                return Err(ServiceError::ImportRefused { path: p.display().to_string(), reason: "the path must be absolute".into() });
+                return Err(ServiceError::ImportRefused {
+                    path: p.display().to_string(),
+                    reason: "the path must be absolute".into(),
+                });
             }
         }
         if self.store.image(&req.name)?.is_some() {
@@ -208,7 +258,10 @@ impl Service {
         .expect("import does not panic");
         if let Err((path, reason)) = copied {
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(ServiceError::ImportRefused { path: path.display().to_string(), reason });
+            return Err(ServiceError::ImportRefused {
+                path: path.display().to_string(),
+                reason,
+            });
         }
         banger_helper::fault_point("daemon:import:copied");
         match self.publish(&req.name, dir.clone(), "import".into()).await {
@@ -223,7 +276,10 @@ impl Service {
     pub async fn remove_image(&self, name: &str) -> Result<()> {
         let img = self.image(name)?;
         if !img.used_by.is_empty() {
-            return Err(ServiceError::ImageInUse { name: name.into(), users: img.used_by.join(", ") });
+            return Err(ServiceError::ImageInUse {
+                name: name.into(),
+                users: img.used_by.join(", "),
+            });
         }
         self.store.delete_image(name)?;
         // Another name may share the content.
@@ -232,7 +288,10 @@ impl Service {
             let dir = self.dirs.images().join(&img.digest);
             let _ = tokio::task::spawn_blocking(move || {
                 for f in FILES {
-                    let _ = std::fs::set_permissions(dir.join(f), std::os::unix::fs::PermissionsExt::from_mode(0o644));
+                    let _ = std::fs::set_permissions(
+                        dir.join(f),
+                        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                    );
                 }
                 std::fs::remove_dir_all(&dir)
             })

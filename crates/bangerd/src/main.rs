@@ -59,7 +59,8 @@ fn main() {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BANGER_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BANGER_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -118,7 +119,10 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
         .context("the root helper must be running before bangerd")?;
     // The bridge and NAT exist while banger runs, so the host side of the VM network
     // is there before the first VM (and after a host reboot).
-    if let Err(e) = service.helper(banger_helper::Request::SetupNetwork {}).await {
+    if let Err(e) = service
+        .helper(banger_helper::Request::SetupNetwork {})
+        .await
+    {
         tracing::warn!("cannot set up the VM network: {}", service::chain(&e));
     }
     // An import or a finished build that the daemon's death left unpublished is never
@@ -131,8 +135,8 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
         let me = nix::unistd::geteuid().as_raw();
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let finished_build =
-                name.starts_with(".build-") && std::os::unix::fs::MetadataExt::uid(&e.metadata()?) == me;
+            let finished_build = name.starts_with(".build-")
+                && std::os::unix::fs::MetadataExt::uid(&e.metadata()?) == me;
             if name.starts_with(".import-") || finished_build {
                 tracing::info!("removing interrupted image work {}", e.path().display());
                 let _ = std::fs::remove_dir_all(e.path());
@@ -140,25 +144,43 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
         }
     }
     let reconcile_start = std::time::Instant::now();
-    let report = service.reconcile().await.map_err(|e| anyhow::anyhow!(service::chain(&e)))?;
-    tracing::info!(vms = report.len(), ms = reconcile_start.elapsed().as_millis() as u64, "reconcile done");
+    let report = service
+        .reconcile()
+        .await
+        .map_err(|e| anyhow::anyhow!(service::chain(&e)))?;
+    tracing::info!(
+        vms = report.len(),
+        ms = reconcile_start.elapsed().as_millis() as u64,
+        "reconcile done"
+    );
 
     let socket = dirs.daemon_socket();
     if socket.exists() {
-        std::fs::remove_file(&socket).with_context(|| format!("cannot remove stale {}", socket.display()))?;
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("cannot remove stale {}", socket.display()))?;
     }
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("cannot bind {}", socket.display()))?;
     secure_socket(&socket, &args.socket_group)?;
 
-    let state = Arc::new(api::AppState { service, vmm: vmm.to_string(), socket: socket.clone() });
+    let state = Arc::new(api::AppState {
+        service,
+        vmm: vmm.to_string(),
+        socket: socket.clone(),
+    });
     let watcher = state.clone();
     tokio::spawn(async move { watcher.service.watch_helper().await });
     let app = api::router(state);
     tracing::info!(socket = %socket.display(), ms = started.elapsed().as_millis() as u64, "bangerd ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
-    serve::serve(listener, app, shutdown_signal(), std::time::Duration::from_secs(30)).await;
+    serve::serve(
+        listener,
+        app,
+        shutdown_signal(),
+        std::time::Duration::from_secs(30),
+    )
+    .await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);
     tracing::info!("bangerd stopped; running VMs were left alone");

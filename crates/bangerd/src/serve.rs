@@ -78,7 +78,10 @@ fn take_slot(slots: &Arc<Mutex<Slots>>, uid: u32) -> Option<Slot> {
     }
     s.total += 1;
     *s.per_uid.entry(uid).or_default() += 1;
-    Some(Slot { slots: slots.clone(), uid })
+    Some(Slot {
+        slots: slots.clone(),
+        uid,
+    })
 }
 
 /// How often a repeated warning is logged at most: a caller that makes the daemon
@@ -95,12 +98,19 @@ struct Every {
 
 impl Every {
     fn new(every: Duration) -> Self {
-        Self { every, last: None, since: 0 }
+        Self {
+            every,
+            last: None,
+            since: 0,
+        }
     }
 
     fn due(&mut self, now: std::time::Instant) -> Option<u64> {
         self.since += 1;
-        if self.last.is_some_and(|l| now.duration_since(l) < self.every) {
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < self.every)
+        {
             return None;
         }
         self.last = Some(now);
@@ -112,18 +122,26 @@ impl Every {
 /// waits on a caller that stopped sending.
 pub async fn bounded_body(req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
         Ok(Ok(b)) => b,
         Ok(Err(_)) => {
-            return (StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {MAX_BODY} bytes or broken"))
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {MAX_BODY} bytes or broken"),
+            )
                 .into_response();
         }
         Err(_) => {
-            return (StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {BODY_TIMEOUT:?}"))
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+            )
                 .into_response();
         }
     };
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and
@@ -155,12 +173,21 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let Ok(cred) = stream.peer_cred() else { continue };
-        let peer = Peer { uid: cred.uid(), gid: cred.gid() };
+        let Ok(cred) = stream.peer_cred() else {
+            continue;
+        };
+        let peer = Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+        };
         let Some(slot) = take_slot(&slots, peer.uid) else {
             // Closed at once, unread: a caller over its share learns it by EOF.
             if let Some(refused) = refused_log.due(std::time::Instant::now()) {
-                tracing::warn!(uid = peer.uid, refused, "connection limit reached; refusing connections");
+                tracing::warn!(
+                    uid = peer.uid,
+                    refused,
+                    "connection limit reached; refusing connections"
+                );
             }
             continue;
         };
@@ -168,7 +195,13 @@ pub async fn serve(
         let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(peer);
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
+            async move {
+                Ok::<_, Infallible>(
+                    app.oneshot(req.map(Body::new))
+                        .await
+                        .unwrap_or_else(|e| match e {}),
+                )
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -181,7 +214,10 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("requests still running after {drain:?}; leaving them");
     }
 }
@@ -193,15 +229,28 @@ mod tests {
     #[test]
     fn slots_cap_each_uid_and_the_total_but_never_root() {
         let slots = Arc::new(Mutex::new(Slots::default()));
-        let mine: Vec<_> = (0..MAX_PER_UID).map(|_| take_slot(&slots, 1000).expect("under the cap")).collect();
+        let mine: Vec<_> = (0..MAX_PER_UID)
+            .map(|_| take_slot(&slots, 1000).expect("under the cap"))
+            .collect();
         assert!(take_slot(&slots, 1000).is_none(), "one uid is capped");
         let other = take_slot(&slots, 1001).expect("another uid still gets in");
         let mut mine = mine;
         mine.truncate(MAX_PER_UID - 3);
-        assert_eq!(slots.lock().unwrap().per_uid.get(&1000), Some(&(MAX_PER_UID - 3)), "each release counts once");
-        assert!(take_slot(&slots, 1000).is_some(), "a released slot can be taken again");
+        assert_eq!(
+            slots.lock().unwrap().per_uid.get(&1000),
+            Some(&(MAX_PER_UID - 3)),
+            "each release counts once"
+        );
+        assert!(
+            take_slot(&slots, 1000).is_some(),
+            "a released slot can be taken again"
+        );
         drop(mine);
-        assert_eq!(slots.lock().unwrap().per_uid.get(&1000), None, "released slots are returned");
+        assert_eq!(
+            slots.lock().unwrap().per_uid.get(&1000),
+            None,
+            "released slots are returned"
+        );
         let mut many = Vec::new();
         for uid in 2000.. {
             match take_slot(&slots, uid) {
@@ -209,8 +258,15 @@ mod tests {
                 None => break,
             }
         }
-        assert_eq!(slots.lock().unwrap().total, MAX_CONNECTIONS, "the total is capped");
-        assert!(take_slot(&slots, 0).is_some(), "root is served even at the cap");
+        assert_eq!(
+            slots.lock().unwrap().total,
+            MAX_CONNECTIONS,
+            "the total is capped"
+        );
+        assert!(
+            take_slot(&slots, 0).is_some(),
+            "root is served even at the cap"
+        );
         drop((other, many));
         assert_eq!(slots.lock().unwrap().total, 0);
     }
@@ -226,11 +282,26 @@ mod tests {
         let sock = dir.path().join("bangerd.sock");
         let listener = UnixListener::bind(&sock).unwrap();
         let app = Router::new()
-            .route("/who", get(|axum::Extension(p): axum::Extension<Peer>| async move { format!("{}:{}", p.uid, p.gid) }))
-            .route("/echo", post(|body: axum::body::Bytes| async move { body.len().to_string() }))
+            .route(
+                "/who",
+                get(|axum::Extension(p): axum::Extension<Peer>| async move {
+                    format!("{}:{}", p.uid, p.gid)
+                }),
+            )
+            .route(
+                "/echo",
+                post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+            )
             .layer(axum::middleware::from_fn(bounded_body));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, app, async { let _ = stopped.await; }, Duration::from_secs(5)));
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            async {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(5),
+        ));
         let ask = |req: Vec<u8>| {
             let sock = sock.clone();
             async move {
@@ -243,16 +314,36 @@ mod tests {
         };
         let me = format!("{}:{}", nix::unistd::geteuid(), nix::unistd::getegid());
         let who = ask(b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec()).await;
-        assert!(who.starts_with("HTTP/1.1 200") && who.ends_with(&me), "{who}");
+        assert!(
+            who.starts_with("HTTP/1.1 200") && who.ends_with(&me),
+            "{who}"
+        );
         let small = ask(b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello".to_vec()).await;
-        assert!(small.starts_with("HTTP/1.1 200") && small.ends_with("\r\n5"), "{small}");
-        let mut big = format!("POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1).into_bytes();
+        assert!(
+            small.starts_with("HTTP/1.1 200") && small.ends_with("\r\n5"),
+            "{small}"
+        );
+        let mut big = format!(
+            "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        )
+        .into_bytes();
         big.extend(std::iter::repeat_n(b'x', MAX_BODY + 1));
         let big = ask(big).await;
-        assert!(big.starts_with("HTTP/1.1 413"), "{}", &big[..big.len().min(200)]);
+        assert!(
+            big.starts_with("HTTP/1.1 413"),
+            "{}",
+            &big[..big.len().min(200)]
+        );
         stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), server).await.expect("serve returns on shutdown").unwrap();
-        assert!(tokio::net::UnixStream::connect(&sock).await.is_err(), "the listener is closed");
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve returns on shutdown")
+            .unwrap();
+        assert!(
+            tokio::net::UnixStream::connect(&sock).await.is_err(),
+            "the listener is closed"
+        );
     }
 
     #[test]
@@ -263,7 +354,11 @@ mod tests {
         assert_eq!(e.due(at(0)), Some(1), "the first one is logged");
         assert_eq!(e.due(at(1000)), None);
         assert_eq!(e.due(at(4999)), None);
-        assert_eq!(e.due(at(5000)), Some(3), "the period is over: this one and the two held back");
+        assert_eq!(
+            e.due(at(5000)),
+            Some(3),
+            "the period is over: this one and the two held back"
+        );
         assert_eq!(e.due(at(5001)), None);
         assert_eq!(e.due(at(20_000)), Some(2));
     }

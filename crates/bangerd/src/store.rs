@@ -1,8 +1,8 @@
 //! SQLite state with versioned migrations (`rusqlite_migration`, schema version kept in
 //! `PRAGMA user_version`). The daemon owns the database; nothing else writes it.
 
-use std::path::Path;
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
 use banger_api::{VmName, VmSpec, VmState};
@@ -14,7 +14,7 @@ use rusqlite_migration::{M, Migrations};
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(
-        "CREATE TABLE vms (
+            "CREATE TABLE vms (
             id              TEXT PRIMARY KEY,
             name            TEXT NOT NULL UNIQUE,
             state           TEXT NOT NULL,
@@ -78,7 +78,9 @@ pub enum StoreError {
         #[source]
         source: rusqlite_migration::Error,
     },
-    #[error("the database {path} has schema version {found}, newer than this binary's {ours}; use a newer bangerd")]
+    #[error(
+        "the database {path} has schema version {found}, newer than this binary's {ours}; use a newer bangerd"
+    )]
     TooNew { path: String, found: u32, ours: u32 },
     #[error("a VM named {0} already exists")]
     NameTaken(VmName),
@@ -89,7 +91,11 @@ pub enum StoreError {
     #[error("database query failed")]
     Sql(#[from] rusqlite::Error),
     #[error("stored VM {id} has an unreadable {what}: {detail}")]
-    Corrupt { id: String, what: &'static str, detail: String },
+    Corrupt {
+        id: String,
+        what: &'static str,
+        detail: String,
+    },
     #[error("VM {id}: {source}")]
     Transition {
         id: String,
@@ -115,7 +121,12 @@ pub struct StateUpdate<'a> {
 
 impl<'a> StateUpdate<'a> {
     pub fn to(to: VmState) -> Self {
-        Self { to, vmm: None, process: None, error: None }
+        Self {
+            to,
+            vmm: None,
+            process: None,
+            error: None,
+        }
     }
     pub fn vmm(self, vmm: Option<&'a str>) -> Self {
         Self { vmm, ..self }
@@ -195,7 +206,11 @@ pub enum MigrationCheck {
 /// (SQLite gives the files it creates the database file's mode).
 fn private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
     for suffix in ["", "-wal", "-shm"] {
         let mut f = path.as_os_str().to_owned();
         f.push(suffix);
@@ -212,19 +227,34 @@ pub fn check_migrations(path: &Path) -> Result<MigrationCheck, StoreError> {
         return Ok(MigrationCheck::NoDatabase);
     }
     let p = path.display().to_string();
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|source| StoreError::Open { path: p.clone(), source })?;
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
+            StoreError::Open {
+                path: p.clone(),
+                source,
+            }
+        })?;
     let found: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|source| StoreError::Open { path: p.clone(), source })?;
+        .map_err(|source| StoreError::Open {
+            path: p.clone(),
+            source,
+        })?;
     let ours = schema_version();
     if found > ours {
-        return Err(StoreError::TooNew { path: p, found, ours });
+        return Err(StoreError::TooNew {
+            path: p,
+            found,
+            ours,
+        });
     }
     if found == ours {
         Ok(MigrationCheck::UpToDate(found))
     } else {
-        Ok(MigrationCheck::WillMigrate { from: found, to: ours })
+        Ok(MigrationCheck::WillMigrate {
+            from: found,
+            to: ours,
+        })
     }
 }
 
@@ -302,9 +332,14 @@ struct VmRecordRaw {
 
 impl VmRecordRaw {
     fn decode(self) -> Result<VmRecord, StoreError> {
-        let corrupt = |what, detail: String| StoreError::Corrupt { id: self.id.clone(), what, detail };
+        let corrupt = |what, detail: String| StoreError::Corrupt {
+            id: self.id.clone(),
+            what,
+            detail,
+        };
         let name = VmName::new(self.name.clone()).map_err(|e| corrupt("name", e.to_string()))?;
-        let state = VmState::parse(&self.state).ok_or_else(|| corrupt("state", self.state.clone()))?;
+        let state =
+            VmState::parse(&self.state).ok_or_else(|| corrupt("state", self.state.clone()))?;
         let spec = serde_json::from_str(&self.spec).map_err(|e| corrupt("spec", e.to_string()))?;
         let id = VmId::new(self.id.clone()).map_err(|e| corrupt("id", e.to_string()))?;
         Ok(VmRecord {
@@ -333,18 +368,28 @@ impl Store {
         if let Err(e @ StoreError::TooNew { .. }) = check_migrations(path) {
             return Err(e);
         }
-        private(path).map_err(|source| StoreError::Private { path: p.clone(), source })?;
-        let mut conn =
-            Connection::open(path).map_err(|source| StoreError::Open { path: p.clone(), source })?;
+        private(path).map_err(|source| StoreError::Private {
+            path: p.clone(),
+            source,
+        })?;
+        let mut conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: p.clone(),
+            source,
+        })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrations().to_latest(&mut conn).map_err(|source| StoreError::Migrate { path: p, source })?;
+        migrations()
+            .to_latest(&mut conn)
+            .map_err(|source| StoreError::Migrate { path: p, source })?;
         let mut mirror = Mirror::default();
         for r in load_all(&conn)? {
             mirror.put(r);
         }
-        Ok(Self { conn: Mutex::new(conn), mirror: RwLock::new(mirror) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+            mirror: RwLock::new(mirror),
+        })
     }
 
     fn mirror(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
@@ -359,13 +404,26 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn insert(&self, id: &str, spec: &VmSpec, owner: (u32, u32)) -> Result<VmRecord, StoreError> {
+    pub fn insert(
+        &self,
+        id: &str,
+        spec: &VmSpec,
+        owner: (u32, u32),
+    ) -> Result<VmRecord, StoreError> {
         let t = now();
         let spec_json = serde_json::to_string(spec).expect("spec serializes");
         let r = self.conn().execute(
             "INSERT INTO vms (id, name, state, spec, created_at, updated_at, owner_uid, owner_gid) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
-            params![id, spec.name.as_str(), VmState::Created.as_str(), spec_json, t, owner.0, owner.1],
+            params![
+                id,
+                spec.name.as_str(),
+                VmState::Created.as_str(),
+                spec_json,
+                t,
+                owner.0,
+                owner.1
+            ],
         );
         match r {
             Ok(_) => {}
@@ -417,7 +475,13 @@ impl Store {
     /// (all VMs, running VMs) without copying records.
     pub fn counts(&self) -> (usize, usize) {
         let m = self.mirror();
-        (m.by_name.len(), m.by_name.values().filter(|r| r.state == VmState::Running).count())
+        (
+            m.by_name.len(),
+            m.by_name
+                .values()
+                .filter(|r| r.state == VmState::Running)
+                .count(),
+        )
     }
 
     /// Sets the state and the runtime columns in one statement, so a crash never
@@ -427,15 +491,20 @@ impl Store {
     pub fn set_state(&self, id: &str, u: StateUpdate<'_>) -> Result<(), StoreError> {
         {
             let conn = self.conn();
-            let from: Option<String> =
-                conn.query_row("SELECT state FROM vms WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+            let from: Option<String> = conn
+                .query_row("SELECT state FROM vms WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?;
             let from = from.ok_or_else(|| StoreError::Gone(id.to_string()))?;
             let from = VmState::parse(&from).ok_or_else(|| StoreError::Corrupt {
                 id: id.to_string(),
                 what: "state",
                 detail: from.clone(),
             })?;
-            from.valid_transition(u.to).map_err(|source| StoreError::Transition { id: id.to_string(), source })?;
+            from.valid_transition(u.to)
+                .map_err(|source| StoreError::Transition {
+                    id: id.to_string(),
+                    source,
+                })?;
             conn.execute(
                 "UPDATE vms SET state = ?2, vmm = COALESCE(?3, vmm), pid = ?4, pid_start_time = ?5,
                      last_error = ?6, updated_at = ?7 WHERE id = ?1",
@@ -476,14 +545,21 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         if let Some(ip) = tx
-            .query_row("SELECT ip FROM addresses WHERE vm_id = ?1", [vm_id], |r| r.get::<_, String>(0))
+            .query_row("SELECT ip FROM addresses WHERE vm_id = ?1", [vm_id], |r| {
+                r.get::<_, String>(0)
+            })
             .optional()?
         {
-            return ip.parse().map_err(|_| StoreError::Corrupt { id: vm_id.into(), what: "address", detail: ip });
+            return ip.parse().map_err(|_| StoreError::Corrupt {
+                id: vm_id.into(),
+                what: "address",
+                detail: ip,
+            });
         }
         let used: std::collections::HashSet<String> = {
             let mut st = tx.prepare("SELECT ip FROM addresses")?;
-            st.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?
+            st.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<_, _>>()?
         };
         let mask = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
         let net = u32::from(gateway) & mask;
@@ -491,23 +567,40 @@ impl Store {
         let free = (net + 1..broadcast)
             .map(std::net::Ipv4Addr::from)
             .find(|ip| *ip != gateway && !used.contains(&ip.to_string()))
-            .ok_or_else(|| StoreError::PoolExhausted(format!("{}/{prefix}", std::net::Ipv4Addr::from(net))))?;
-        tx.execute("INSERT INTO addresses (ip, vm_id) VALUES (?1, ?2)", params![free.to_string(), vm_id])?;
+            .ok_or_else(|| {
+                StoreError::PoolExhausted(format!("{}/{prefix}", std::net::Ipv4Addr::from(net)))
+            })?;
+        tx.execute(
+            "INSERT INTO addresses (ip, vm_id) VALUES (?1, ?2)",
+            params![free.to_string(), vm_id],
+        )?;
         tx.commit()?;
         drop(conn);
         self.reload(vm_id)?;
         Ok(free)
     }
 
-    pub fn insert_image(&self, name: &str, digest: &str, source: &str) -> Result<ImageRecord, StoreError> {
+    pub fn insert_image(
+        &self,
+        name: &str,
+        digest: &str,
+        source: &str,
+    ) -> Result<ImageRecord, StoreError> {
         let t = now();
         let r = self.conn().execute(
             "INSERT INTO images (name, digest, source, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![name, digest, source, t],
         );
         match r {
-            Ok(_) => Ok(ImageRecord { name: name.into(), digest: digest.into(), source: source.into(), created_at: t }),
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Ok(_) => Ok(ImageRecord {
+                name: name.into(),
+                digest: digest.into(),
+                source: source.into(),
+                created_at: t,
+            }),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
                 Err(StoreError::ImageTaken(name.into()))
             }
             Err(e) => Err(e.into()),
@@ -516,10 +609,16 @@ impl Store {
 
     pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare_cached("SELECT name, digest, source, created_at FROM images ORDER BY name")?;
+        let mut st = conn
+            .prepare_cached("SELECT name, digest, source, created_at FROM images ORDER BY name")?;
         let rows = st
             .query_map([], |r| {
-                Ok(ImageRecord { name: r.get(0)?, digest: r.get(1)?, source: r.get(2)?, created_at: r.get(3)? })
+                Ok(ImageRecord {
+                    name: r.get(0)?,
+                    digest: r.get(1)?,
+                    source: r.get(2)?,
+                    created_at: r.get(3)?,
+                })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
@@ -530,7 +629,8 @@ impl Store {
     }
 
     pub fn delete_image(&self, name: &str) -> Result<(), StoreError> {
-        self.conn().execute("DELETE FROM images WHERE name = ?1", [name])?;
+        self.conn()
+            .execute("DELETE FROM images WHERE name = ?1", [name])?;
         Ok(())
     }
 
@@ -579,7 +679,11 @@ mod tests {
         let s = Store::open(&db).unwrap();
         s.insert("0123456789ab", &spec("a"), (0, 0)).unwrap();
         for f in ["db", "db-wal", "db-shm"] {
-            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }
     }
@@ -592,12 +696,21 @@ mod tests {
         assert_eq!(r.state, VmState::Created);
         assert_eq!(r.spec, spec("a"));
         assert_eq!(r.owner, Some((1000, 1000)), "the creator is kept");
-        assert!(matches!(s.insert("0123456789ac", &spec("a"), (0, 0)), Err(StoreError::NameTaken(_))));
-        s.set_state(&r.id, StateUpdate::to(VmState::Starting)).unwrap();
-        let up = StateUpdate::to(VmState::Running).vmm(Some("banger-vmm-qemu")).process(Some((42, 7)));
+        assert!(matches!(
+            s.insert("0123456789ac", &spec("a"), (0, 0)),
+            Err(StoreError::NameTaken(_))
+        ));
+        s.set_state(&r.id, StateUpdate::to(VmState::Starting))
+            .unwrap();
+        let up = StateUpdate::to(VmState::Running)
+            .vmm(Some("banger-vmm-qemu"))
+            .process(Some((42, 7)));
         s.set_state(&r.id, up).unwrap();
         let r = s.get_by_name("a").unwrap().unwrap();
-        assert_eq!((r.state, r.pid, r.pid_start_time, r.vmm.as_str()), (VmState::Running, Some(42), Some(7), "banger-vmm-qemu"));
+        assert_eq!(
+            (r.state, r.pid, r.pid_start_time, r.vmm.as_str()),
+            (VmState::Running, Some(42), Some(7), "banger-vmm-qemu")
+        );
         s.delete(&r.id).unwrap();
         assert!(s.get_by_name("a").unwrap().is_none());
     }
@@ -608,22 +721,46 @@ mod tests {
         let s = Store::open(&dir.path().join("db")).unwrap();
         let r = s.insert("0123456789ab", &spec("a"), (0, 0)).unwrap();
         // created -> running skips the start.
-        let up = StateUpdate::to(VmState::Running).vmm(Some("firecracker")).process(Some((42, 7)));
+        let up = StateUpdate::to(VmState::Running)
+            .vmm(Some("firecracker"))
+            .process(Some((42, 7)));
         match s.set_state(&r.id, up) {
             Err(StoreError::Transition { id, source }) => {
                 assert_eq!(id, r.id.as_str());
-                assert_eq!((source.from, source.to), (VmState::Created, VmState::Running));
+                assert_eq!(
+                    (source.from, source.to),
+                    (VmState::Created, VmState::Running)
+                );
             }
             other => panic!("{other:?}"),
         }
         let after = s.get_by_id(&r.id).unwrap().unwrap();
         assert_eq!(after, r, "the refused change was not recorded");
         // A failure keeps its error and clears the process; vmm stays when not given.
-        s.set_state(&r.id, StateUpdate::to(VmState::Starting).vmm(Some("firecracker")).process(Some((5, 6)))).unwrap();
-        s.set_state(&r.id, StateUpdate::to(VmState::Failed).error(Some("boom"))).unwrap();
+        s.set_state(
+            &r.id,
+            StateUpdate::to(VmState::Starting)
+                .vmm(Some("firecracker"))
+                .process(Some((5, 6))),
+        )
+        .unwrap();
+        s.set_state(&r.id, StateUpdate::to(VmState::Failed).error(Some("boom")))
+            .unwrap();
         let f = s.get_by_id(&r.id).unwrap().unwrap();
-        assert_eq!((f.state, f.pid, f.pid_start_time, f.vmm.as_str(), f.last_error.as_deref()), (VmState::Failed, None, None, "firecracker", Some("boom")));
-        assert!(matches!(s.set_state("0123456789ff", StateUpdate::to(VmState::Starting)), Err(StoreError::Gone(_))));
+        assert_eq!(
+            (
+                f.state,
+                f.pid,
+                f.pid_start_time,
+                f.vmm.as_str(),
+                f.last_error.as_deref()
+            ),
+            (VmState::Failed, None, None, "firecracker", Some("boom"))
+        );
+        assert!(matches!(
+            s.set_state("0123456789ff", StateUpdate::to(VmState::Starting)),
+            Err(StoreError::Gone(_))
+        ));
     }
 
     #[test]
@@ -638,14 +775,30 @@ mod tests {
             s.insert(&id, &spec(&format!("v{i}")), (0, 0)).unwrap();
             got.push(s.allocate_address(&id, gw, 29).unwrap());
         }
-        let want: Vec<std::net::Ipv4Addr> = (2..=6).map(|h| std::net::Ipv4Addr::new(10, 9, 0, h)).collect();
+        let want: Vec<std::net::Ipv4Addr> = (2..=6)
+            .map(|h| std::net::Ipv4Addr::new(10, 9, 0, h))
+            .collect();
         assert_eq!(got, want);
-        assert_eq!(s.allocate_address("000000000002", gw, 29).unwrap(), want[2], "stable per VM");
-        assert_eq!(s.get_by_id("000000000002").unwrap().unwrap().ip.as_deref(), Some("10.9.0.4"));
+        assert_eq!(
+            s.allocate_address("000000000002", gw, 29).unwrap(),
+            want[2],
+            "stable per VM"
+        );
+        assert_eq!(
+            s.get_by_id("000000000002").unwrap().unwrap().ip.as_deref(),
+            Some("10.9.0.4")
+        );
         s.insert("00000000000f", &spec("extra"), (0, 0)).unwrap();
-        assert!(matches!(s.allocate_address("00000000000f", gw, 29), Err(StoreError::PoolExhausted(_))));
+        assert!(matches!(
+            s.allocate_address("00000000000f", gw, 29),
+            Err(StoreError::PoolExhausted(_))
+        ));
         s.delete("000000000002").unwrap();
-        assert_eq!(s.allocate_address("00000000000f", gw, 29).unwrap(), want[2], "released on delete");
+        assert_eq!(
+            s.allocate_address("00000000000f", gw, 29).unwrap(),
+            want[2],
+            "released on delete"
+        );
     }
 
     #[test]
@@ -653,7 +806,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("db")).unwrap();
         s.insert_image("deb", "abc", "import").unwrap();
-        assert!(matches!(s.insert_image("deb", "def", "import"), Err(StoreError::ImageTaken(_))));
+        assert!(matches!(
+            s.insert_image("deb", "def", "import"),
+            Err(StoreError::ImageTaken(_))
+        ));
         assert_eq!(s.image("deb").unwrap().unwrap().digest, "abc");
         s.delete_image("deb").unwrap();
         assert!(s.image("deb").unwrap().is_none());
@@ -663,7 +819,10 @@ mod tests {
     fn state_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        Store::open(&path).unwrap().insert("0123456789ab", &spec("keep"), (0, 0)).unwrap();
+        Store::open(&path)
+            .unwrap()
+            .insert("0123456789ab", &spec("keep"), (0, 0))
+            .unwrap();
         let s = Store::open(&path).unwrap();
         assert_eq!(s.list().unwrap().len(), 1);
     }
@@ -675,23 +834,38 @@ mod tests {
         assert_eq!(check_migrations(&path).unwrap(), MigrationCheck::NoDatabase);
         assert!(!path.exists(), "the check must not create the database");
         // An empty database at version 0 would be migrated.
-        Connection::open(&path).unwrap().execute_batch("CREATE TABLE x (a);").unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE x (a);")
+            .unwrap();
         let before = std::fs::read(&path).unwrap();
         assert_eq!(
             check_migrations(&path).unwrap(),
-            MigrationCheck::WillMigrate { from: 0, to: schema_version() }
+            MigrationCheck::WillMigrate {
+                from: 0,
+                to: schema_version()
+            }
         );
         assert_eq!(std::fs::read(&path).unwrap(), before);
         Store::open(&path).unwrap();
-        assert_eq!(check_migrations(&path).unwrap(), MigrationCheck::UpToDate(schema_version()));
+        assert_eq!(
+            check_migrations(&path).unwrap(),
+            MigrationCheck::UpToDate(schema_version())
+        );
     }
 
     #[test]
     fn a_newer_schema_is_refused_by_check_and_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(check_migrations(&path), Err(StoreError::TooNew { found: 99, .. })));
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            check_migrations(&path),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
         assert!(matches!(Store::open(&path), Err(StoreError::TooNew { .. })));
     }
 
@@ -701,7 +875,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Connection::open(dir.path().join("db")).unwrap();
         migrations().to_latest(&mut c).unwrap();
-        let v: u32 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: u32 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, schema_version());
     }
 }

@@ -34,7 +34,10 @@ fn ms(d: Duration) -> f64 {
 
 /// What to measure; every figure of a part is printed with its floor.
 #[derive(Debug, clap::Parser)]
-#[command(name = "banger-bench", about = "Side-by-side figures for docs/performance.md")]
+#[command(
+    name = "banger-bench",
+    about = "Side-by-side figures for docs/performance.md"
+)]
 struct Args {
     /// Runs per figure (medians are printed).
     #[arg(long, default_value_t = 20)]
@@ -99,11 +102,19 @@ mod tap {
         const IFF_TAP: libc::c_short = 0x0002;
         const IFF_NO_PI: libc::c_short = 0x1000;
         const IFF_VNET_HDR: libc::c_short = 0x4000;
-        let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").expect("/dev/net/tun");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .expect("/dev/net/tun");
         if name.len() >= libc::IFNAMSIZ {
             return Err(nix::errno::Errno::ENAMETOOLONG);
         }
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
         for (d, s) in req.name.iter_mut().zip(name.bytes()) {
             *d = s as libc::c_char;
         }
@@ -128,19 +139,33 @@ pub struct FloorVm<'a> {
 /// The floor, once: in `netns`, make a tap, launch the VMM, wait for its API socket,
 /// PUT machine-config, boot-source, the NIC and the root drive, InstanceStart.
 /// Returns the time from before the tap to InstanceStart's answer.
-pub fn floor_once(rt: &tokio::runtime::Runtime, netns: &banger_tests::Netns, vm: &FloorVm) -> Duration {
+pub fn floor_once(
+    rt: &tokio::runtime::Runtime,
+    netns: &banger_tests::Netns,
+    vm: &FloorVm,
+) -> Duration {
     use banger_fc::models::{BootSource, Drive, MachineConfiguration, NetworkInterface};
-    let dir = tempfile::Builder::new().prefix("fl").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("fl")
+        .tempdir_in("/tmp")
+        .unwrap();
     let sock = dir.path().join("api.sock");
     let console = std::fs::File::create(dir.path().join("console.log")).unwrap();
     static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let tap_name = format!("bgfl{}", RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let tap_name = format!(
+        "bgfl{}",
+        RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
     let tap_name = tap_name.as_str();
     let t = Instant::now();
-    netns.run(|| tap::persist(tap_name, true)).expect("the floor's tap");
+    netns
+        .run(|| tap::persist(tap_name, true))
+        .expect("the floor's tap");
     let mut cmd = Command::new(vm.vmm);
     cmd.arg("--api-sock").arg(&sock).args(["--id", "floor"]);
-    cmd.stdin(std::process::Stdio::null()).stdout(console.try_clone().unwrap()).stderr(console);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(console.try_clone().unwrap())
+        .stderr(console);
     netns.enter(&mut cmd);
     let mut child = cmd.spawn().unwrap();
     rt.block_on(async {
@@ -189,15 +214,20 @@ pub fn floor_once(rt: &tokio::runtime::Runtime, netns: &banger_tests::Netns, vm:
     let _ = child.kill();
     let _ = child.wait();
     // The VMM's own children (QEMU) let go of the tap as they die.
-    banger_tests::wait_for(Duration::from_secs(10), "the floor's tap to be free", || {
-        netns.run(|| tap::persist(tap_name, false)).is_ok()
-    });
+    banger_tests::wait_for(
+        Duration::from_secs(10),
+        "the floor's tap to be free",
+        || netns.run(|| tap::persist(tap_name, false)).is_ok(),
+    );
     d
 }
 
 fn bench_start(runs: usize) {
     let g = guest();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     // --- 1. start latency against the floor ---
     let mut env = Env::new();
@@ -211,10 +241,15 @@ fn bench_start(runs: usize) {
 
         let t = Instant::now();
         env.ok(&[
-            "vm", "create", &name,
-            "--kernel", g.kernel.to_str().unwrap(),
-            "--initrd", g.initrd.to_str().unwrap(),
-            "--rootfs", disk.to_str().unwrap(),
+            "vm",
+            "create",
+            &name,
+            "--kernel",
+            g.kernel.to_str().unwrap(),
+            "--initrd",
+            g.initrd.to_str().unwrap(),
+            "--rootfs",
+            disk.to_str().unwrap(),
         ]);
         env.ok(&["vm", "start", &name]);
         ours.push(t.elapsed());
@@ -234,9 +269,18 @@ fn bench_start(runs: usize) {
         let _ = std::fs::remove_file(&disk);
     }
     let (o, f) = (median(ours.clone()), median(floor.clone()));
-    println!("start: banger vm create + vm start (median of {runs}): {:.1} ms", ms(o));
-    println!("start: floor, same VMM and calls from one process, tap included (median of {runs}): {:.1} ms", ms(f));
-    println!("start: ratio banger / floor: {:.3}", o.as_secs_f64() / f.as_secs_f64());
+    println!(
+        "start: banger vm create + vm start (median of {runs}): {:.1} ms",
+        ms(o)
+    );
+    println!(
+        "start: floor, same VMM and calls from one process, tap included (median of {runs}): {:.1} ms",
+        ms(f)
+    );
+    println!(
+        "start: ratio banger / floor: {:.3}",
+        o.as_secs_f64() / f.as_secs_f64()
+    );
     println!(
         "start: banger min/max {:.1}/{:.1} ms, floor min/max {:.1}/{:.1} ms",
         ms(*ours.iter().min().unwrap()),
@@ -262,23 +306,41 @@ fn bench_list(runs: usize, list_vms: usize) {
     let mut one = Env::new();
     one.start();
     // Every VM gets an address: 1,000 need more than a /24.
-    let mut many = Env::with_gateway(&format!("10.{}.0.1/20", 160 + std::process::id() % 60 / 16 * 16));
+    let mut many = Env::with_gateway(&format!(
+        "10.{}.0.1/20",
+        160 + std::process::id() % 60 / 16 * 16
+    ));
     many.start();
     let k = g.kernel.to_str().unwrap().to_string();
     one.ok(&["vm", "create", "only", "--kernel", &k]);
     let sock = many.run_dir().join("bangerd.sock");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let c = banger_client_for_bench::client(&sock);
         for i in 0..list_vms {
             c.create(&format!("vm-{i:04}"), &k).await;
         }
     });
-    for (label, args) in [("--json vm list", &["--json", "vm", "list"][..]), ("vm list (table)", &["vm", "list"][..])] {
+    for (label, args) in [
+        ("--json vm list", &["--json", "vm", "list"][..]),
+        ("vm list (table)", &["vm", "list"][..]),
+    ] {
         let (t1, tn) = (time_list(&one, args), time_list(&many, args));
-        println!("list: {label} with 1 VM (median of {runs}): {:.1} ms", ms(t1));
-        println!("list: {label} with {list_vms} VMs (median of {runs}): {:.1} ms", ms(tn));
-        println!("list: {label} ratio: {:.2}", tn.as_secs_f64() / t1.as_secs_f64());
+        println!(
+            "list: {label} with 1 VM (median of {runs}): {:.1} ms",
+            ms(t1)
+        );
+        println!(
+            "list: {label} with {list_vms} VMs (median of {runs}): {:.1} ms",
+            ms(tn)
+        );
+        println!(
+            "list: {label} ratio: {:.2}",
+            tn.as_secs_f64() / t1.as_secs_f64()
+        );
     }
 }
 
@@ -287,7 +349,9 @@ fn bench_list(runs: usize, list_vms: usize) {
 fn full_ext4(path: &Path, size: u64) {
     use std::io::Write;
     let mut f = std::fs::File::create(path).unwrap();
-    let block: Vec<u8> = (0..(4usize << 20)).map(|i| (i * 7 % 251) as u8 + 1).collect();
+    let block: Vec<u8> = (0..(4usize << 20))
+        .map(|i| (i * 7 % 251) as u8 + 1)
+        .collect();
     let mut left = size;
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
@@ -296,7 +360,11 @@ fn full_ext4(path: &Path, size: u64) {
     }
     f.sync_all().unwrap();
     // -E nodiscard: mke2fs would otherwise punch the data out of a regular file.
-    let st = Command::new("mkfs.ext4").args(["-q", "-F", "-E", "nodiscard"]).arg(path).status().unwrap();
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "nodiscard"])
+        .arg(path)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -312,20 +380,56 @@ fn bench_disk() {
     // A btrfs file system on a loop device, for reflink clones.
     let backing = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
     backing.as_file().set_len(40 << 30).unwrap();
-    assert!(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(backing.path()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap().success());
-    let mnt = tempfile::Builder::new().prefix("bgbench").tempdir_in("/tmp").unwrap();
-    assert!(Command::new("mount").args(["-o", "loop"]).arg(backing.path()).arg(mnt.path()).status().unwrap().success());
+    assert!(
+        Command::new("mkfs.btrfs")
+            .args(["-q", "-f"])
+            .arg(backing.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mnt = tempfile::Builder::new()
+        .prefix("bgbench")
+        .tempdir_in("/tmp")
+        .unwrap();
+    assert!(
+        Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(backing.path())
+            .arg(mnt.path())
+            .status()
+            .unwrap()
+            .success()
+    );
     {
-        let btrfs_state = tempfile::Builder::new().prefix("bg").tempdir_in(mnt.path()).unwrap();
-        let fs_envs = [("reflink (btrfs)", Env::in_dir(btrfs_state)), ("copy (ext4)", Env::new())];
+        let btrfs_state = tempfile::Builder::new()
+            .prefix("bg")
+            .tempdir_in(mnt.path())
+            .unwrap();
+        let fs_envs = [
+            ("reflink (btrfs)", Env::in_dir(btrfs_state)),
+            ("copy (ext4)", Env::new()),
+        ];
         for (label, mut env) in fs_envs {
             env.start();
             for gib in [1u64, 8] {
                 let img = env.state().join(format!("img{gib}.ext4"));
                 full_ext4(&img, gib << 30);
                 let name = format!("img{gib}g");
-                env.ok(&["image", "import", "--name", &name, "--kernel", g.kernel.to_str().unwrap(), "--initrd",
-                    g.initrd.to_str().unwrap(), "--rootfs", img.to_str().unwrap()]);
+                env.ok(&[
+                    "image",
+                    "import",
+                    "--name",
+                    &name,
+                    "--kernel",
+                    g.kernel.to_str().unwrap(),
+                    "--initrd",
+                    g.initrd.to_str().unwrap(),
+                    "--rootfs",
+                    img.to_str().unwrap(),
+                ]);
                 let mut creates = Vec::new();
                 for i in 0..3 {
                     let vm = format!("c{gib}x{i}");
@@ -373,13 +477,26 @@ fn bench_run() {
         rows.push((t1 - t0, t2 - t1, t3 - t2));
         env.ok(&["vm", "rm", "-f", &name]);
     }
-    let m = |f: fn(&(Duration, Duration, Duration)) -> Duration| median(rows.iter().map(f).collect());
+    let m =
+        |f: fn(&(Duration, Duration, Duration)) -> Duration| median(rows.iter().map(f).collect());
     let (create, start, boot) = (m(|r| r.0), m(|r| r.1), m(|r| r.2));
     let total = create + start + boot;
-    println!("run: vm create (address, disk clone, SSH keys) median of 3: {:.0} ms", ms(create));
-    println!("run: vm start (tap, VMM launch, API calls, InstanceStart) median of 3: {:.0} ms", ms(start));
-    println!("run: guest boot until SSH answers, median of 3: {:.0} ms", ms(boot));
-    println!("run: banger's share of vm run to SSH-ready: {:.1} %", 100.0 * (create + start).as_secs_f64() / total.as_secs_f64());
+    println!(
+        "run: vm create (address, disk clone, SSH keys) median of 3: {:.0} ms",
+        ms(create)
+    );
+    println!(
+        "run: vm start (tap, VMM launch, API calls, InstanceStart) median of 3: {:.0} ms",
+        ms(start)
+    );
+    println!(
+        "run: guest boot until SSH answers, median of 3: {:.0} ms",
+        ms(boot)
+    );
+    println!(
+        "run: banger's share of vm run to SSH-ready: {:.1} %",
+        100.0 * (create + start).as_secs_f64() / total.as_secs_f64()
+    );
 }
 
 fn bench_reconcile() {
@@ -392,8 +509,20 @@ fn bench_reconcile() {
         while booted < target {
             let disk = env.state().join(format!("r{booted}.ext4"));
             std::fs::copy(&g.rootfs, &disk).unwrap();
-            env.ok(&["vm", "create", &format!("r{booted}"), "--kernel", g.kernel.to_str().unwrap(), "--initrd",
-                g.initrd.to_str().unwrap(), "--rootfs", disk.to_str().unwrap(), "--memory", "128", "--start"]);
+            env.ok(&[
+                "vm",
+                "create",
+                &format!("r{booted}"),
+                "--kernel",
+                g.kernel.to_str().unwrap(),
+                "--initrd",
+                g.initrd.to_str().unwrap(),
+                "--rootfs",
+                disk.to_str().unwrap(),
+                "--memory",
+                "128",
+                "--start",
+            ]);
             booted += 1;
         }
         // Measure with the guests idle: 30 guests booting under TCG would saturate
@@ -412,10 +541,19 @@ fn bench_reconcile() {
         assert_eq!(running as usize, target, "all VMs re-adopted");
         let m = median(times);
         medians.push(m);
-        println!("reconcile: daemon start to ready with {target} running VMs (median of 5): {:.1} ms", ms(m));
+        println!(
+            "reconcile: daemon start to ready with {target} running VMs (median of 5): {:.1} ms",
+            ms(m)
+        );
     }
-    println!("reconcile: ratio 30 VMs / none: {:.2}", medians[2].as_secs_f64() / medians[0].as_secs_f64());
-    println!("reconcile: per-VM cost: {:.2} ms", ms(medians[2].saturating_sub(medians[0])) / 30.0);
+    println!(
+        "reconcile: ratio 30 VMs / none: {:.2}",
+        medians[2].as_secs_f64() / medians[0].as_secs_f64()
+    );
+    println!(
+        "reconcile: per-VM cost: {:.2} ms",
+        ms(medians[2].saturating_sub(medians[0])) / 30.0
+    );
 }
 
 /// Creating 1,000 records through the CLI would time process start-up 1,000 times;
@@ -435,7 +573,13 @@ mod banger_client_for_bench {
             let out = std::process::Command::new("curl")
                 .args(["-sf", "--unix-socket"])
                 .arg(&self.0)
-                .args(["-H", "content-type: application/json", "-d", &body, "http://bangerd/v1/vms"])
+                .args([
+                    "-H",
+                    "content-type: application/json",
+                    "-d",
+                    &body,
+                    "http://bangerd/v1/vms",
+                ])
                 .output()
                 .unwrap();
             assert!(out.status.success(), "seeding {name} failed");
@@ -454,7 +598,10 @@ mod fc {
     pub fn bench_start(runs: usize) {
         let fc = firecracker();
         let k = fc.tiny_guest.to_str().unwrap().to_string();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         // Jailed: a root daemon runs Firecracker only through the jailer (VMMs never
         // run as root). The floor runs the bare binary: the least machinery.
         let mut env = Env::with_firecracker(true, None);
@@ -470,13 +617,28 @@ mod fc {
             floor.push(super::floor_once(
                 &rt,
                 &env.netns,
-                &super::FloorVm { vmm: &fc.firecracker, kernel: &fc.tiny_guest, initrd: None, rootfs: None, memory_mib: 128 },
+                &super::FloorVm {
+                    vmm: &fc.firecracker,
+                    kernel: &fc.tiny_guest,
+                    initrd: None,
+                    rootfs: None,
+                    memory_mib: 128,
+                },
             ));
         }
         let (o, f) = (median(ours), median(floor));
-        println!("firecracker start: banger vm create + vm start (median of {runs}): {:.1} ms", ms(o));
-        println!("firecracker start: floor, same binary and calls from one process: {:.1} ms", ms(f));
-        println!("firecracker start: ratio banger / floor: {:.2}", o.as_secs_f64() / f.as_secs_f64());
+        println!(
+            "firecracker start: banger vm create + vm start (median of {runs}): {:.1} ms",
+            ms(o)
+        );
+        println!(
+            "firecracker start: floor, same binary and calls from one process: {:.1} ms",
+            ms(f)
+        );
+        println!(
+            "firecracker start: ratio banger / floor: {:.2}",
+            o.as_secs_f64() / f.as_secs_f64()
+        );
     }
 
     fn rss_kib(pid: i32) -> u64 {
@@ -497,14 +659,29 @@ mod fc {
         let (mut medians, mut rss) = (Vec::new(), Vec::new());
         for target in [0usize, 10, 30] {
             while booted < target {
-                env.ok(&["vm", "create", &format!("r{booted}"), "--kernel", &k, "--memory", "128", "--start"]);
+                env.ok(&[
+                    "vm",
+                    "create",
+                    &format!("r{booted}"),
+                    "--kernel",
+                    &k,
+                    "--memory",
+                    "128",
+                    "--start",
+                ]);
                 booted += 1;
             }
             let mut times = Vec::new();
             for _ in 0..5 {
                 let pid = env.daemon_pid();
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
-                wait_for(Duration::from_secs(10), "bangerd to exit", || !banger_tests::alive(pid));
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                )
+                .unwrap();
+                wait_for(Duration::from_secs(10), "bangerd to exit", || {
+                    !banger_tests::alive(pid)
+                });
                 let t = Instant::now();
                 env.ok(&["daemon", "start"]);
                 times.push(t.elapsed());
@@ -520,7 +697,10 @@ mod fc {
                 rss.last().unwrap()
             );
         }
-        println!("firecracker reconcile: ratio 30 VMs / none: {:.2}", medians[2].as_secs_f64() / medians[0].as_secs_f64());
+        println!(
+            "firecracker reconcile: ratio 30 VMs / none: {:.2}",
+            medians[2].as_secs_f64() / medians[0].as_secs_f64()
+        );
         println!(
             "firecracker memory: bangerd {:.1} KiB per live VM",
             (rss[2] as f64 - rss[0] as f64) / 30.0

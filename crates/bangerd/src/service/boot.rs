@@ -5,7 +5,11 @@ use super::*;
 impl Service {
     /// What the VMM is given: kernel, initrd and root disk (from the image or the
     /// spec), the command line with the guest's network, and the NIC.
-    pub(super) fn boot_plan(&self, vm_id: &VmId, rec: &VmRecord) -> std::result::Result<BootPlan, BootError> {
+    pub(super) fn boot_plan(
+        &self,
+        vm_id: &VmId,
+        rec: &VmRecord,
+    ) -> std::result::Result<BootPlan, BootError> {
         let spec = &rec.spec;
         let net = self.network();
         let vmm = self.vmm.get().expect("helper_ping ran before serving");
@@ -13,34 +17,50 @@ impl Service {
             Some(digest) => {
                 let dir = self.dirs.images().join(digest);
                 let digest = Digest::new(digest.clone()).map_err(BootError::Digest)?;
-                let image = || spec.image.clone().unwrap_or_else(|| digest.as_str().to_string());
+                let image = || {
+                    spec.image
+                        .clone()
+                        .unwrap_or_else(|| digest.as_str().to_string())
+                };
                 let kernel = if vmm.boots_bzimage() {
                     ImageFile::Vmlinuz
                 } else if dir.join("vmlinux").exists() {
                     ImageFile::Vmlinux
                 } else {
-                    return Err(BootError::NoElfKernel { image: image(), vmm: vmm.name.clone() });
+                    return Err(BootError::NoElfKernel {
+                        image: image(),
+                        vmm: vmm.name.clone(),
+                    });
                 };
-                let initrd = dir
-                    .join("initrd.img")
-                    .exists()
-                    .then(|| BootFile::Image { digest: digest.clone(), file: ImageFile::Initrd });
+                let initrd = dir.join("initrd.img").exists().then(|| BootFile::Image {
+                    digest: digest.clone(),
+                    file: ImageFile::Initrd,
+                });
                 BootFiles {
-                    kernel: BootFile::Image { digest, file: kernel },
+                    kernel: BootFile::Image {
+                        digest,
+                        file: kernel,
+                    },
                     initrd,
                     rootfs: Some(BootFile::VmDisk {}),
                 }
             }
             None => BootFiles {
-                kernel: BootFile::Named { path: spec.kernel.clone().ok_or(BootError::NoKernel)? },
+                kernel: BootFile::Named {
+                    path: spec.kernel.clone().ok_or(BootError::NoKernel)?,
+                },
                 initrd: spec.initrd.clone().map(|path| BootFile::Named { path }),
                 rootfs: spec.rootfs.clone().map(|path| BootFile::Named { path }),
             },
         };
-        let mut args = spec.boot_args.clone().unwrap_or_else(|| DEFAULT_BOOT_ARGS.into());
+        let mut args = spec
+            .boot_args
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BOOT_ARGS.into());
         let nic = match &rec.ip {
             Some(ip) => {
-                let addr: std::net::Ipv4Addr = ip.parse().map_err(|_| BootError::Address(ip.clone()))?;
+                let addr: std::net::Ipv4Addr =
+                    ip.parse().map_err(|_| BootError::Address(ip.clone()))?;
                 args.push_str(&format!(
                     " net.ifnames=0 banger.ip={ip}/{} banger.gw={} banger.hostname={}",
                     net.prefix_len, net.gateway, rec.name
@@ -51,7 +71,13 @@ impl Service {
             }
             None => None,
         };
-        Ok(BootPlan { vcpus: spec.vcpus, memory_mib: spec.memory_mib, files, boot_args: args, nic })
+        Ok(BootPlan {
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            files,
+            boot_args: args,
+            nic,
+        })
     }
 }
 
@@ -116,16 +142,14 @@ pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Res
             track_dirty_pages: None,
             huge_pages: None,
         })
-        .await
-        ?;
+        .await?;
     client
         .put_boot_source(&BootSource {
             kernel_image_path: l.paths.kernel.clone(),
             initrd_path: l.paths.initrd.clone(),
             boot_args: Some(plan.boot_args.clone()),
         })
-        .await
-        ?;
+        .await?;
     if let Some((tap, mac)) = &plan.nic {
         client
             .put_network_interface(&banger_fc::models::NetworkInterface {
@@ -133,8 +157,7 @@ pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Res
                 host_dev_name: tap.clone(),
                 guest_mac: Some(mac.clone()),
             })
-            .await
-            ?;
+            .await?;
     }
     if let Some(rootfs) = &l.paths.rootfs {
         client
@@ -146,9 +169,12 @@ pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Res
                 cache_type: None,
                 io_engine: None,
             })
-            .await
-            ?;
+            .await?;
     }
-    client.clone().with_timeout(INSTANCE_START_TIMEOUT).instance_start().await?;
+    client
+        .clone()
+        .with_timeout(INSTANCE_START_TIMEOUT)
+        .instance_start()
+        .await?;
     Ok(())
 }

@@ -23,7 +23,11 @@ impl Service {
         let _g = lock.lock().await;
         if let Err(e) = self.provision(&rec).await {
             let vm_id = rec.id.clone();
-            let _ = self.helper(Request::RemoveVmState { vm_id: vm_id.clone() }).await;
+            let _ = self
+                .helper(Request::RemoveVmState {
+                    vm_id: vm_id.clone(),
+                })
+                .await;
             let _ = self.helper(Request::RemoveVmRuntime { vm_id }).await;
             self.store.delete(&rec.id)?;
             return Err(e);
@@ -35,30 +39,46 @@ impl Service {
 
     async fn provision(&self, rec: &VmRecord) -> Result<()> {
         let net = self.network().clone();
-        self.store.allocate_address(&rec.id, net.gateway, net.prefix_len)?;
-        let Some(image_name) = &rec.spec.image else { return Ok(()) };
-        let image = self.store.image(image_name)?.ok_or_else(|| ServiceError::ImageNotFound(image_name.clone()))?;
+        self.store
+            .allocate_address(&rec.id, net.gateway, net.prefix_len)?;
+        let Some(image_name) = &rec.spec.image else {
+            return Ok(());
+        };
+        let image = self
+            .store
+            .image(image_name)?
+            .ok_or_else(|| ServiceError::ImageNotFound(image_name.clone()))?;
         let vm_id = rec.id.clone();
-        self.helper(Request::CreateVmDirs { vm_id: vm_id.clone() }).await?;
+        self.helper(Request::CreateVmDirs {
+            vm_id: vm_id.clone(),
+        })
+        .await?;
         let src = self.dirs.images().join(&image.digest).join("rootfs.ext4");
         let dst = self.dirs.vm_disk(&vm_id);
         let state_dir = self.dirs.vm_state_dir(&vm_id);
         let spec = rec.spec.clone();
         let name = rec.name.to_string();
         let method = tokio::task::spawn_blocking(move || -> Result<crate::disk::CloneMethod> {
-            let disk_err = |e: crate::disk::DiskError| ServiceError::Disk { name: name.clone(), reason: chain(&e) };
+            let disk_err = |e: crate::disk::DiskError| ServiceError::Disk {
+                name: name.clone(),
+                reason: chain(&e),
+            };
             let method = crate::disk::clone(&src, &dst).map_err(disk_err)?;
             if let Some(mib) = spec.disk_size_mib {
                 crate::disk::grow(&dst, mib << 20).map_err(disk_err)?;
             }
-            let files = ssh_files(&state_dir, &name, &spec.ssh_keys)
-                .map_err(|e| ServiceError::Disk { name: name.clone(), reason: e })?;
+            let files =
+                ssh_files(&state_dir, &name, &spec.ssh_keys).map_err(|e| ServiceError::Disk {
+                    name: name.clone(),
+                    reason: e,
+                })?;
             crate::disk::inject(&dst, &files, &state_dir).map_err(disk_err)?;
             Ok(method)
         })
         .await
         .expect("disk work does not panic")?;
-        self.store.set_disk(&rec.id, &image.digest, method.as_str())?;
+        self.store
+            .set_disk(&rec.id, &image.digest, method.as_str())?;
         Ok(())
     }
 }

@@ -17,7 +17,13 @@ impl Service {
                     && let (Some(p), Some(st)) = (r.pid, r.pid_start_time)
                 {
                     let vm_id = r.id.clone();
-                    self.helper(Request::SignalVmm { vm_id, pid: p, start_time: st, signal: VmmSignal::Kill }).await?;
+                    self.helper(Request::SignalVmm {
+                        vm_id,
+                        pid: p,
+                        start_time: st,
+                        signal: VmmSignal::Kill,
+                    })
+                    .await?;
                 }
                 lock.lock().await
             }
@@ -42,14 +48,20 @@ impl Service {
         }
         banger_helper::fault_point("daemon:kill:signalled");
         self.release_runtime(&rec.id).await?;
-        self.store.set_state(&rec.id, StateUpdate::to(VmState::Stopped))?;
+        self.store
+            .set_state(&rec.id, StateUpdate::to(VmState::Stopped))?;
         tracing::info!(vm = %rec.name, "killed");
         Ok(())
     }
 
     pub(super) async fn kill_and_wait(&self, vm_id: &VmId, p: i32, st: u64) -> Result<()> {
-        self.helper(Request::SignalVmm { vm_id: vm_id.clone(), pid: p, start_time: st, signal: VmmSignal::Kill })
-            .await?;
+        self.helper(Request::SignalVmm {
+            vm_id: vm_id.clone(),
+            pid: p,
+            start_time: st,
+            signal: VmmSignal::Kill,
+        })
+        .await?;
         wait_gone(p, st, Duration::from_secs(10)).await;
         Ok(())
     }

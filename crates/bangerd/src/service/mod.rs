@@ -27,8 +27,8 @@ use banger_api::{DEFAULT_BOOT_ARGS, ErrorKind, ValidationError, Vm, VmSpec, VmSt
 use banger_fc::models::{BootSource, Drive, MachineConfiguration};
 use banger_fc::pid;
 use banger_helper::{
-    BootFile, BootFiles, ClientError, Digest, Dirs, HelperClient, Identity, ImageFile, Launched, NetworkConfig, Reply,
-    Request, VmId, VmmSignal,
+    BootFile, BootFiles, ClientError, Digest, Dirs, HelperClient, Identity, ImageFile, Launched,
+    NetworkConfig, Reply, Request, VmId, VmmSignal,
 };
 use rand::Rng;
 
@@ -51,24 +51,37 @@ pub enum ServiceError {
     BuildArgument(#[from] banger_helper::ArgError),
     #[error("no VM named {0:?}")]
     NotFound(String),
-    #[error("VM {name} belongs to uid {owner}; only its creator, root and the daemon's user may act on it")]
+    #[error(
+        "VM {name} belongs to uid {owner}; only its creator, root and the daemon's user may act on it"
+    )]
     NotOwner { name: String, owner: u32 },
     #[error("a VM named {0} already exists")]
     NameTaken(String),
     #[error("no free guest address left in {0}; remove a VM or configure a larger subnet")]
     PoolExhausted(String),
     #[error("VM {name} is {state}; cannot {action} it{hint}")]
-    InvalidState { name: String, state: VmState, action: &'static str, hint: &'static str },
+    InvalidState {
+        name: String,
+        state: VmState,
+        action: &'static str,
+        hint: &'static str,
+    },
     #[error("VM {name} failed to start: {reason}")]
     StartFailed { name: String, reason: String },
-    #[error("no image named {0:?}; build one with `banger image build` or list them with `banger image ls`")]
+    #[error(
+        "no image named {0:?}; build one with `banger image build` or list them with `banger image ls`"
+    )]
     ImageNotFound(String),
     #[error("image {name} is used by {users}; remove those VMs first")]
     ImageInUse { name: String, users: String },
     #[error("cannot import {path}: {reason}")]
     ImportRefused { path: String, reason: String },
     #[error("cannot use {path} as uid {uid}, whose request this is: {reason}")]
-    FileRefused { path: String, uid: u32, reason: String },
+    FileRefused {
+        path: String,
+        uid: u32,
+        reason: String,
+    },
     #[error("image build failed: {0}")]
     BuildFailed(String),
     #[error("cannot prepare the disk of {name}: {reason}")]
@@ -231,12 +244,20 @@ impl Service {
         let rec = self.record(name)?;
         match rec.owner {
             Some((uid, _)) if uid == who.uid => Ok(()),
-            owner => Err(ServiceError::NotOwner { name: name.into(), owner: owner.map_or(0, |(uid, _)| uid) }),
+            owner => Err(ServiceError::NotOwner {
+                name: name.into(),
+                owner: owner.map_or(0, |(uid, _)| uid),
+            }),
         }
     }
 
     fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_default().clone()
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
     }
 
     pub(crate) async fn helper(&self, req: Request) -> Result<Reply> {
@@ -250,10 +271,24 @@ impl Service {
     /// Checks the helper answers; learns its VMM and network.
     pub async fn helper_ping(&self) -> Result<VmmInfo> {
         match self.helper(Request::Ping {}).await? {
-            Reply::Pong { vmm, vmm_version, jailed, network, instance, .. } => {
+            Reply::Pong {
+                vmm,
+                vmm_version,
+                jailed,
+                network,
+                instance,
+                ..
+            } => {
                 let _ = self.network.set(network);
-                *self.helper_instance.lock().unwrap_or_else(|e| e.into_inner()) = instance;
-                let info = VmmInfo { name: vmm, version: vmm_version, jailed };
+                *self
+                    .helper_instance
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = instance;
+                let info = VmmInfo {
+                    name: vmm,
+                    version: vmm_version,
+                    jailed,
+                };
                 let _ = self.vmm.set(info.clone());
                 Ok(info)
             }
@@ -262,7 +297,9 @@ impl Service {
     }
 
     fn record(&self, name: &str) -> Result<VmRecord> {
-        self.store.get_by_name(name)?.ok_or_else(|| ServiceError::NotFound(name.into()))
+        self.store
+            .get_by_name(name)?
+            .ok_or_else(|| ServiceError::NotFound(name.into()))
     }
 
     pub fn to_api(&self, r: &VmRecord) -> Vm {
@@ -282,16 +319,17 @@ impl Service {
             disk: r.image_digest.as_ref().map(|_| self.dirs.vm_disk(&id)),
             disk_method: r.disk_method.clone(),
             image_digest: r.image_digest.clone(),
-            host_key: std::fs::read_to_string(self.dirs.vm_state_dir(&id).join("ssh_host_ed25519_key.pub"))
-                .ok()
-                .map(|k| k.trim().to_string()),
+            host_key: std::fs::read_to_string(
+                self.dirs.vm_state_dir(&id).join("ssh_host_ed25519_key.pub"),
+            )
+            .ok()
+            .map(|k| k.trim().to_string()),
         }
     }
 
     fn network(&self) -> &NetworkConfig {
         self.network.get().expect("helper_ping ran before serving")
     }
-
 
     pub async fn get(&self, name: &str) -> Result<Vm> {
         let rec = self.record(name)?;
@@ -316,8 +354,13 @@ impl Service {
             return Ok(rec);
         }
         let lock = self.lock_for(&rec.id);
-        let Ok(_g) = lock.try_lock() else { return Ok(rec) };
-        let rec = self.store.get_by_id(&rec.id)?.ok_or_else(|| ServiceError::NotFound(rec.name.to_string()))?;
+        let Ok(_g) = lock.try_lock() else {
+            return Ok(rec);
+        };
+        let rec = self
+            .store
+            .get_by_id(&rec.id)?
+            .ok_or_else(|| ServiceError::NotFound(rec.name.to_string()))?;
         self.refresh(rec).await
     }
 
@@ -337,7 +380,10 @@ impl Service {
         let (state, err) = self.how_it_ended(&rec).await;
         tracing::info!(vm = %rec.name, "VMM is gone; marking {state}");
         self.release_runtime(&rec.id).await?;
-        self.store.set_state(&rec.id, StateUpdate::to(state).error(err.as_deref().or(rec.last_error.as_deref())))?;
+        self.store.set_state(
+            &rec.id,
+            StateUpdate::to(state).error(err.as_deref().or(rec.last_error.as_deref())),
+        )?;
         Ok(self.store.get_by_id(&rec.id)?.expect("row exists"))
     }
 
@@ -349,7 +395,14 @@ impl Service {
         let vm_id = rec.id.clone();
         let exit = match (rec.pid, rec.pid_start_time) {
             (Some(pid), Some(start_time)) => {
-                match self.helper(Request::VmmExited { vm_id: vm_id.clone(), pid, start_time }).await {
+                match self
+                    .helper(Request::VmmExited {
+                        vm_id: vm_id.clone(),
+                        pid,
+                        start_time,
+                    })
+                    .await
+                {
                     Ok(Reply::Exited { exit }) => exit,
                     _ => None,
                 }
@@ -377,15 +430,16 @@ impl Service {
     /// Releases what only a running VM holds: its tap and its run directory. The
     /// address and disk stay until `rm`, so a VM keeps its address across restarts.
     async fn release_runtime(&self, vm_id: &VmId) -> Result<()> {
-        self.helper(Request::DeleteTap { vm_id: vm_id.clone() }).await?;
-        self.helper(Request::RemoveVmRuntime { vm_id: vm_id.clone() }).await?;
+        self.helper(Request::DeleteTap {
+            vm_id: vm_id.clone(),
+        })
+        .await?;
+        self.helper(Request::RemoveVmRuntime {
+            vm_id: vm_id.clone(),
+        })
+        .await?;
         Ok(())
     }
-
-
-
-
-
 
     /// The console log from `offset`; returns the bytes and the next offset.
     pub async fn console(&self, name: &str, offset: u64) -> Result<(Vec<u8>, u64)> {
@@ -396,9 +450,17 @@ impl Service {
         let mut f = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-            Err(source) => return Err(ServiceError::Console { name: name.into(), source }),
+            Err(source) => {
+                return Err(ServiceError::Console {
+                    name: name.into(),
+                    source,
+                });
+            }
         };
-        let err = |source| ServiceError::Console { name: name.into(), source };
+        let err = |source| ServiceError::Console {
+            name: name.into(),
+            source,
+        };
         let len = f.metadata().map_err(err)?.len();
         let start = offset.min(len);
         f.seek(SeekFrom::Start(start)).map_err(err)?;
@@ -411,11 +473,7 @@ impl Service {
     pub fn counts(&self) -> Result<(usize, usize)> {
         Ok(self.store.counts())
     }
-
 }
-
-
-
 
 /// True once the process (pid, start time) no longer exists; false on timeout.
 async fn wait_gone(p: i32, st: u64, timeout: Duration) -> bool {
@@ -428,7 +486,6 @@ async fn wait_gone(p: i32, st: u64, timeout: Duration) -> bool {
     }
     true
 }
-
 
 /// An error and its causes on one line (the one formatter: [`banger_api::error_chain`]).
 pub use banger_api::error_chain as chain;
@@ -450,7 +507,11 @@ fn with_console_tail(reason: &str, console: Option<(&PathBuf, u64)>, vmm_log: &P
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             if !lines.is_empty() {
                 let tail = &lines[lines.len().saturating_sub(5)..];
-                s.push_str(&format!("\n--- last lines of the {label} ({}) ---\n{}", path.display(), tail.join("\n")));
+                s.push_str(&format!(
+                    "\n--- last lines of the {label} ({}) ---\n{}",
+                    path.display(),
+                    tail.join("\n")
+                ));
             }
         }
     }
@@ -469,10 +530,14 @@ pub(crate) async fn check_named_files(spec: &VmSpec, owner: Identity) -> Result<
     if !nix::unistd::geteuid().is_root() || owner.uid == 0 {
         return Ok(());
     }
-    let files: Vec<(std::path::PathBuf, bool)> = [(&spec.kernel, false), (&spec.initrd, false), (&spec.rootfs, true)]
-        .into_iter()
-        .filter_map(|(p, w)| p.clone().map(|p| (p, w)))
-        .collect();
+    let files: Vec<(std::path::PathBuf, bool)> = [
+        (&spec.kernel, false),
+        (&spec.initrd, false),
+        (&spec.rootfs, true),
+    ]
+    .into_iter()
+    .filter_map(|(p, w)| p.clone().map(|p| (p, w)))
+    .collect();
     tokio::task::spawn_blocking(move || {
         for (path, write) in files {
             open_as(owner, &path, write).map_err(|e| ServiceError::FileRefused {
@@ -490,7 +555,11 @@ pub(crate) async fn check_named_files(spec: &VmSpec, owner: Identity) -> Result<
 /// Opens `path` as `who` (a regular file only; never blocking on a FIFO, never a
 /// controlling terminal). Root's own opens go through here too, unchanged.
 /// A daemon that is not root opens with its own rights (it cannot take another's).
-pub(crate) fn open_as(who: Identity, path: &std::path::Path, write: bool) -> std::io::Result<std::fs::File> {
+pub(crate) fn open_as(
+    who: Identity,
+    path: &std::path::Path,
+    write: bool,
+) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let open = || {
         std::fs::OpenOptions::new()
@@ -499,13 +568,16 @@ pub(crate) fn open_as(who: Identity, path: &std::path::Path, write: bool) -> std
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
     };
-    let f = if nix::unistd::geteuid().is_root() { banger_helper::as_identity(who, open)?? } else { open()? };
+    let f = if nix::unistd::geteuid().is_root() {
+        banger_helper::as_identity(who, open)??
+    } else {
+        open()?
+    };
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
     Ok(f)
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -542,7 +614,12 @@ mod tests {
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|r| serde_json::to_value(r).unwrap()["op"].as_str().unwrap().to_string())
+                .map(|r| {
+                    serde_json::to_value(r).unwrap()["op"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
                 .collect()
         }
         fn state(&self, name: &str) -> VmRecord {
@@ -550,14 +627,23 @@ mod tests {
         }
     }
 
-    fn service(answer: impl Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync + 'static) -> T {
+    fn service(
+        answer: impl Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync + 'static,
+    ) -> T {
         let dir = tempfile::tempdir().unwrap();
         let dirs = Dirs::under(dir.path());
         std::fs::create_dir_all(&dirs.run).unwrap();
         let store = Store::open(&dir.path().join("banger.db")).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let fake = Fake { seen: seen.clone(), answer: Box::new(answer) };
-        T { svc: Service::new(dirs, store, fake), seen, _dir: dir }
+        let fake = Fake {
+            seen: seen.clone(),
+            answer: Box::new(answer),
+        };
+        T {
+            svc: Service::new(dirs, store, fake),
+            seen,
+            _dir: dir,
+        }
     }
 
     fn spec(name: &str) -> VmSpec {
@@ -567,8 +653,13 @@ mod tests {
     /// A VM recorded as running with `pid` as its VMM, its run directory in place.
     fn running(t: &T, name: &str, id: &str, pid: i32, start_time: u64) -> VmRecord {
         let rec = t.svc.store.insert(id, &spec(name), (0, 0)).unwrap();
-        t.svc.store.set_state(id, StateUpdate::to(VmState::Starting)).unwrap();
-        let up = StateUpdate::to(VmState::Running).vmm(Some("banger-vmm-qemu")).process(Some((pid, start_time)));
+        t.svc
+            .store
+            .set_state(id, StateUpdate::to(VmState::Starting))
+            .unwrap();
+        let up = StateUpdate::to(VmState::Running)
+            .vmm(Some("banger-vmm-qemu"))
+            .process(Some((pid, start_time)));
         t.svc.store.set_state(id, up).unwrap();
         std::fs::create_dir_all(t.svc.dirs.vm_run_dir(&rec.id)).unwrap();
         t.state(name)
@@ -585,7 +676,9 @@ mod tests {
         Ok(match req {
             Request::SignalVmm { .. } => Reply::Signalled { was_alive: true },
             Request::VmmExited { .. } => Reply::Exited { exit: None },
-            Request::Launches {} => Reply::Launches { launches: Vec::new() },
+            Request::Launches {} => Reply::Launches {
+                launches: Vec::new(),
+            },
             _ => Reply::Done,
         })
     }
@@ -593,8 +686,22 @@ mod tests {
     #[tokio::test]
     async fn a_vmm_that_died_unseen_is_recorded_with_how_it_ended_and_its_runtime_released() {
         for (exit, state, error) in [
-            (Some(VmmExit { code: None, signal: Some(9) }), VmState::Failed, Some("the VMM ended unexpectedly (killed by signal 9)")),
-            (Some(VmmExit { code: Some(0), signal: None }), VmState::Stopped, None),
+            (
+                Some(VmmExit {
+                    code: None,
+                    signal: Some(9),
+                }),
+                VmState::Failed,
+                Some("the VMM ended unexpectedly (killed by signal 9)"),
+            ),
+            (
+                Some(VmmExit {
+                    code: Some(0),
+                    signal: None,
+                }),
+                VmState::Stopped,
+                None,
+            ),
             (None, VmState::Stopped, Some("its exit status is unknown")),
         ] {
             let e = exit.clone();
@@ -610,12 +717,31 @@ mod tests {
             let rec = t.state("gone");
             assert_eq!((rec.pid, rec.pid_start_time), (None, None), "{exit:?}");
             match error {
-                Some(e) => assert!(rec.last_error.as_deref().unwrap_or_default().contains(e), "{exit:?}: {:?}", rec.last_error),
+                Some(e) => assert!(
+                    rec.last_error.as_deref().unwrap_or_default().contains(e),
+                    "{exit:?}: {:?}",
+                    rec.last_error
+                ),
                 None => assert_eq!(rec.last_error, None),
             }
-            assert_eq!(t.ops(), ["vmm_exited", "delete_tap", "remove_vm_runtime"], "{exit:?}");
-            let Request::VmmExited { vm_id, pid: p, start_time } = &t.seen.lock().unwrap()[0] else { unreachable!() };
-            assert_eq!((vm_id.as_str(), *p, *start_time), ("0123456789ab", pid, 1), "the helper is asked about that VMM");
+            assert_eq!(
+                t.ops(),
+                ["vmm_exited", "delete_tap", "remove_vm_runtime"],
+                "{exit:?}"
+            );
+            let Request::VmmExited {
+                vm_id,
+                pid: p,
+                start_time,
+            } = &t.seen.lock().unwrap()[0]
+            else {
+                unreachable!()
+            };
+            assert_eq!(
+                (vm_id.as_str(), *p, *start_time),
+                ("0123456789ab", pid, 1),
+                "the helper is asked about that VMM"
+            );
         }
     }
 
@@ -626,18 +752,35 @@ mod tests {
         let st = pid::start_time(me).unwrap();
         running(&t, "live", "00000000000a", me, st);
         match t.svc.start("live").await {
-            Err(ServiceError::InvalidState { state, action, .. }) => assert_eq!((state, action), (VmState::Running, "start")),
+            Err(ServiceError::InvalidState { state, action, .. }) => {
+                assert_eq!((state, action), (VmState::Running, "start"))
+            }
             other => panic!("{other:?}"),
         }
         match t.svc.remove("live", false).await {
-            Err(ServiceError::InvalidState { state, action, .. }) => assert_eq!((state, action), (VmState::Running, "remove")),
+            Err(ServiceError::InvalidState { state, action, .. }) => {
+                assert_eq!((state, action), (VmState::Running, "remove"))
+            }
             other => panic!("{other:?}"),
         }
         // Stopping or killing a VM that never ran is a no-op, as `docker stop` is.
-        t.svc.store.insert("00000000000b", &spec("new"), (0, 0)).unwrap();
-        assert_eq!(t.svc.stop("new", Duration::from_secs(1)).await.unwrap().state, VmState::Created);
+        t.svc
+            .store
+            .insert("00000000000b", &spec("new"), (0, 0))
+            .unwrap();
+        assert_eq!(
+            t.svc
+                .stop("new", Duration::from_secs(1))
+                .await
+                .unwrap()
+                .state,
+            VmState::Created
+        );
         assert_eq!(t.svc.kill("new").await.unwrap().state, VmState::Created);
-        assert!(matches!(t.svc.stop("nope", Duration::from_secs(1)).await, Err(ServiceError::NotFound(_))));
+        assert!(matches!(
+            t.svc.stop("nope", Duration::from_secs(1)).await,
+            Err(ServiceError::NotFound(_))
+        ));
         assert_eq!(t.ops(), Vec::<String>::new(), "nothing reached the helper");
         assert_eq!(t.state("live").state, VmState::Running);
     }
@@ -645,12 +788,23 @@ mod tests {
     #[tokio::test]
     async fn kill_and_rm_force_end_exactly_the_recorded_vmm_then_release_it() {
         for force_rm in [false, true] {
-            let child = Arc::new(Mutex::new(std::process::Command::new("sleep").arg("60").spawn().unwrap()));
+            let child = Arc::new(Mutex::new(
+                std::process::Command::new("sleep")
+                    .arg("60")
+                    .spawn()
+                    .unwrap(),
+            ));
             let pid = child.lock().unwrap().id() as i32;
             let st = pid::start_time(pid).unwrap();
             let c = child.clone();
             let t = service(move |r| {
-                if let Request::SignalVmm { pid: p, start_time, signal: VmmSignal::Kill, .. } = r {
+                if let Request::SignalVmm {
+                    pid: p,
+                    start_time,
+                    signal: VmmSignal::Kill,
+                    ..
+                } = r
+                {
                     // The helper's own checks: the recorded (pid, start time) only.
                     assert_eq!((*p, *start_time), (pid, st));
                     let mut c = c.lock().unwrap();
@@ -663,7 +817,17 @@ mod tests {
             if force_rm {
                 t.svc.remove("vm", true).await.unwrap();
                 assert!(t.svc.store.get_by_name("vm").unwrap().is_none());
-                assert_eq!(t.ops(), ["signal_vmm", "delete_tap", "remove_vm_runtime", "delete_tap", "remove_vm_runtime", "remove_vm_state"]);
+                assert_eq!(
+                    t.ops(),
+                    [
+                        "signal_vmm",
+                        "delete_tap",
+                        "remove_vm_runtime",
+                        "delete_tap",
+                        "remove_vm_runtime",
+                        "remove_vm_state"
+                    ]
+                );
             } else {
                 assert_eq!(t.svc.kill("vm").await.unwrap().state, VmState::Stopped);
                 assert_eq!(t.ops(), ["signal_vmm", "delete_tap", "remove_vm_runtime"]);
@@ -686,33 +850,74 @@ mod tests {
         // and that process left alone.
         running(&t, "reused", "00000000000b", me, st);
         let out = t.svc.reconcile().await.unwrap();
-        let find = |n: &str| out.iter().find(|(name, _)| name == n).map(|(_, r)| r.clone()).unwrap();
-        assert!(matches!(find("rebooted"), Reconciled::Cleaned { reason } if reason.contains("run directory is gone")));
-        assert!(matches!(find("reused"), Reconciled::LeftAlone { reason } if reason.contains("neither adopted nor killed")));
+        let find = |n: &str| {
+            out.iter()
+                .find(|(name, _)| name == n)
+                .map(|(_, r)| r.clone())
+                .unwrap()
+        };
+        assert!(
+            matches!(find("rebooted"), Reconciled::Cleaned { reason } if reason.contains("run directory is gone"))
+        );
+        assert!(
+            matches!(find("reused"), Reconciled::LeftAlone { reason } if reason.contains("neither adopted nor killed"))
+        );
         assert_eq!(t.state("rebooted").state, VmState::Stopped);
         assert_eq!(t.state("reused").state, VmState::Stopped);
-        assert!(!t.ops().contains(&"signal_vmm".to_string()), "{:?}", t.ops());
+        assert!(
+            !t.ops().contains(&"signal_vmm".to_string()),
+            "{:?}",
+            t.ops()
+        );
     }
 
     #[tokio::test]
     async fn members_act_on_their_own_vms_only() {
         let t = service(done);
-        t.svc.store.insert("00000000000a", &spec("alices"), (1000, 1000)).unwrap();
-        t.svc.store.insert("00000000000b", &spec("roots"), (0, 0)).unwrap();
-        let alice = Identity { uid: 1000, gid: 1000 };
-        let bob = Identity { uid: 1001, gid: 1000 };
+        t.svc
+            .store
+            .insert("00000000000a", &spec("alices"), (1000, 1000))
+            .unwrap();
+        t.svc
+            .store
+            .insert("00000000000b", &spec("roots"), (0, 0))
+            .unwrap();
+        let alice = Identity {
+            uid: 1000,
+            gid: 1000,
+        };
+        let bob = Identity {
+            uid: 1001,
+            gid: 1000,
+        };
         t.svc.authorize("alices", alice).unwrap();
         for (who, vm, owner) in [(bob, "alices", 1000), (alice, "roots", 0)] {
             match t.svc.authorize(vm, who) {
-                Err(ServiceError::NotOwner { name, owner: o }) => assert_eq!((name.as_str(), o), (vm, owner)),
+                Err(ServiceError::NotOwner { name, owner: o }) => {
+                    assert_eq!((name.as_str(), o), (vm, owner))
+                }
                 other => panic!("{who:?} on {vm}: {other:?}"),
             }
         }
-        assert_eq!(ServiceError::NotOwner { name: "x".into(), owner: 0 }.kind(), ErrorKind::Forbidden);
+        assert_eq!(
+            ServiceError::NotOwner {
+                name: "x".into(),
+                owner: 0
+            }
+            .kind(),
+            ErrorKind::Forbidden
+        );
         // Root and the daemon's own user act on any VM.
-        t.svc.authorize("alices", Identity { uid: 0, gid: 0 }).unwrap();
+        t.svc
+            .authorize("alices", Identity { uid: 0, gid: 0 })
+            .unwrap();
         let me = nix::unistd::geteuid().as_raw();
-        t.svc.authorize("alices", Identity { uid: me, gid: me }).unwrap();
-        assert!(matches!(t.svc.authorize("nope", bob), Err(ServiceError::NotFound(_))));
+        t.svc
+            .authorize("alices", Identity { uid: me, gid: me })
+            .unwrap();
+        assert!(matches!(
+            t.svc.authorize("nope", bob),
+            Err(ServiceError::NotFound(_))
+        ));
     }
 }

@@ -21,7 +21,10 @@ impl Service {
         self.release_runtime(&rec.id).await?;
         self.helper(Request::RemoveVmState { vm_id }).await?;
         self.store.delete(&rec.id)?;
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(rec.id.as_str());
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(rec.id.as_str());
         tracing::info!(vm = %name, "removed");
         Ok(())
     }

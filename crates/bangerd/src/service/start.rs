@@ -39,12 +39,20 @@ impl Service {
             });
         }
         let vm_id = rec.id.clone();
-        self.store.set_state(&rec.id, StateUpdate::to(VmState::Starting))?;
+        self.store
+            .set_state(&rec.id, StateUpdate::to(VmState::Starting))?;
         // Only this boot's console lines explain this boot's failure.
-        let console_from = std::fs::metadata(self.dirs.console_log(&vm_id)).map(|m| m.len()).unwrap_or(0);
+        let console_from = std::fs::metadata(self.dirs.console_log(&vm_id))
+            .map(|m| m.len())
+            .unwrap_or(0);
         match self.launch_and_boot(&vm_id, &rec).await {
             Ok(l) => {
-                self.store.set_state(&rec.id, StateUpdate::to(VmState::Running).vmm(Some(&l.vmm_name)).process(Some((l.pid, l.start_time))))?;
+                self.store.set_state(
+                    &rec.id,
+                    StateUpdate::to(VmState::Running)
+                        .vmm(Some(&l.vmm_name))
+                        .process(Some((l.pid, l.start_time))),
+                )?;
                 tracing::info!(vm = %rec.name, pid = l.pid, "running");
             }
             Err((launched, e)) => {
@@ -58,9 +66,17 @@ impl Service {
                     Some((&self.dirs.console_log(&vm_id), console_from)),
                     &self.dirs.vmm_log(&vm_id),
                 );
-                self.store.set_state(&rec.id, StateUpdate::to(VmState::Failed).vmm(launched.as_ref().map(|l| l.vmm_name.as_str())).error(Some(&reason)))?;
+                self.store.set_state(
+                    &rec.id,
+                    StateUpdate::to(VmState::Failed)
+                        .vmm(launched.as_ref().map(|l| l.vmm_name.as_str()))
+                        .error(Some(&reason)),
+                )?;
                 tracing::warn!(vm = %rec.name, "start failed: {reason}");
-                return Err(ServiceError::StartFailed { name: name.into(), reason });
+                return Err(ServiceError::StartFailed {
+                    name: name.into(),
+                    reason,
+                });
             }
         }
         Ok(self.to_api(&self.record(name)?))
@@ -75,9 +91,15 @@ impl Service {
     ) -> std::result::Result<Launched, (Option<Launched>, StartError)> {
         let fail = |l: Option<&Launched>, e: StartError| (l.cloned(), e);
         let helper = |e: ServiceError| StartError::Helper(Box::new(e));
-        self.helper(Request::CreateVmDirs { vm_id: vm_id.clone() }).await.map_err(|e| fail(None, helper(e)))?;
+        self.helper(Request::CreateVmDirs {
+            vm_id: vm_id.clone(),
+        })
+        .await
+        .map_err(|e| fail(None, helper(e)))?;
         let _ = std::fs::remove_file(self.dirs.handles(vm_id));
-        let plan = self.boot_plan(vm_id, rec).map_err(|e| fail(None, e.into()))?;
+        let plan = self
+            .boot_plan(vm_id, rec)
+            .map_err(|e| fail(None, e.into()))?;
         let reply = self
             .helper(Request::LaunchVmm {
                 vm_id: vm_id.clone(),
@@ -102,16 +124,39 @@ impl Service {
         handles::write(&self.dirs.handles(vm_id), &h)
             .map_err(|e| fail(Some(&l), StartError::Handles(e)))?;
         self.store
-            .set_state(&rec.id, StateUpdate::to(VmState::Starting).vmm(Some(&l.vmm_name)).process(Some((l.pid, l.start_time))))
+            .set_state(
+                &rec.id,
+                StateUpdate::to(VmState::Starting)
+                    .vmm(Some(&l.vmm_name))
+                    .process(Some((l.pid, l.start_time))),
+            )
             .map_err(|e| fail(Some(&l), e.into()))?;
         banger_helper::fault_point("daemon:start:saved");
         if let Some((tap, _)) = &plan.nic {
-            let ip = rec.ip.as_deref().unwrap_or_default().parse().map_err(|_| fail(Some(&l), StartError::NoAddress))?;
-            self.helper(Request::CreateTap { vm_id: vm_id.clone(), guest_ip: ip })
-                .await
-                .map_err(|e| fail(Some(&l), StartError::Tap { tap: tap.clone(), source: Box::new(e) }))?;
+            let ip = rec
+                .ip
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| fail(Some(&l), StartError::NoAddress))?;
+            self.helper(Request::CreateTap {
+                vm_id: vm_id.clone(),
+                guest_ip: ip,
+            })
+            .await
+            .map_err(|e| {
+                fail(
+                    Some(&l),
+                    StartError::Tap {
+                        tap: tap.clone(),
+                        source: Box::new(e),
+                    },
+                )
+            })?;
         }
-        configure(&l, &plan).await.map_err(|e| fail(Some(&l), e.into()))?;
+        configure(&l, &plan)
+            .await
+            .map_err(|e| fail(Some(&l), e.into()))?;
         banger_helper::fault_point("daemon:start:configured");
         Ok(l)
     }

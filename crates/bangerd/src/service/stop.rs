@@ -19,7 +19,10 @@ impl Service {
         }
         let vm_id = rec.id.clone();
         let (p, st) = (rec.pid.unwrap_or(0), rec.pid_start_time.unwrap_or(0));
-        self.store.set_state(&rec.id, StateUpdate::to(VmState::Stopping).process(Some((p, st))))?;
+        self.store.set_state(
+            &rec.id,
+            StateUpdate::to(VmState::Stopping).process(Some((p, st))),
+        )?;
         banger_helper::fault_point("daemon:stop:stopping");
         // Only the VMM itself hears the shutdown: its socket's directory is the VMM
         // user's, so the name alone proves nothing.
@@ -36,7 +39,8 @@ impl Service {
             self.kill_and_wait(&vm_id, p, st).await?;
         }
         self.release_runtime(&rec.id).await?;
-        self.store.set_state(&rec.id, StateUpdate::to(VmState::Stopped))?;
+        self.store
+            .set_state(&rec.id, StateUpdate::to(VmState::Stopped))?;
         tracing::info!(vm = %name, graceful, "stopped");
         Ok(self.to_api(&self.record(name)?))
     }
