@@ -76,7 +76,8 @@ fn check_request(req: &Request) {
         | Request::DeleteTap { vm_id }
         | Request::VmmExited { vm_id, .. }
         | Request::SignalVmm { vm_id, .. }
-        | Request::CreateTap { vm_id, .. } => check_vm_id(vm_id),
+        | Request::CreateTap { vm_id, .. }
+        | Request::AllowGuest { vm_id, .. } => check_vm_id(vm_id),
         Request::LaunchVmm { vm_id, files, .. } => {
             check_vm_id(vm_id);
             for f in [

@@ -83,6 +83,9 @@ pub struct Env {
     mirror: Option<MirrorRelay>,
     /// Extra arguments for bangerd-root (e.g. another --vmm).
     helper_args: Vec<String>,
+    /// The helper's VMM settings as environment variables too (`BANGER_VMM`, ...): a
+    /// helper that a CLI starts (after a fault, say) gets the same VMM as ours.
+    helper_env: Vec<(&'static str, String)>,
     pub bridge: String,
     pub gateway: String,
     pub nft_table: String,
@@ -160,6 +163,7 @@ impl Env {
             netns: Netns::new(),
             mirror: None,
             helper_args: Vec::new(),
+            helper_env: Vec::new(),
             daemon_uid: None,
             jail_base: None,
             bridge: format!("btst{p}x{n}"),
@@ -196,6 +200,8 @@ impl Env {
     pub fn use_vmm(&mut self, vmm: &Path) {
         self.helper_args
             .extend(["--vmm".into(), vmm.display().to_string()]);
+        self.helper_env
+            .push(("BANGER_VMM", vmm.display().to_string()));
     }
 
     /// An environment whose helper launches the real Firecracker, directly or through
@@ -203,7 +209,7 @@ impl Env {
     pub fn with_firecracker(jailed: bool, daemon_uid: Option<u32>) -> Self {
         let fc = firecracker();
         let mut e = Self::new();
-        e.helper_args = vec!["--vmm".into(), fc.firecracker.display().to_string()];
+        e.use_vmm(&fc.firecracker);
         if jailed {
             let base = tempfile::Builder::new()
                 .prefix("bgjail")
@@ -220,6 +226,10 @@ impl Env {
                 "--jail-base".into(),
                 base.path().display().to_string(),
             ]);
+            e.helper_env
+                .push(("BANGER_JAILER", fc.jailer.display().to_string()));
+            e.helper_env
+                .push(("BANGER_JAIL_BASE", base.path().display().to_string()));
             e.jail_base = Some(base);
         }
         if let Some(uid) = daemon_uid {
@@ -295,6 +305,9 @@ impl Env {
         c.env("BANGER_BRIDGE", &self.bridge)
             .env("BANGER_GATEWAY", &self.gateway)
             .env("BANGER_NFT_TABLE", &self.nft_table);
+        for (k, v) in &self.helper_env {
+            c.env(k, v);
+        }
         if let Some(m) = &self.mirror {
             c.env("http_proxy", format!("http://127.0.0.1:{}", m.port));
         }
@@ -358,8 +371,11 @@ impl Env {
         let out = c.output().expect("run banger");
         assert!(
             out.status.success(),
-            "daemon start failed: {}",
-            stderr(&out)
+            "daemon start failed ({}): {}\n--- helper log ---\n{}\n--- daemon log ---\n{}",
+            out.status,
+            stderr(&out),
+            std::fs::read_to_string(self.state().join("bangerd-root.log")).unwrap_or_default(),
+            std::fs::read_to_string(self.state().join("bangerd.log")).unwrap_or_default(),
         );
     }
 

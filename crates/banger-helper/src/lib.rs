@@ -327,6 +327,36 @@ impl NetworkConfig {
     pub fn tap_name(id: &VmId) -> String {
         format!("bg{}", id.as_str())
     }
+
+    /// The subnet the gateway is in.
+    pub fn subnet(&self) -> ipnet::Ipv4Net {
+        subnet(self.gateway, self.prefix_len)
+    }
+
+    /// Whether `ip` may be a guest's: a host address of the subnet, not the gateway.
+    pub fn is_guest_address(&self, ip: std::net::Ipv4Addr) -> bool {
+        let net = self.subnet();
+        net.contains(&ip) && ip != net.network() && ip != net.broadcast() && ip != self.gateway
+    }
+}
+
+/// The subnet of `gateway/prefix_len` (a prefix over 32 is taken as 32).
+pub fn subnet(gateway: std::net::Ipv4Addr, prefix_len: u8) -> ipnet::Ipv4Net {
+    ipnet::Ipv4Net::new(gateway, prefix_len.min(32))
+        .expect("prefix within 32")
+        .trunc()
+}
+
+/// Every address a guest may have in `gateway/prefix_len`, lowest first: neither
+/// the network's nor the broadcast address, nor the gateway's.
+pub fn guest_addresses(
+    gateway: std::net::Ipv4Addr,
+    prefix_len: u8,
+) -> impl Iterator<Item = std::net::Ipv4Addr> {
+    let net = subnet(gateway, prefix_len);
+    let (first, last) = (net.network(), net.broadcast());
+    net.hosts()
+        .filter(move |ip| *ip != first && *ip != last && *ip != gateway)
 }
 
 /// A system tool by absolute path (banger never relies on `PATH` for what it runs).
@@ -393,6 +423,10 @@ pub enum VmmSignal {
     Kill,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// Every operation `bangerd-root` performs. Nothing else is possible.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -456,9 +490,20 @@ pub enum Request {
     /// Create the bridge with the gateway address, enable forwarding and install
     /// banger's nftables table (NAT for the subnet). Idempotent.
     SetupNetwork {},
-    /// Create the VM's tap (owned by the caller, attached to the bridge, up) and the
-    /// nftables rule that only lets `guest_ip` out of it. Idempotent.
+    /// Create the VM's tap (owned by the caller, attached to the bridge, up) and,
+    /// unless `element` is false, the nftables element that lets only `guest_ip` out
+    /// of it ([`Request::AllowGuest`]). Idempotent.
     CreateTap {
+        vm_id: VmId,
+        guest_ip: std::net::Ipv4Addr,
+        /// False: the tap alone, so the element can be added while the VMM is
+        /// configured. A daemon that does not send it gets both, as before.
+        #[serde(default = "yes")]
+        element: bool,
+    },
+    /// Add the nftables element that lets only `guest_ip` out of the VM's tap: until
+    /// it exists, nothing the guest sends leaves the tap. Idempotent.
+    AllowGuest {
         vm_id: VmId,
         guest_ip: std::net::Ipv4Addr,
     },
@@ -639,6 +684,39 @@ impl HelperClient {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn guest_addresses_are_the_subnet_s_hosts_but_the_gateway() {
+        let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+        let n = super::NetworkConfig {
+            bridge: "b".into(),
+            gateway: ip("10.0.0.1"),
+            prefix_len: 29,
+            nft_table: "t".into(),
+        };
+        let all: Vec<_> = super::guest_addresses(n.gateway, n.prefix_len).collect();
+        assert_eq!(
+            all,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"].map(ip)
+        );
+        assert_eq!(n.subnet().to_string(), "10.0.0.0/29");
+        for a in &all {
+            assert!(n.is_guest_address(*a), "{a}");
+        }
+        for bad in [
+            "10.0.0.0", "10.0.0.1", "10.0.0.7", "10.0.0.8", "10.0.1.2", "0.0.0.0",
+        ] {
+            assert!(!n.is_guest_address(ip(bad)), "{bad}");
+        }
+        // A gateway anywhere in the subnet; a /31 or /32 has no guest address.
+        assert_eq!(
+            super::guest_addresses(ip("192.168.5.6"), 30).collect::<Vec<_>>(),
+            [ip("192.168.5.5")]
+        );
+        assert_eq!(super::guest_addresses(ip("10.0.0.0"), 31).count(), 0);
+        assert_eq!(super::guest_addresses(ip("10.0.0.1"), 32).count(), 0);
+        assert_eq!(super::guest_addresses(ip("10.0.0.1"), 40).count(), 0);
+    }
+
     use super::*;
 
     #[test]

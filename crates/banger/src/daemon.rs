@@ -121,9 +121,13 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
             }
             // Only root can start the root helper; anyone else waits for it (it may be
             // starting right now) and is told how to start it.
-            let ready = wait_until(Duration::from_secs(10), &log, "bangerd-root", || async {
-                helper_answers(dirs)
-            })
+            let ready = wait_until(
+                Duration::from_secs(10),
+                dirs,
+                &log,
+                "bangerd-root",
+                || async { helper_answers(dirs) },
+            )
             .await;
             if !nix::unistd::geteuid().is_root() {
                 ready.context("the root helper is not running, and only root can start it: `sudo banger daemon start`")?;
@@ -134,7 +138,7 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
         if !daemon_answers(dirs).await {
             let log = dirs.state.join("bangerd.log");
             spawn_detached(&bin_dir.join("bangerd"), &state_args, &log)?;
-            wait_until(Duration::from_secs(20), &log, "bangerd", || {
+            wait_until(Duration::from_secs(20), dirs, &log, "bangerd", || {
                 daemon_answers(dirs)
             })
             .await?;
@@ -172,12 +176,21 @@ fn spawn_detached(bin: &Path, args: &[String], log: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn wait_until<F, Fut>(limit: Duration, log: &Path, what: &str, mut ready: F) -> Result<()>
+async fn wait_until<F, Fut>(
+    limit: Duration,
+    dirs: &Dirs,
+    log: &Path,
+    what: &str,
+    mut ready: F,
+) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = Instant::now() + limit;
+    // Both sockets live in the run directory and appear only when their daemon is
+    // ready to serve: wake on each change there (inotify), not on a clock.
+    let watch = RunDirWatch::new(&dirs.run);
     while !ready().await {
         if Instant::now() > deadline {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
@@ -195,9 +208,43 @@ where
                 tail.join("\n")
             );
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        match &watch {
+            Some(w) => w.changed(Duration::from_millis(10)).await,
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
     Ok(())
+}
+
+/// Wakes when an entry of a directory is created, removed or renamed.
+struct RunDirWatch(std::sync::Arc<nix::sys::inotify::Inotify>);
+
+impl RunDirWatch {
+    fn new(dir: &Path) -> Option<Self> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let i = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+        let flags = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_ONLYDIR;
+        i.add_watch(dir, flags).ok()?;
+        Some(RunDirWatch(std::sync::Arc::new(i)))
+    }
+
+    /// Returns after a change since the last call, or after `limit`.
+    async fn changed(&self, limit: Duration) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let i = self.0.clone();
+        let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut fds = [PollFd::new(i.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, timeout).is_ok_and(|n| n > 0) {
+                let _ = i.read_events();
+            }
+        })
+        .await;
+    }
 }
 
 /// Stops detached daemons (not systemd's) through their pidfiles.

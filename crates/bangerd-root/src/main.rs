@@ -226,6 +226,10 @@ fn run(args: Args) -> Result<()> {
         network,
         args.mirror.clone(),
     )?;
+    // One helper per installation: a second one (a `daemon start` that found the
+    // first slow to answer, say) would take over the socket and clean up what the
+    // first is doing. Held for the helper's life; the kernel drops it when we die.
+    let _instance = helper.lock_instance()?;
     // Builds that a crash interrupted are never finished: remove root's workspaces
     // (root's own tree). The daemon removes its `.build-*` directories itself.
     if let Ok(rd) = std::fs::read_dir(helper.builds_dir()) {
@@ -423,6 +427,7 @@ fn serve(helper: &ops::Helper, conn: UnixStream, allow_uid: u32) -> Result<()> {
     } else {
         match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
+                let t = std::time::Instant::now();
                 let r = helper.handle(
                     ops::Caller {
                         uid: cred.uid(),
@@ -430,8 +435,9 @@ fn serve(helper: &ops::Helper, conn: UnixStream, allow_uid: u32) -> Result<()> {
                     },
                     &req,
                 );
+                let took_us = t.elapsed().as_micros() as u64;
                 match &r {
-                    Ok(_) => tracing::debug!(?req, "done"),
+                    Ok(_) => tracing::debug!(?req, took_us, "done"),
                     Err(f) => tracing::warn!(?req, "failed: {}", f.message),
                 }
                 r

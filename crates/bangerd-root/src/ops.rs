@@ -36,7 +36,8 @@ pub struct Helper {
     vmm_user: Option<(String, RunAs)>,
     /// Root's own directory for jails, checked by [`safe::check_root_owned`].
     jail_base: PathBuf,
-    network: banger_helper::NetworkConfig,
+    /// The VM network and the helper's netlink connection.
+    net: crate::net::Net,
     mirror: String,
     exits: Exits,
     /// One lock per VM: a request a dead daemon left running (a launch, say) finishes
@@ -100,7 +101,7 @@ impl Helper {
             jailer,
             vmm_user,
             jail_base,
-            network,
+            net: crate::net::Net::new(network),
             mirror,
             exits: Arc::default(),
             vm_locks: Arc::default(),
@@ -145,7 +146,7 @@ impl Helper {
                     let me = std::process::id() as i32;
                     format!("{me}-{}", pid::start_time(me).unwrap_or(0))
                 },
-                network: self.network.clone(),
+                network: self.net.cfg.clone(),
             }),
             Request::BuildImage {
                 build_id,
@@ -153,26 +154,46 @@ impl Helper {
                 packages,
             } => self.build_image(build_id, release, packages, caller),
             Request::SetupNetwork {} => {
-                self.net().setup().map_err(|e| failed(e.to_string()))?;
+                self.net()
+                    .setup()
+                    .map_err(|e| failed(banger_api::error_chain(&e)))?;
                 Ok(Reply::Done)
             }
             Request::TeardownNetwork {} => {
-                self.net().teardown().map_err(|e| failed(e.to_string()))?;
+                self.net()
+                    .teardown()
+                    .map_err(|e| failed(banger_api::error_chain(&e)))?;
                 Ok(Reply::Done)
             }
-            Request::CreateTap { vm_id, guest_ip } => {
+            Request::CreateTap {
+                vm_id,
+                guest_ip,
+                element,
+            } => {
                 self.check_guest_ip(*guest_ip)?;
                 // The tap is the VMM's to attach: its owner is whom the VMM runs as.
                 let vmm = self.vmm_identity(caller)?;
                 self.net()
-                    .create_tap(vm_id, *guest_ip, vmm.uid, vmm.gid)
-                    .map_err(|e| failed(e.to_string()))?;
+                    .create_tap(vm_id, vmm.uid, vmm.gid)
+                    .map_err(|e| failed(banger_api::error_chain(&e)))?;
+                if *element {
+                    self.net()
+                        .allow_guest(vm_id, *guest_ip)
+                        .map_err(|e| failed(banger_api::error_chain(&e)))?;
+                }
+                Ok(Reply::Done)
+            }
+            Request::AllowGuest { vm_id, guest_ip } => {
+                self.check_guest_ip(*guest_ip)?;
+                self.net()
+                    .allow_guest(vm_id, *guest_ip)
+                    .map_err(|e| failed(banger_api::error_chain(&e)))?;
                 Ok(Reply::Done)
             }
             Request::DeleteTap { vm_id } => {
                 self.net()
                     .delete_tap(vm_id)
-                    .map_err(|e| failed(e.to_string()))?;
+                    .map_err(|e| failed(banger_api::error_chain(&e)))?;
                 Ok(Reply::Done)
             }
             Request::CreateVmDirs { vm_id } => self.create_vm_dirs(vm_id, caller),
@@ -257,20 +278,14 @@ impl Helper {
         }
     }
 
-    fn net(&self) -> crate::net::Net {
-        crate::net::Net {
-            cfg: self.network.clone(),
-        }
+    fn net(&self) -> &crate::net::Net {
+        &self.net
     }
 
     /// A guest address must be a host address of the subnet, not the gateway.
     fn check_guest_ip(&self, ip: std::net::Ipv4Addr) -> Result<(), Failure> {
-        let n = &self.network;
-        let mask = u32::MAX.checked_shl(32 - n.prefix_len as u32).unwrap_or(0);
-        let (net, host) = (u32::from(ip) & mask, u32::from(ip) & !mask);
-        let ok =
-            net == u32::from(n.gateway) & mask && host != 0 && host != !mask && ip != n.gateway;
-        if ok {
+        let n = &self.net.cfg;
+        if n.is_guest_address(ip) {
             Ok(())
         } else {
             Err(bad(ArgError::Address {
@@ -337,7 +352,7 @@ impl Helper {
         };
         let built = build
             .run_all()
-            .map_err(|e| failed(e.to_string()))
+            .map_err(|e| failed(banger_api::error_chain(&e)))
             .and_then(|()| {
                 // Hand the results over as the caller: new files of its own in its own
                 // directory, data copied from root's descriptors (nothing chowned).
@@ -400,6 +415,46 @@ impl Helper {
     /// `<jail base>/launches/<installation>/`: this installation's launch records.
     /// Root's, beneath the checked jail base; keyed by the state directory so that
     /// two installations on one host never see each other's VMMs.
+    /// An exclusive lock on `<jail base>/launches/<installation>.lock` (root's
+    /// directory, so no other user can plant or hold the file), or an error naming
+    /// the helper that holds it.
+    pub fn lock_instance(&self) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
+        use anyhow::Context as _;
+        let dir = self.jail_base.join("launches");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(format!("{}.lock", self.installation()));
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut l) => {
+                use std::io::{Seek, Write};
+                l.set_len(0)?;
+                l.rewind()?;
+                write!(l, "{}", std::process::id())?;
+                Ok(l)
+            }
+            Err((_, e)) => {
+                let other = fs::read_to_string(&path).unwrap_or_default();
+                anyhow::bail!(
+                    "another bangerd-root (pid {}) is already running for {} ({e})",
+                    other.trim(),
+                    self.dirs.state.display()
+                )
+            }
+        }
+    }
+
     pub fn records_dir(&self) -> PathBuf {
         self.jail_base.join("launches").join(self.installation())
     }
@@ -762,7 +817,9 @@ impl Helper {
             }),
             jailer,
         };
-        let plan = cfg.plan().map_err(|e| failed(e.to_string()))?;
+        let plan = cfg
+            .plan()
+            .map_err(|e| failed(banger_api::error_chain(&e)))?;
         let host = |p: &PathBuf| p.display().to_string();
         // Apart, the VMM gets kernel, initrd and disk as descriptors 3, 4 and 5.
         let mut inherit = Vec::new();
@@ -1095,6 +1152,28 @@ mod tests {
             "http://deb.debian.org/debian".into(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_second_helper_for_the_same_installation_is_refused_until_the_first_ends() {
+        let d = tempfile::tempdir().unwrap();
+        let first = helper(d.path()).lock_instance().unwrap();
+        let second = helper(d.path()).lock_instance().unwrap_err().to_string();
+        assert!(
+            second.contains(&format!(
+                "another bangerd-root (pid {}) is already running",
+                std::process::id()
+            )),
+            "{second}"
+        );
+        // Another installation is not held by this one.
+        let other = tempfile::tempdir().unwrap();
+        drop(helper(other.path()).lock_instance().unwrap());
+        drop(first);
+        let again = helper(d.path()).lock_instance().unwrap();
+        let m = std::fs::metadata(d.path().join("jail/launches")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o700);
+        drop(again);
     }
 
     const ROOT: Caller = Caller { uid: 0, gid: 0 };

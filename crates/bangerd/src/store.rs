@@ -561,14 +561,10 @@ impl Store {
             st.query_map([], |r| r.get::<_, String>(0))?
                 .collect::<Result<_, _>>()?
         };
-        let mask = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
-        let net = u32::from(gateway) & mask;
-        let broadcast = net | !mask;
-        let free = (net + 1..broadcast)
-            .map(std::net::Ipv4Addr::from)
-            .find(|ip| *ip != gateway && !used.contains(&ip.to_string()))
+        let free = banger_helper::guest_addresses(gateway, prefix)
+            .find(|ip| !used.contains(&ip.to_string()))
             .ok_or_else(|| {
-                StoreError::PoolExhausted(format!("{}/{prefix}", std::net::Ipv4Addr::from(net)))
+                StoreError::PoolExhausted(banger_helper::subnet(gateway, prefix).to_string())
             })?;
         tx.execute(
             "INSERT INTO addresses (ip, vm_id) VALUES (?1, ?2)",

@@ -97,8 +97,15 @@ mod tap {
         _pad: [u8; 22],
     }
 
+    nix::ioctl_write_int!(tunsetowner, b'T', 204);
+
     /// Sets `name` persistent (`on`) or removes it (EBUSY while a VMM still holds it).
     pub fn persist(name: &str, on: bool) -> nix::Result<()> {
+        persist_owned(name, on, None)
+    }
+
+    /// [`persist`], owned by `owner` (a VMM that runs as that user opens it).
+    pub fn persist_owned(name: &str, on: bool, owner: Option<u32>) -> nix::Result<()> {
         const IFF_TAP: libc::c_short = 0x0002;
         const IFF_NO_PI: libc::c_short = 0x1000;
         const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -121,6 +128,9 @@ mod tap {
         // SAFETY: an open /dev/net/tun and a properly laid out struct ifreq.
         unsafe {
             tunsetiff(f.as_raw_fd(), &req as *const IfReq as u64)?;
+            if let Some(uid) = owner {
+                tunsetowner(f.as_raw_fd(), u64::from(uid))?;
+            }
             tunsetpersist(f.as_raw_fd(), on as u64)?;
         }
         Ok(())
@@ -144,22 +154,16 @@ pub fn floor_once(
     netns: &banger_tests::Netns,
     vm: &FloorVm,
 ) -> Duration {
-    use banger_fc::models::{BootSource, Drive, MachineConfiguration, NetworkInterface};
     let dir = tempfile::Builder::new()
         .prefix("fl")
         .tempdir_in("/tmp")
         .unwrap();
     let sock = dir.path().join("api.sock");
     let console = std::fs::File::create(dir.path().join("console.log")).unwrap();
-    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let tap_name = format!(
-        "bgfl{}",
-        RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    );
-    let tap_name = tap_name.as_str();
+    let tap_name = next_tap();
     let t = Instant::now();
     netns
-        .run(|| tap::persist(tap_name, true))
+        .run(|| tap::persist(&tap_name, true))
         .expect("the floor's tap");
     let mut cmd = Command::new(vm.vmm);
     cmd.arg("--api-sock").arg(&sock).args(["--id", "floor"]);
@@ -168,14 +172,117 @@ pub fn floor_once(
         .stderr(console);
     netns.enter(&mut cmd);
     let mut child = cmd.spawn().unwrap();
+    let kernel = vm.kernel.display().to_string();
+    let initrd = vm.initrd.map(|p| p.display().to_string());
+    let rootfs = vm.rootfs.map(|p| p.display().to_string());
+    floor_configure(rt, &sock, vm.memory_mib, &tap_name, &kernel, initrd, rootfs);
+    let d = t.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    // The VMM's own children (QEMU) let go of the tap as they die.
+    banger_tests::wait_for(
+        Duration::from_secs(10),
+        "the floor's tap to be free",
+        || netns.run(|| tap::persist(&tap_name, false)).is_ok(),
+    );
+    d
+}
+
+/// The jailed floor, once: as [`floor_once`], with Firecracker run by the jailer as
+/// `uid:gid` from `jail_base` (banger_fc's own launch plan, the one banger uses) and
+/// the kernel linked into the jail beforehand (banger bind-mounts it).
+pub fn floor_jailed_once(
+    rt: &tokio::runtime::Runtime,
+    netns: &banger_tests::Netns,
+    fc: &banger_tests::Firecracker,
+    jail_base: &Path,
+    (uid, gid): (u32, u32),
+) -> Duration {
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!(
+        "floor{}",
+        RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let plan = banger_fc::launch::LaunchConfig {
+        vmm: fc.firecracker.clone(),
+        id: id.clone(),
+        api_sock: jail_base.join("unused.sock"),
+        log_path: None,
+        jailer: Some(banger_fc::launch::JailerConfig {
+            jailer: fc.jailer.clone(),
+            chroot_base: jail_base.to_path_buf(),
+            uid,
+            gid,
+        }),
+    }
+    .plan()
+    .unwrap();
+    let chroot = plan.chroot.clone().unwrap();
+    std::fs::create_dir_all(&chroot).unwrap();
+    std::fs::copy(&fc.tiny_guest, chroot.join("kernel")).unwrap();
+    let console = std::fs::File::create(jail_base.join(format!("{id}.console"))).unwrap();
+    let tap_name = next_tap();
+    let t = Instant::now();
+    netns
+        .run(|| tap::persist_owned(&tap_name, true, Some(uid)))
+        .expect("the floor's tap");
+    let mut cmd = Command::new(&plan.program);
+    cmd.args(&plan.args);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(console.try_clone().unwrap())
+        .stderr(console);
+    netns.enter(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    floor_configure(
+        rt,
+        &plan.bound_socket,
+        128,
+        &tap_name,
+        "/kernel",
+        None,
+        None,
+    );
+    let d = t.elapsed();
+    // The jailer execs Firecracker in place: the child is the VMM.
+    let _ = child.kill();
+    let _ = child.wait();
+    banger_tests::wait_for(
+        Duration::from_secs(10),
+        "the floor's tap to be free",
+        || netns.run(|| tap::persist(&tap_name, false)).is_ok(),
+    );
+    let _ = std::fs::remove_dir_all(chroot.parent().unwrap());
+    d
+}
+
+fn next_tap() -> String {
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "bgfl{}",
+        RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+/// The calls banger makes, from this process: wait for the socket to answer, then
+/// machine-config, boot-source, the NIC, the root drive, InstanceStart.
+fn floor_configure(
+    rt: &tokio::runtime::Runtime,
+    sock: &Path,
+    memory_mib: u32,
+    tap_name: &str,
+    kernel: &str,
+    initrd: Option<String>,
+    rootfs: Option<String>,
+) {
+    use banger_fc::models::{BootSource, Drive, MachineConfiguration, NetworkInterface};
     rt.block_on(async {
-        let c = banger_fc::Client::new(&sock).with_timeout(Duration::from_secs(60));
+        let c = banger_fc::Client::new(sock).with_timeout(Duration::from_secs(60));
         while c.instance_info().await.is_err() {
             tokio::task::yield_now().await;
         }
         c.put_machine_config(&MachineConfiguration {
             vcpu_count: 1,
-            mem_size_mib: vm.memory_mib,
+            mem_size_mib: memory_mib,
             smt: None,
             track_dirty_pages: None,
             huge_pages: None,
@@ -183,8 +290,8 @@ pub fn floor_once(
         .await
         .unwrap();
         c.put_boot_source(&BootSource {
-            kernel_image_path: vm.kernel.display().to_string(),
-            initrd_path: vm.initrd.map(|p| p.display().to_string()),
+            kernel_image_path: kernel.into(),
+            initrd_path: initrd,
             boot_args: Some("console=ttyS0 reboot=k panic=1".into()),
         })
         .await
@@ -196,11 +303,11 @@ pub fn floor_once(
         })
         .await
         .unwrap();
-        if let Some(rootfs) = vm.rootfs {
+        if let Some(rootfs) = rootfs {
             c.put_drive(&Drive {
                 drive_id: "rootfs".into(),
                 is_root_device: true,
-                path_on_host: Some(rootfs.display().to_string()),
+                path_on_host: Some(rootfs),
                 is_read_only: Some(false),
                 cache_type: None,
                 io_engine: None,
@@ -210,16 +317,6 @@ pub fn floor_once(
         }
         c.instance_start().await.unwrap();
     });
-    let d = t.elapsed();
-    let _ = child.kill();
-    let _ = child.wait();
-    // The VMM's own children (QEMU) let go of the tap as they die.
-    banger_tests::wait_for(
-        Duration::from_secs(10),
-        "the floor's tap to be free",
-        || netns.run(|| tap::persist(tap_name, false)).is_ok(),
-    );
-    d
 }
 
 fn bench_start(runs: usize) {
@@ -603,10 +700,19 @@ mod fc {
             .build()
             .unwrap();
         // Jailed: a root daemon runs Firecracker only through the jailer (VMMs never
-        // run as root). The floor runs the bare binary: the least machinery.
+        // run as root). Two floors: the same jailer, user and calls from one process
+        // (the same work), and the bare binary (the least machinery of all).
         let mut env = Env::with_firecracker(true, None);
         env.start();
-        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        let vmm_user = nix::unistd::User::from_name("banger-vmm")
+            .unwrap()
+            .expect("the banger-vmm user");
+        let ids = (vmm_user.uid.as_raw(), vmm_user.gid.as_raw());
+        let floor_base = tempfile::Builder::new()
+            .prefix("bgfloor")
+            .tempdir_in("/dev/shm")
+            .unwrap();
+        let (mut ours, mut jailed, mut bare) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs {
             let name = format!("b{i}");
             let t = Instant::now();
@@ -614,7 +720,14 @@ mod fc {
             env.ok(&["vm", "start", &name]);
             ours.push(t.elapsed());
             env.ok(&["vm", "rm", "--force", &name]);
-            floor.push(super::floor_once(
+            jailed.push(super::floor_jailed_once(
+                &rt,
+                &env.netns,
+                &fc,
+                floor_base.path(),
+                ids,
+            ));
+            bare.push(super::floor_once(
                 &rt,
                 &env.netns,
                 &super::FloorVm {
@@ -626,18 +739,26 @@ mod fc {
                 },
             ));
         }
-        let (o, f) = (median(ours), median(floor));
+        let (o, j, b) = (median(ours), median(jailed), median(bare));
         println!(
-            "firecracker start: banger vm create + vm start (median of {runs}): {:.1} ms",
+            "firecracker start: banger vm create + vm start, jailed (median of {runs}): {:.1} ms",
             ms(o)
         );
         println!(
-            "firecracker start: floor, same binary and calls from one process: {:.1} ms",
-            ms(f)
+            "firecracker start: floor, the same jailer, user and calls from one process: {:.1} ms",
+            ms(j)
         );
         println!(
-            "firecracker start: ratio banger / floor: {:.2}",
-            o.as_secs_f64() / f.as_secs_f64()
+            "firecracker start: floor, the bare binary and the same calls from one process: {:.1} ms",
+            ms(b)
+        );
+        println!(
+            "firecracker start: ratio banger / jailed floor: {:.2}",
+            o.as_secs_f64() / j.as_secs_f64()
+        );
+        println!(
+            "firecracker start: ratio banger / bare floor: {:.2}",
+            o.as_secs_f64() / b.as_secs_f64()
         );
     }
 
@@ -657,7 +778,8 @@ mod fc {
         env.start();
         let mut booted = 0;
         let (mut medians, mut rss) = (Vec::new(), Vec::new());
-        for target in [0usize, 10, 30] {
+        let targets = [0usize, 10, 30, 100];
+        for target in targets {
             while booted < target {
                 env.ok(&[
                     "vm",
@@ -697,13 +819,15 @@ mod fc {
                 rss.last().unwrap()
             );
         }
+        let last = targets.len() - 1;
         println!(
-            "firecracker reconcile: ratio 30 VMs / none: {:.2}",
-            medians[2].as_secs_f64() / medians[0].as_secs_f64()
+            "firecracker reconcile: ratio {} VMs / none: {:.2}",
+            targets[last],
+            medians[last].as_secs_f64() / medians[0].as_secs_f64()
         );
         println!(
             "firecracker memory: bangerd {:.1} KiB per live VM",
-            (rss[2] as f64 - rss[0] as f64) / 30.0
+            (rss[last] as f64 - rss[0] as f64) / targets[last] as f64
         );
     }
 }

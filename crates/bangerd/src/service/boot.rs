@@ -118,10 +118,17 @@ pub(super) struct BootPlan {
 }
 
 /// Waits until the VMM is ready, then configures and starts it.
-pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Result<(), BootError> {
+pub(super) async fn configure(
+    l: &Launched,
+    plan: &BootPlan,
+    timeline: &mut super::timeline::Timeline,
+) -> std::result::Result<(), BootError> {
     // The VM's configuration (its disk, its tap) goes only to the VMM just launched.
     let client = banger_fc::Client::new(&l.api_sock).with_peer(l.pid);
     let deadline = Instant::now() + API_READY_TIMEOUT;
+    // The socket's directory (the jail's root when the host path is a link into it).
+    let bound = std::fs::read_link(&l.api_sock).unwrap_or_else(|_| l.api_sock.clone());
+    let mut watch = bound.parent().and_then(|d| SocketWatch::new(d).ok());
     loop {
         if pid::start_time(l.pid) != Some(l.start_time) {
             return Err(BootError::VmmExited);
@@ -132,8 +139,20 @@ pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Res
         if Instant::now() > deadline {
             return Err(BootError::ApiNotReady(API_READY_TIMEOUT));
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        match &mut watch {
+            // Bound but not yet listening: a moment, no event comes for that.
+            _ if bound.exists() => tokio::time::sleep(Duration::from_micros(500)).await,
+            // Woken when the socket appears; a VMM that dies is noticed within 10 ms.
+            Some(w) => w.changed(Duration::from_millis(10)).await,
+            None => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
     }
+    // Closing an inotify instance waits for an RCU grace period (milliseconds): not
+    // on the start's path.
+    if let Some(w) = watch.take() {
+        tokio::task::spawn_blocking(move || drop(w));
+    }
+    timeline.mark("api ready");
     client
         .put_machine_config(&MachineConfiguration {
             vcpu_count: plan.vcpus,
@@ -171,10 +190,69 @@ pub(super) async fn configure(l: &Launched, plan: &BootPlan) -> std::result::Res
             })
             .await?;
     }
+    timeline.mark("configured");
     client
         .clone()
         .with_timeout(INSTANCE_START_TIMEOUT)
         .instance_start()
         .await?;
+    timeline.mark("instance start");
     Ok(())
+}
+
+/// Wakes when something is created in a directory (inotify), so waiting for a VMM's
+/// API socket costs no polling.
+pub(super) struct SocketWatch(std::sync::Arc<nix::sys::inotify::Inotify>);
+
+impl SocketWatch {
+    pub(super) fn new(dir: &std::path::Path) -> std::io::Result<Self> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let i = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        i.add_watch(
+            dir,
+            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ONLYDIR,
+        )?;
+        Ok(SocketWatch(std::sync::Arc::new(i)))
+    }
+
+    /// Returns once an entry appeared since the last call, or after `limit`.
+    pub(super) async fn changed(&mut self, limit: Duration) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let i = self.0.clone();
+        let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut fds = [PollFd::new(i.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, timeout).is_ok_and(|n| n > 0) {
+                let _ = i.read_events();
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_watch_wakes_when_an_entry_appears_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SocketWatch::new(dir.path()).unwrap();
+        // Nothing happens: the limit ends the wait.
+        let t = Instant::now();
+        w.changed(Duration::from_millis(50)).await;
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        // A socket bound while waiting ends the wait long before the limit.
+        let sock = dir.path().join("api.sock");
+        let bind = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::os::unix::net::UnixListener::bind(sock).unwrap()
+        });
+        let t = Instant::now();
+        w.changed(Duration::from_secs(30)).await;
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let _l = bind.await.unwrap();
+        assert!(SocketWatch::new(&dir.path().join("missing")).is_err());
+    }
 }

@@ -14,6 +14,7 @@ mod rm;
 mod ssh_keys;
 mod start;
 mod stop;
+mod timeline;
 
 use boot::configure;
 use ssh_keys::ssh_files;

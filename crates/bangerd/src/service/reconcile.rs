@@ -151,12 +151,22 @@ impl Service {
                 reason: format!("pid {p} is now {comm:?}, not the VMM; neither adopted nor killed"),
             });
         }
-        let client = banger_fc::Client::new(&api_sock)
-            .with_timeout(Duration::from_secs(2))
-            .with_peer(p);
-        let info = client.instance_info().await;
+        // A VM saved as running with this very process (pid and start time) got past
+        // InstanceStart: nothing to ask its VMM, so adopting N such VMs costs N
+        // reads of /proc and no API round trip. Any other record (a start or a
+        // stop the daemon's death cut short) asks the VMM how far it got.
+        let saved_running =
+            rec.state == VmState::Running && (rec.pid, rec.pid_start_time) == (Some(p), Some(st));
+        let info = if saved_running {
+            None
+        } else {
+            let client = banger_fc::Client::new(&api_sock)
+                .with_timeout(Duration::from_secs(2))
+                .with_peer(p);
+            Some(client.instance_info().await)
+        };
         match info {
-            Ok(i) if i.state == "Not started" => {
+            Some(Ok(i)) if i.state == "Not started" => {
                 // Ours, identified, but the start never completed: finish it as failed.
                 self.kill_and_wait(&vm_id, p, st).await?;
                 self.release_runtime(&rec.id).await?;
@@ -169,7 +179,7 @@ impl Service {
                 })
             }
             other => {
-                if let Err(e) = other {
+                if let Some(Err(e)) = other {
                     tracing::warn!(vm = %rec.name, "VMM pid {p} is alive but its API did not answer: {e}");
                 }
                 let h = Handles {
@@ -189,11 +199,22 @@ impl Service {
                         .and_then(|h| h.pidfile.clone())
                         .or_else(|| jail_of(&api_sock).map(|c| c.join(format!("{vmm_name}.pid")))),
                 };
-                let _ = handles::write(&self.dirs.handles(&vm_id), &h);
+                // A VM found as it was left costs no write: reconcile stays flat in
+                // the number of running VMs.
+                if known.as_ref() != Some(&h) {
+                    let _ = handles::write(&self.dirs.handles(&vm_id), &h);
+                }
                 // A stop that the daemon's death interrupted did not finish: the VM
                 // runs, and `vm stop` (or `vm kill`) is legal on it again.
                 let note = (rec.state == VmState::Stopping)
                     .then_some("a stop was interrupted when the daemon stopped; the VM still runs");
+                let unchanged = rec.state == VmState::Running
+                    && rec.vmm == vmm_name
+                    && (rec.pid, rec.pid_start_time) == (Some(p), Some(st))
+                    && rec.last_error.is_none();
+                if unchanged {
+                    return Ok(Reconciled::Adopted { pid: p });
+                }
                 self.store.set_state(
                     &rec.id,
                     StateUpdate::to(VmState::Running)

@@ -2,6 +2,7 @@
 
 use super::*;
 use boot::BootError;
+use timeline::Timeline;
 
 /// Why a start failed, before the console's tail is added to it.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +46,8 @@ impl Service {
         let console_from = std::fs::metadata(self.dirs.console_log(&vm_id))
             .map(|m| m.len())
             .unwrap_or(0);
-        match self.launch_and_boot(&vm_id, &rec).await {
+        let mut timeline = Timeline::new();
+        match self.launch_and_boot(&vm_id, &rec, &mut timeline).await {
             Ok(l) => {
                 self.store.set_state(
                     &rec.id,
@@ -53,7 +55,9 @@ impl Service {
                         .vmm(Some(&l.vmm_name))
                         .process(Some((l.pid, l.start_time))),
                 )?;
+                timeline.mark("saved");
                 tracing::info!(vm = %rec.name, pid = l.pid, "running");
+                tracing::debug!(vm = %rec.name, "start timeline: {timeline}");
             }
             Err((launched, e)) => {
                 let reason = chain(&e);
@@ -88,6 +92,7 @@ impl Service {
         &self,
         vm_id: &VmId,
         rec: &VmRecord,
+        timeline: &mut Timeline,
     ) -> std::result::Result<Launched, (Option<Launched>, StartError)> {
         let fail = |l: Option<&Launched>, e: StartError| (l.cloned(), e);
         let helper = |e: ServiceError| StartError::Helper(Box::new(e));
@@ -100,14 +105,39 @@ impl Service {
         let plan = self
             .boot_plan(vm_id, rec)
             .map_err(|e| fail(None, e.into()))?;
-        let reply = self
-            .helper(Request::LaunchVmm {
+        timeline.mark("dirs+plan");
+        // The tap is made while the VMM starts: neither waits for the other, and the
+        // VMM needs the tap only when it is configured.
+        let launch = self.helper(Request::LaunchVmm {
+            vm_id: vm_id.clone(),
+            files: plan.files.clone(),
+            owner: rec.owner.map(|(uid, gid)| Identity { uid, gid }),
+        });
+        let tap = async {
+            let Some((tap, _)) = &plan.nic else {
+                return Ok(());
+            };
+            let ip = rec
+                .ip
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| StartError::NoAddress)?;
+            self.helper(Request::CreateTap {
                 vm_id: vm_id.clone(),
-                files: plan.files.clone(),
-                owner: rec.owner.map(|(uid, gid)| Identity { uid, gid }),
+                guest_ip: ip,
+                element: false,
             })
             .await
-            .map_err(|e| fail(None, helper(e)))?;
+            .map(|_| ())
+            .map_err(|e| StartError::Tap {
+                tap: tap.clone(),
+                source: Box::new(e),
+            })
+        };
+        let (reply, tapped) = tokio::join!(launch, tap);
+        timeline.mark("launch+tap");
+        let reply = reply.map_err(|e| fail(None, helper(e)))?;
         let Reply::Launched(l) = reply else {
             return Err(fail(None, StartError::UnexpectedReply(Box::new(reply))));
         };
@@ -132,31 +162,36 @@ impl Service {
             )
             .map_err(|e| fail(Some(&l), e.into()))?;
         banger_helper::fault_point("daemon:start:saved");
-        if let Some((tap, _)) = &plan.nic {
+        tapped.map_err(|e| fail(Some(&l), e))?;
+        timeline.mark("handles");
+        // The tap's nftables element (an `nft` run) is added while the VMM is
+        // configured: the guest sends nothing before InstanceStart, and the start
+        // reports success only once both are done.
+        let allow = async {
+            let Some((tap, _)) = &plan.nic else {
+                return Ok(());
+            };
             let ip = rec
                 .ip
                 .as_deref()
                 .unwrap_or_default()
                 .parse()
-                .map_err(|_| fail(Some(&l), StartError::NoAddress))?;
-            self.helper(Request::CreateTap {
+                .map_err(|_| StartError::NoAddress)?;
+            self.helper(Request::AllowGuest {
                 vm_id: vm_id.clone(),
                 guest_ip: ip,
             })
             .await
-            .map_err(|e| {
-                fail(
-                    Some(&l),
-                    StartError::Tap {
-                        tap: tap.clone(),
-                        source: Box::new(e),
-                    },
-                )
-            })?;
-        }
-        configure(&l, &plan)
-            .await
-            .map_err(|e| fail(Some(&l), e.into()))?;
+            .map(|_| ())
+            .map_err(|e| StartError::Tap {
+                tap: tap.clone(),
+                source: Box::new(e),
+            })
+        };
+        let (configured, allowed) = tokio::join!(configure(&l, &plan, timeline), allow);
+        configured.map_err(|e| fail(Some(&l), e.into()))?;
+        allowed.map_err(|e| fail(Some(&l), e))?;
+        timeline.mark("allowed");
         banger_helper::fault_point("daemon:start:configured");
         Ok(l)
     }
