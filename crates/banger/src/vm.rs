@@ -219,7 +219,7 @@ pub async fn run(cli: &Cli, cmd: &VmCommand) -> Result<u8> {
             out.write_all(&bytes)?;
             out.write_all(b"\n")?;
         }
-        VmCommand::List => render::vm_list(cli, &client.list().await?),
+        VmCommand::List => render::vm_list(&client.list_raw().await?)?,
         VmCommand::Show { name } => render::vm_show(cli, &client.get(name).await?),
         VmCommand::Logs { name, follow } => {
             let mut offset = 0;
