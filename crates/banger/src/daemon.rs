@@ -116,14 +116,20 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
         };
         if !helper_answers(dirs) {
             let log = dirs.state.join("bangerd-root.log");
+            let notify = ReadyNotice::new(dirs);
             if nix::unistd::geteuid().is_root() {
-                spawn_detached(&bin_dir.join("bangerd-root"), &state_args, &log)?;
+                spawn_detached(
+                    &bin_dir.join("bangerd-root"),
+                    &state_args,
+                    &log,
+                    notify.as_ref(),
+                )?;
             }
             // Only root can start the root helper; anyone else waits for it (it may be
             // starting right now) and is told how to start it.
             let ready = wait_until(
                 Duration::from_secs(10),
-                dirs,
+                notify.as_ref(),
                 &log,
                 "bangerd-root",
                 || async { helper_answers(dirs) },
@@ -137,10 +143,15 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
         }
         if !daemon_answers(dirs).await {
             let log = dirs.state.join("bangerd.log");
-            spawn_detached(&bin_dir.join("bangerd"), &state_args, &log)?;
-            wait_until(Duration::from_secs(20), dirs, &log, "bangerd", || {
-                daemon_answers(dirs)
-            })
+            let notify = ReadyNotice::new(dirs);
+            spawn_detached(&bin_dir.join("bangerd"), &state_args, &log, notify.as_ref())?;
+            wait_until(
+                Duration::from_secs(20),
+                notify.as_ref(),
+                &log,
+                "bangerd",
+                || daemon_answers(dirs),
+            )
             .await?;
         }
     }
@@ -149,7 +160,12 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
 
 /// Starts `bin` in its own session with output appended to `log`: it must not die
 /// with this terminal or write to a pipe we hold.
-fn spawn_detached(bin: &Path, args: &[String], log: &Path) -> Result<()> {
+fn spawn_detached(
+    bin: &Path,
+    args: &[String],
+    log: &Path,
+    notify: Option<&ReadyNotice>,
+) -> Result<()> {
     // The daemons' logs name VMs, paths and users: theirs and root's only.
     let out = std::os::unix::fs::OpenOptionsExt::mode(
         std::fs::OpenOptions::new().create(true).append(true),
@@ -159,6 +175,9 @@ fn spawn_detached(bin: &Path, args: &[String], log: &Path) -> Result<()> {
     .with_context(|| format!("cannot open {}", log.display()))?;
     out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let mut cmd = Command::new(bin);
+    if let Some(n) = notify {
+        cmd.env("NOTIFY_SOCKET", &n.path);
+    }
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
@@ -176,9 +195,11 @@ fn spawn_detached(bin: &Path, args: &[String], log: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `ready`, woken by the daemon's readiness notice (`READY=1` on
+/// `NOTIFY_SOCKET`, as systemd's units get it), or every 10 ms without one.
 async fn wait_until<F, Fut>(
     limit: Duration,
-    dirs: &Dirs,
+    notify: Option<&ReadyNotice>,
     log: &Path,
     what: &str,
     mut ready: F,
@@ -188,9 +209,7 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = Instant::now() + limit;
-    // Both sockets live in the run directory and appear only when their daemon is
-    // ready to serve: wake on each change there (inotify), not on a clock.
-    let watch = RunDirWatch::new(&dirs.run);
+    let mut buf = [0u8; 512];
     while !ready().await {
         if Instant::now() > deadline {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
@@ -208,42 +227,38 @@ where
                 tail.join("\n")
             );
         }
-        match &watch {
-            Some(w) => w.changed(Duration::from_millis(10)).await,
+        match notify {
+            Some(n) => {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(10), n.socket.recv(&mut buf)).await;
+            }
             None => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
     Ok(())
 }
 
-/// Wakes when an entry of a directory is created, removed or renamed.
-struct RunDirWatch(std::sync::Arc<nix::sys::inotify::Inotify>);
+/// A datagram socket in the run directory for one daemon's `READY=1` (the sd_notify
+/// protocol both daemons speak): `daemon start` returns the moment the daemon is
+/// ready, not at the next tick of a clock. Removed when dropped.
+struct ReadyNotice {
+    path: PathBuf,
+    socket: tokio::net::UnixDatagram,
+}
 
-impl RunDirWatch {
-    fn new(dir: &Path) -> Option<Self> {
-        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let i = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
-        let flags = AddWatchFlags::IN_CREATE
-            | AddWatchFlags::IN_DELETE
-            | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_ONLYDIR;
-        i.add_watch(dir, flags).ok()?;
-        Some(RunDirWatch(std::sync::Arc::new(i)))
+impl ReadyNotice {
+    /// `None` where it cannot be made (no run directory yet): then the wait polls.
+    fn new(dirs: &Dirs) -> Option<Self> {
+        let path = dirs.run.join(format!(".ready-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let socket = tokio::net::UnixDatagram::bind(&path).ok()?;
+        Some(ReadyNotice { path, socket })
     }
+}
 
-    /// Returns after a change since the last call, or after `limit`.
-    async fn changed(&self, limit: Duration) {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        use std::os::fd::AsFd;
-        let i = self.0.clone();
-        let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
-        let _ = tokio::task::spawn_blocking(move || {
-            let mut fds = [PollFd::new(i.as_fd(), PollFlags::POLLIN)];
-            if poll(&mut fds, timeout).is_ok_and(|n| n > 0) {
-                let _ = i.read_events();
-            }
-        })
-        .await;
+impl Drop for ReadyNotice {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

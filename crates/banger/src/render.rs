@@ -41,7 +41,9 @@ struct ListRow<'a> {
 /// `vm list` as a table, from the daemon's JSON (a list of [`banger_api::VmSummary`]).
 pub fn vm_list(bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
-    std::io::stdout().lock().write_all(vm_table(bytes)?.as_bytes())?;
+    std::io::stdout()
+        .lock()
+        .write_all(vm_table(bytes)?.as_bytes())?;
     Ok(())
 }
 
@@ -58,7 +60,9 @@ fn vm_table(bytes: &[u8]) -> anyhow::Result<String> {
                 Cow::Owned(format!("{} MiB", vm.memory_mib)),
                 vm.ip.unwrap_or_else(dash),
                 vm.image.unwrap_or_else(dash),
-                vm.pid.map(|p| Cow::Owned(p.to_string())).unwrap_or_else(dash),
+                vm.pid
+                    .map(|p| Cow::Owned(p.to_string()))
+                    .unwrap_or_else(dash),
                 vm.created_at,
             ]
         })
@@ -107,10 +111,7 @@ fn table<const N: usize, S: AsRef<str>>(header: [&str; N], rows: &[[S; N]]) -> S
 mod tests {
     #[test]
     fn table_columns_align_to_the_widest_cell() {
-        let t = super::table(
-            ["A", "BB"],
-            &[["long", "x"], ["s", "yy"]],
-        );
+        let t = super::table(["A", "BB"], &[["long", "x"], ["s", "yy"]]);
         assert_eq!(t, "A     BB\nlong  x\ns     yy\n");
     }
 

@@ -275,7 +275,11 @@ impl Net {
             let idx = match link_index(&h, &cfg.bridge).await? {
                 Some(i) => i,
                 None => {
-                    h.link().add(LinkBridge::new(&cfg.bridge).build()).execute().await.map_err(nl)?;
+                    // Another set-up (a start's, the daemon's) may make it first.
+                    match h.link().add(LinkBridge::new(&cfg.bridge).build()).execute().await {
+                        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                        r => r.map_err(nl)?,
+                    }
                     link_index(&h, &cfg.bridge).await?.ok_or_else(|| NetError::NoLink(cfg.bridge.clone()))?
                 }
             };
@@ -294,7 +298,10 @@ impl Net {
                     })
                 });
             if !has_addr {
-                h.address().add(idx, cfg.gateway.into(), cfg.prefix_len).execute().await.map_err(nl)?;
+                match h.address().add(idx, cfg.gateway.into(), cfg.prefix_len).execute().await {
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                    r => r.map_err(nl)?,
+                }
             }
             h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(nl)?;
             Ok(())

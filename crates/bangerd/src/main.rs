@@ -118,13 +118,18 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!(service::chain(&e)))
         .context("the root helper must be running before bangerd")?;
     // The bridge and NAT exist while banger runs, so the host side of the VM network
-    // is there before the first VM (and after a host reboot).
-    if let Err(e) = service
-        .helper(banger_helper::Request::SetupNetwork {})
-        .await
-    {
-        tracing::warn!("cannot set up the VM network: {}", service::chain(&e));
-    }
+    // is there before the first VM (and after a host reboot). Made while the daemon
+    // starts, not before it is ready (an `nft` run and netlink: ~10 ms): a VM started
+    // first finds the helper setting the network up itself if it is missing.
+    let setup_helper = service.helper_client();
+    let network_setup = tokio::task::spawn_blocking(move || {
+        if let Err(e) = setup_helper.call(&banger_helper::Request::SetupNetwork {}) {
+            tracing::warn!(
+                "cannot set up the VM network: {}",
+                banger_api::error_chain(&e)
+            );
+        }
+    });
     // An import or a finished build that the daemon's death left unpublished is never
     // published: imports (`.import-*`) are the daemon's own copies, and a build
     // (`.build-*`) is handed to the daemon's user when the helper finishes it. A build
@@ -168,6 +173,7 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
         vmm: vmm.to_string(),
         socket: socket.clone(),
     });
+    drop(network_setup); // it finishes on its own
     let watcher = state.clone();
     tokio::spawn(async move { watcher.service.watch_helper().await });
     let app = api::router(state);

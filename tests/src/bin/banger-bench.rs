@@ -667,8 +667,12 @@ mod banger_client_for_bench {
     impl C {
         pub async fn create(&self, name: &str, kernel: &str) {
             let spec: banger_api::VmSpec =
-                serde_json::from_value(serde_json::json!({ "name": name, "kernel": kernel })).unwrap();
-            self.0.create(&spec).await.unwrap_or_else(|e| panic!("seeding {name} failed: {e}"));
+                serde_json::from_value(serde_json::json!({ "name": name, "kernel": kernel }))
+                    .unwrap();
+            self.0
+                .create(&spec)
+                .await
+                .unwrap_or_else(|e| panic!("seeding {name} failed: {e}"));
         }
     }
 }

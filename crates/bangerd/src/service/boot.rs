@@ -122,6 +122,7 @@ pub(super) async fn configure(
     l: &Launched,
     plan: &BootPlan,
     timeline: &mut super::timeline::Timeline,
+    api_ready: tokio::sync::oneshot::Sender<()>,
 ) -> std::result::Result<(), BootError> {
     // The VM's configuration (its disk, its tap) goes only to the VMM just launched.
     let client = banger_fc::Client::new(&l.api_sock).with_peer(l.pid);
@@ -153,6 +154,7 @@ pub(super) async fn configure(
         tokio::task::spawn_blocking(move || drop(w));
     }
     timeline.mark("api ready");
+    let _ = api_ready.send(());
     client
         .put_machine_config(&MachineConfiguration {
             vcpu_count: plan.vcpus,

@@ -261,6 +261,11 @@ impl Service {
             .clone()
     }
 
+    /// The helper, to call from a blocking thread of one's own.
+    pub fn helper_client(&self) -> Arc<dyn Helper> {
+        self.helper.clone()
+    }
+
     pub(crate) async fn helper(&self, req: Request) -> Result<Reply> {
         let client = self.helper.clone();
         tokio::task::spawn_blocking(move || client.call(&req))

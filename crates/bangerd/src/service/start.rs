@@ -167,10 +167,16 @@ impl Service {
         // The tap's nftables element (an `nft` run) is added while the VMM is
         // configured: the guest sends nothing before InstanceStart, and the start
         // reports success only once both are done.
+        let (api_ready, ready) = tokio::sync::oneshot::channel();
         let allow = async {
             let Some((tap, _)) = &plan.nic else {
                 return Ok(());
             };
+            // Not while the VMM itself starts up: on few cores `nft` would take the
+            // CPU it needs. A VMM that never answers leaves this to configure's error.
+            if ready.await.is_err() {
+                return Ok(());
+            }
             let ip = rec
                 .ip
                 .as_deref()
@@ -188,7 +194,7 @@ impl Service {
                 source: Box::new(e),
             })
         };
-        let (configured, allowed) = tokio::join!(configure(&l, &plan, timeline), allow);
+        let (configured, allowed) = tokio::join!(configure(&l, &plan, timeline, api_ready), allow);
         configured.map_err(|e| fail(Some(&l), e.into()))?;
         allowed.map_err(|e| fail(Some(&l), e))?;
         timeline.mark("allowed");
