@@ -877,6 +877,104 @@ mod tests {
         );
     }
 
+    /// A stand-in VMM: `sleep` under the VMM's name (its comm is what reconcile checks).
+    fn fake_vmm(dir: &Path) -> std::process::Child {
+        let exe = dir.join("banger-vmm-qemu");
+        if !exe.exists() {
+            std::fs::copy("/bin/sleep", &exe).unwrap();
+        }
+        std::process::Command::new(exe).arg("30").spawn().unwrap()
+    }
+
+    #[tokio::test]
+    async fn reconcile_adopts_a_vm_saved_as_running_from_proc_alone_and_asks_the_others() {
+        use std::os::unix::fs::MetadataExt;
+        let t = service(done);
+        let bin = tempfile::tempdir().unwrap();
+        let mut vmms = [fake_vmm(bin.path()), fake_vmm(bin.path())];
+        let pid = |c: &std::process::Child| c.id() as i32;
+        let (p0, p1) = (pid(&vmms[0]), pid(&vmms[1]));
+        wait_for_comm(p0);
+        wait_for_comm(p1);
+        let (st0, st1) = (pid::start_time(p0).unwrap(), pid::start_time(p1).unwrap());
+        let saved = running(&t, "saved", "00000000000a", p0, st0);
+        let stopping = running(&t, "stopping", "00000000000b", p1, st1);
+        let to_stopping = StateUpdate::to(VmState::Stopping)
+            .vmm(Some("banger-vmm-qemu"))
+            .process(Some((p1, st1)));
+        t.svc.store.set_state(&stopping.id, to_stopping).unwrap();
+        // Each VM's API socket: a listener that only counts who connects.
+        let listen = |id: &VmId| {
+            let sock = t.svc.dirs.api_socket(id);
+            std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+            let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        };
+        let (api0, api1) = (listen(&saved.id), listen(&stopping.id));
+        // handles.json as reconcile would write it for the saved VM.
+        let h = Handles {
+            vm_id: saved.id.to_string(),
+            pid: p0,
+            start_time: st0,
+            vmm_name: "banger-vmm-qemu".into(),
+            api_sock: t.svc.dirs.api_socket(&saved.id),
+            chroot: None,
+            pidfile: None,
+        };
+        handles::write(&t.svc.dirs.handles(&saved.id), &h).unwrap();
+        let inode = std::fs::metadata(t.svc.dirs.handles(&saved.id))
+            .unwrap()
+            .ino();
+
+        let out = t.svc.reconcile().await.unwrap();
+        for (name, p) in [("saved", p0), ("stopping", p1)] {
+            let r = out.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone());
+            assert!(
+                matches!(r, Some(Reconciled::Adopted { pid }) if pid == p),
+                "{name}: {r:?}"
+            );
+            assert_eq!(t.state(name).state, VmState::Running, "{name}");
+        }
+        // The saved VM: no API round trip, its handles not written again.
+        assert!(
+            api0.accept().is_err(),
+            "reconcile asked the API of a VM saved as running"
+        );
+        let after = std::fs::metadata(t.svc.dirs.handles(&saved.id))
+            .unwrap()
+            .ino();
+        assert_eq!(after, inode, "handles.json was written again");
+        // The interrupted stop: its VMM was asked, and the VM says what happened.
+        assert!(
+            api1.accept().is_ok(),
+            "reconcile did not ask the API of an interrupted stop"
+        );
+        assert!(
+            t.state("stopping")
+                .last_error
+                .unwrap()
+                .contains("stop was interrupted")
+        );
+        assert!(t.state("saved").last_error.is_none());
+        for v in &mut vmms {
+            let _ = v.kill();
+            let _ = v.wait();
+        }
+    }
+
+    /// Until the child has exec'd (its comm is the VMM's name).
+    fn wait_for_comm(p: i32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pid::comm(Path::new("/proc"), p).as_deref() != Some("banger-vmm-qemu") {
+            assert!(
+                Instant::now() < deadline,
+                "pid {p} never became banger-vmm-qemu"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[tokio::test]
     async fn members_act_on_their_own_vms_only() {
         let t = service(done);
