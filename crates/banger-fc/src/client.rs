@@ -315,7 +315,8 @@ mod tests {
             .join("firecracker")
     }
 
-    struct Vmm(std::process::Child, tempfile::TempDir);
+    /// The VMM and its directory (removed when the VMM is dropped).
+    struct Vmm(std::process::Child, #[allow(dead_code)] tempfile::TempDir);
     impl Drop for Vmm {
         fn drop(&mut self) {
             let _ = self.0.kill();
