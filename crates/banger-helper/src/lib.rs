@@ -584,6 +584,26 @@ pub fn fault_point(name: &str) {
     }
 }
 
+/// Takes an exclusive `flock` on `f`, waiting up to `patience` for a holder that is
+/// going away: a daemon SIGKILLed a moment ago holds its lock until the kernel has
+/// torn it down, and the daemon started in its place must not give up on that. The
+/// lock lasts while `f` is open. A holder that stays is an `EWOULDBLOCK` error.
+pub fn lock_exclusive(f: &std::fs::File, patience: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        // SAFETY: flock(2) on a descriptor this File owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || std::time::Instant::now() >= deadline {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// What a launch produced: enough to find, verify and signal the VMM later.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Launched {
@@ -684,6 +704,36 @@ impl HelperClient {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_exclusive_lock_waits_for_a_holder_that_goes_and_refuses_one_that_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap()
+        };
+        let (first, second) = (open(), open());
+        super::lock_exclusive(&first, std::time::Duration::ZERO).unwrap();
+        // A holder that stays: refused once the patience is spent, not before.
+        let t = std::time::Instant::now();
+        let e = super::lock_exclusive(&second, std::time::Duration::from_millis(100)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EWOULDBLOCK));
+        assert!(t.elapsed() >= std::time::Duration::from_millis(100));
+        // A holder that goes (its file closed) while the second waits.
+        let going = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(first);
+        });
+        super::lock_exclusive(&second, std::time::Duration::from_secs(30)).unwrap();
+        going.join().unwrap();
+        let third = open();
+        assert!(super::lock_exclusive(&third, std::time::Duration::ZERO).is_err());
+    }
+
     #[test]
     fn guest_addresses_are_the_subnet_s_hosts_but_the_gateway() {
         let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();

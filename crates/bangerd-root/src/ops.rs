@@ -418,7 +418,7 @@ impl Helper {
     /// An exclusive lock on `<jail base>/launches/<installation>.lock` (root's
     /// directory, so no other user can plant or hold the file), or an error naming
     /// the helper that holds it.
-    pub fn lock_instance(&self) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
+    pub fn lock_instance(&self) -> anyhow::Result<fs::File> {
         use anyhow::Context as _;
         let dir = self.jail_base.join("launches");
         fs::DirBuilder::new()
@@ -436,15 +436,17 @@ impl Helper {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(mut l) => {
+        // A helper killed a moment ago holds the lock until the kernel has ended it.
+        match banger_helper::lock_exclusive(&f, std::time::Duration::from_secs(3)) {
+            Ok(()) => {
                 use std::io::{Seek, Write};
+                let mut l = f;
                 l.set_len(0)?;
                 l.rewind()?;
                 write!(l, "{}", std::process::id())?;
                 Ok(l)
             }
-            Err((_, e)) => {
+            Err(e) => {
                 let other = fs::read_to_string(&path).unwrap_or_default();
                 anyhow::bail!(
                     "another bangerd-root (pid {}) is already running for {} ({e})",

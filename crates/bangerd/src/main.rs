@@ -19,7 +19,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use banger_helper::{Dirs, HelperClient};
 use clap::Parser;
-use nix::fcntl::{Flock, FlockArg};
 
 #[derive(Debug, Parser)]
 #[command(name = "bangerd", version, about = "banger's daemon")]
@@ -91,17 +90,16 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    let mut lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((_, _)) => {
-            let other = std::fs::read_to_string(&lock_path).unwrap_or_default();
-            bail!(
-                "another bangerd (pid {}) is already running for {}",
-                other.trim(),
-                dirs.state.display()
-            );
-        }
-    };
+    // A bangerd killed a moment ago still holds the lock while the kernel ends it.
+    if banger_helper::lock_exclusive(&lock_file, std::time::Duration::from_secs(3)).is_err() {
+        let other = std::fs::read_to_string(&lock_path).unwrap_or_default();
+        bail!(
+            "another bangerd (pid {}) is already running for {}",
+            other.trim(),
+            dirs.state.display()
+        );
+    }
+    let mut lock = lock_file;
     {
         use std::io::{Seek, Write};
         lock.set_len(0)?;
