@@ -1,6 +1,5 @@
 //! [`Env`]: a private banger installation per test.
 
-
 use std::path::{Path, PathBuf};
 
 use std::process::{Command, Output};

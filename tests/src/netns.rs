@@ -1,6 +1,5 @@
 //! A network namespace per environment, and the relay to the Debian mirror.
 
-
 use std::path::{Path, PathBuf};
 
 use std::process::Command;

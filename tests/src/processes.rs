@@ -1,6 +1,5 @@
 //! Waiting for conditions and finding the processes and mounts a test made.
 
-
 use std::path::{Path, PathBuf};
 
 use std::process::{Command, Output};

@@ -113,28 +113,29 @@ impl Service {
             files: plan.files.clone(),
             owner: rec.owner.map(|(uid, gid)| Identity { uid, gid }),
         });
-        let tap = async {
-            let Some((tap, _)) = &plan.nic else {
+        // A helper request about the VM's tap (none without a NIC), for its address.
+        let (nic, address) = (&plan.nic, rec.ip.as_deref());
+        let for_tap = move |request: fn(VmId, std::net::Ipv4Addr) -> Request| async move {
+            let Some((tap, _)) = nic else {
                 return Ok(());
             };
-            let ip = rec
-                .ip
-                .as_deref()
+            let ip = address
                 .unwrap_or_default()
                 .parse()
                 .map_err(|_| StartError::NoAddress)?;
-            self.helper(Request::CreateTap {
-                vm_id: vm_id.clone(),
-                guest_ip: ip,
-                element: false,
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| StartError::Tap {
-                tap: tap.clone(),
-                source: Box::new(e),
-            })
+            self.helper(request(vm_id.clone(), ip))
+                .await
+                .map(|_| ())
+                .map_err(|e| StartError::Tap {
+                    tap: tap.clone(),
+                    source: Box::new(e),
+                })
         };
+        let tap = for_tap(|vm_id, guest_ip| Request::CreateTap {
+            vm_id,
+            guest_ip,
+            element: false,
+        });
         let (reply, tapped) = tokio::join!(launch, tap);
         timeline.mark("launch+tap");
         let reply = reply.map_err(|e| fail(None, helper(e)))?;
@@ -169,30 +170,12 @@ impl Service {
         // reports success only once both are done.
         let (api_ready, ready) = tokio::sync::oneshot::channel();
         let allow = async {
-            let Some((tap, _)) = &plan.nic else {
-                return Ok(());
-            };
             // Not while the VMM itself starts up: on few cores `nft` would take the
             // CPU it needs. A VMM that never answers leaves this to configure's error.
             if ready.await.is_err() {
                 return Ok(());
             }
-            let ip = rec
-                .ip
-                .as_deref()
-                .unwrap_or_default()
-                .parse()
-                .map_err(|_| StartError::NoAddress)?;
-            self.helper(Request::AllowGuest {
-                vm_id: vm_id.clone(),
-                guest_ip: ip,
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| StartError::Tap {
-                tap: tap.clone(),
-                source: Box::new(e),
-            })
+            for_tap(|vm_id, guest_ip| Request::AllowGuest { vm_id, guest_ip }).await
         };
         let (configured, allowed) = tokio::join!(configure(&l, &plan, timeline, api_ready), allow);
         configured.map_err(|e| fail(Some(&l), e.into()))?;
