@@ -380,9 +380,7 @@ mod tests {
         let mc = |vcpus| MachineConfiguration {
             vcpu_count: vcpus,
             mem_size_mib: 128,
-            smt: None,
-            track_dirty_pages: None,
-            huge_pages: None,
+            ..Default::default()
         };
         refused(c.put_machine_config(&mc(0)).await, 400, "vCPU");
         c.put_machine_config(&mc(1)).await.unwrap();
@@ -400,20 +398,9 @@ mod tests {
         c.put_boot_source(&boot(assets().join("tiny-guest").to_str().unwrap()))
             .await
             .unwrap();
-        let drive = Drive {
-            drive_id: "rootfs".into(),
-            is_root_device: true,
-            path_on_host: Some("/nonexistent/disk".into()),
-            is_read_only: Some(true),
-            cache_type: None,
-            io_engine: None,
-        };
+        let drive = Drive::on_file("rootfs", "/nonexistent/disk", true, true);
         refused(c.put_drive(&drive).await, 400, "No such file");
-        let nic = NetworkInterface {
-            iface_id: "eth0".into(),
-            host_dev_name: "a-tap-name-far-too-long".into(),
-            guest_mac: None,
-        };
+        let nic = NetworkInterface::new("eth0", "a-tap-name-far-too-long", None);
         refused(
             c.put_network_interface(&nic).await,
             400,

@@ -4,11 +4,15 @@
 //! KVM, as on CI machines). Where it differs from Firecracker is listed in
 //! docs/vmm-qemu.md.
 
-mod api;
-mod config;
+mod action;
+mod http;
 mod log;
+mod mmds;
 mod qemu;
+mod request;
 mod start;
+mod tap;
+mod vmm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,7 +94,7 @@ fn main() {
         .take_while(|a| *a != "--")
         .any(|a| a == "--version")
     {
-        print!("Firecracker v{}\n\n", api::VMM_VERSION);
+        print!("Firecracker v{}\n\n", vmm::VMM_VERSION);
         return;
     }
     // Firecracker takes a value only as the next argument: `--api-sock=/x` is an error.
@@ -109,7 +113,7 @@ fn main() {
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
-            print!("Firecracker v{}\n\n{}", api::VMM_VERSION, e);
+            print!("Firecracker v{}\n\n{}", vmm::VMM_VERSION, e);
             return;
         }
         Err(e) => {
@@ -148,10 +152,56 @@ async fn run(args: Args) -> i32 {
         eprintln!("Error: cannot open the log file {}: {e}", p.display());
         return EXIT_GENERIC;
     }
-    log.info(&format!(
+    let level = match args
+        .level
+        .as_deref()
+        .map(|l| serde_json::from_value(serde_json::json!(l)))
+    {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            eprintln!("Arguments parsing error: --level: {e}");
+            return EXIT_ARG_PARSING;
+        }
+    };
+    log.configure(&banger_fc::models::Logger {
+        level,
+        show_level: Some(args.show_level),
+        show_log_origin: Some(args.show_log_origin),
+        ..Default::default()
+    });
+    log.main_info(&format!(
         "Running Firecracker v{} (banger-vmm-qemu)",
-        api::VMM_VERSION
+        vmm::VMM_VERSION
     ));
+    let mut state = vmm::Vmm::new(
+        args.id.clone(),
+        args.api_sock.clone(),
+        args.mmds_size_limit
+            .unwrap_or(args.http_api_max_payload_size),
+        log.clone(),
+    );
+    if let Some(p) = &args.metrics_path {
+        let m = banger_fc::models::Metrics {
+            metrics_path: p.to_string_lossy().into_owned(),
+        };
+        if let Err(e) = state.apply(action::VmmAction::PutMetrics(m)) {
+            log.main_info(&format!("Failed to initialize metrics: {e}"));
+            eprintln!("Error: {e}");
+            return EXIT_GENERIC;
+        }
+    }
+    if let Some(p) = &args.metadata {
+        let data = std::fs::read(p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .and_then(|v| state.mmds.put(v).map_err(|e| e.to_string()));
+        if let Err(e) = data {
+            log.main_info(&format!("Populating MMDS from file failed: {e}"));
+            eprintln!("Error: Populating MMDS from file failed: {e}");
+            return EXIT_GENERIC;
+        }
+    }
     // Firecracker never unlinks the socket: an existing path is an error.
     let listener = match UnixListener::bind(&args.api_sock) {
         Ok(l) => l,
@@ -160,30 +210,30 @@ async fn run(args: Args) -> i32 {
                 "Failed to open the API socket at: {}. Check that it is not already used.",
                 args.api_sock.display()
             );
-            log.info(&msg);
+            log.main_info(&msg);
             eprintln!("Error: {msg}");
             return EXIT_GENERIC;
         }
     };
-    log.info(&format!("Listening on API socket ({:?}).", args.api_sock));
-    let vmm = Arc::new(tokio::sync::Mutex::new(api::Vmm::new(
-        args.id.clone(),
-        args.api_sock.clone(),
-        args.http_api_max_payload_size,
-        log.clone(),
-    )));
-    log.info("API server started.");
+    log.main_info(&format!("Listening on API socket ({:?}).", args.api_sock));
+    let api = Arc::new(http::Api {
+        vmm: std::sync::Mutex::new(state),
+        control: tokio::sync::Mutex::new(()),
+        max_payload: args.http_api_max_payload_size,
+        log: log.clone(),
+    });
+    log.api(banger_fc::models::LogLevel::Info, "API server started.");
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                log.warn(&format!("accept failed: {e}"));
+                log.main_warn(&format!("accept failed: {e}"));
                 continue;
             }
         };
-        let vmm = vmm.clone();
+        let api = api.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| api::serve(vmm.clone(), req));
+            let svc = hyper::service::service_fn(move |req| http::serve(api.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .title_case_headers(true)
                 .auto_date_header(false)

@@ -14,24 +14,28 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::config::{BootSource, CacheType, Drive, MachineConfig, NetworkInterface};
+use banger_fc::models::{BootSource, CacheType, Drive};
+
+use crate::vmm::StartPlan;
 
 /// Firecracker's default command line, used when `boot_args` is absent.
 pub const DEFAULT_KERNEL_CMDLINE: &str = "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
 
-/// Everything needed to start the guest.
-#[derive(Debug, Clone)]
-pub struct Machine<'a> {
-    pub id: &'a str,
-    pub machine: &'a MachineConfig,
-    pub boot: &'a BootSource,
-    /// Root device first, as Firecracker orders them.
-    pub drives: &'a [Drive],
-    pub nets: &'a [NetworkInterface],
-    pub qmp_socket: &'a Path,
-    pub serial_out: Option<&'a Path>,
-    pub entropy: bool,
-    pub accel: &'a str,
+/// This process's address-space limit (`RLIMIT_AS`), when it has one: QEMU inherits it.
+pub fn address_space_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit};
+    let (soft, _) = getrlimit(Resource::RLIMIT_AS).ok()?;
+    (soft != nix::sys::resource::RLIM_INFINITY).then_some(soft)
+}
+
+/// TCG's translation buffer, in MiB, for a VMM under an address-space limit: QEMU
+/// reserves 1 GiB by default, which alone breaks a limit such as Firecracker's tests
+/// set (1e9 bytes). Half of what the guest's memory and about 512 MiB of QEMU itself
+/// leave, between 32 MiB and QEMU's default. No limit: QEMU's default.
+pub fn tb_size_mib(limit: Option<u64>, mem_mib: usize) -> Option<u64> {
+    let limit_mib = limit? / (1024 * 1024);
+    let spare = limit_mib.saturating_sub(mem_mib as u64 + 512) / 2;
+    Some(spare.clamp(32, 1024))
 }
 
 /// The kernel command line the guest gets: the configured (or default) arguments
@@ -60,7 +64,7 @@ pub fn kernel_cmdline(boot: &BootSource, drives: &[Drive]) -> String {
     parts.join(" ")
 }
 
-pub fn args(m: &Machine<'_>) -> Vec<OsString> {
+pub fn args(m: &StartPlan, accel: &str, as_limit: Option<u64>) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(s.into());
     push("-name");
@@ -68,7 +72,10 @@ pub fn args(m: &Machine<'_>) -> Vec<OsString> {
     push("-M");
     push("pc");
     push("-accel");
-    push(m.accel);
+    match tb_size_mib(as_limit, m.machine.mem_size_mib) {
+        Some(tb) if accel == "tcg" => push(&format!("tcg,tb-size={tb}")),
+        _ => push(accel),
+    }
     push("-cpu");
     push("max");
     push("-smp");
@@ -89,9 +96,9 @@ pub fn args(m: &Machine<'_>) -> Vec<OsString> {
         push(initrd);
     }
     push("-append");
-    push(&kernel_cmdline(m.boot, m.drives));
+    push(&kernel_cmdline(&m.boot, &m.drives));
     push("-serial");
-    match m.serial_out {
+    match &m.serial_out {
         Some(p) => push(&format!("file:{}", p.display())),
         None => push("stdio"),
     }
@@ -100,7 +107,7 @@ pub fn args(m: &Machine<'_>) -> Vec<OsString> {
         "unix:{},server=on,wait=off",
         m.qmp_socket.display()
     ));
-    for d in m.drives {
+    for d in &m.drives {
         let Some(path) = &d.path_on_host else {
             continue;
         };
@@ -138,13 +145,10 @@ pub fn args(m: &Machine<'_>) -> Vec<OsString> {
         push("-device");
         push(&format!("virtio-blk-pci,drive=drive-{}", d.drive_id));
     }
-    for n in m.nets {
+    for (n, tap) in &m.nets {
+        // The tap opened at PUT time, inherited under its number.
         push("-netdev");
-        push(&format!(
-            "tap,id=net-{},ifname={},script=no,downscript=no",
-            n.iface_id,
-            escape_opt(&n.host_dev_name)
-        ));
+        push(&format!("tap,id=net-{},fd={tap}", n.iface_id));
         let mut dev = format!("virtio-net-pci,netdev=net-{}", n.iface_id);
         if let Some(mac) = &n.guest_mac {
             dev.push_str(&format!(",mac={mac}"));
@@ -171,7 +175,8 @@ pub fn inherited_fd(path: &str) -> Option<i32> {
 /// Whether descriptors `a` and `b` are both open on the same file.
 fn same_file(a: i32, b: i32) -> bool {
     let stat = |fd: i32| {
-        // SAFETY: fstat writes into a zeroed stat buffer.
+        // SAFETY: fstat writes into a zeroed stat buffer; a number that is not open
+        // is EBADF.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
     };
@@ -270,18 +275,51 @@ async fn qmp_inner(
 mod tests {
     use super::*;
 
+    use banger_fc::models::{MachineConfiguration, NetworkInterface};
+
     fn drive(id: &str, root: bool, ro: bool) -> Drive {
-        Drive {
-            drive_id: id.into(),
-            partuuid: None,
-            is_root_device: root,
-            cache_type: CacheType::Unsafe,
-            is_read_only: Some(ro),
-            path_on_host: Some(format!("/img/{id},x.ext4")),
-            rate_limiter: None,
-            io_engine: Default::default(),
-            socket: None,
+        Drive::on_file(id, &format!("/img/{id},x.ext4"), root, ro)
+    }
+
+    fn plan(
+        machine: MachineConfiguration,
+        boot: BootSource,
+        drives: Vec<Drive>,
+        nets: Vec<(NetworkInterface, i32)>,
+        entropy: bool,
+    ) -> StartPlan {
+        StartPlan {
+            id: "vm1".into(),
+            machine,
+            boot,
+            drives,
+            nets,
+            qmp_socket: "/run/x/api.sock.qmp".into(),
+            serial_out: None,
+            entropy,
+            log: crate::log::Logger::new("vm1"),
         }
+    }
+
+    #[test]
+    fn tcg_s_code_buffer_fits_an_address_space_limit() {
+        assert_eq!(tb_size_mib(None, 128), None, "no limit: QEMU's default");
+        // Firecracker's tests run VMMs under 1e9 bytes (953 MiB).
+        assert_eq!(tb_size_mib(Some(1_000_000_000), 128), Some(156));
+        assert_eq!(tb_size_mib(Some(600 << 20), 512), Some(32));
+        assert_eq!(tb_size_mib(Some(64 << 30), 1024), Some(1024));
+        let m = plan(
+            MachineConfiguration::default(),
+            BootSource::default(),
+            vec![],
+            vec![],
+            false,
+        );
+        let a = args(&m, "tcg", Some(1_000_000_000));
+        let i = a.iter().position(|s| s == "-accel").unwrap();
+        assert_eq!(a[i + 1], "tcg,tb-size=156");
+        let a = args(&m, "kvm", Some(1_000_000_000));
+        assert_eq!(a[i + 1], "kvm");
     }
 
     #[test]
@@ -314,7 +352,7 @@ mod tests {
 
     #[test]
     fn args_describe_a_pc_machine_with_virtio_pci_devices() {
-        let mc = MachineConfig {
+        let mc = MachineConfiguration {
             vcpu_count: 2,
             mem_size_mib: 512,
             ..Default::default()
@@ -325,26 +363,12 @@ mod tests {
             boot_args: Some("console=ttyS0".into()),
         };
         let drives = [drive("rootfs", true, false), drive("data", false, true)];
-        let nets = [NetworkInterface {
-            iface_id: "eth0".into(),
-            host_dev_name: "tap0".into(),
-            guest_mac: Some("06:00:ac:10:00:02".into()),
-            mtu: None,
-            rx_rate_limiter: None,
-            tx_rate_limiter: None,
-        }];
-        let m = Machine {
-            id: "vm1",
-            machine: &mc,
-            boot: &boot,
-            drives: &drives,
-            nets: &nets,
-            qmp_socket: Path::new("/run/x/api.sock.qmp"),
-            serial_out: None,
-            entropy: true,
-            accel: "tcg",
-        };
-        let a: Vec<String> = args(&m)
+        let nets = vec![(
+            NetworkInterface::new("eth0", "tap0", Some("06:00:ac:10:00:02".into())),
+            7,
+        )];
+        let m = plan(mc, boot, drives.to_vec(), nets, true);
+        let a: Vec<String> = args(&m, "tcg", None)
             .into_iter()
             .map(|s| s.into_string().unwrap())
             .collect();
@@ -362,7 +386,7 @@ mod tests {
             "file=/img/rootfs,,x.ext4,if=none,id=drive-rootfs,format=raw,cache=unsafe,readonly=off",
             "virtio-blk-pci,drive=drive-rootfs",
             "readonly=on",
-            "tap,id=net-eth0,ifname=tap0,script=no,downscript=no",
+            "tap,id=net-eth0,fd=7",
             "virtio-net-pci,netdev=net-eth0,mac=06:00:ac:10:00:02",
             "virtio-rng-pci",
         ] {
@@ -375,11 +399,7 @@ mod tests {
 
     #[test]
     fn a_disk_given_as_a_descriptor_goes_to_qemu_as_an_fd_set_never_a_path() {
-        let mc = MachineConfig {
-            vcpu_count: 1,
-            mem_size_mib: 128,
-            ..Default::default()
-        };
+        let mc = MachineConfiguration::default();
         let boot = BootSource {
             kernel_image_path: "/proc/self/fd/3".into(),
             initrd_path: None,
@@ -387,19 +407,8 @@ mod tests {
         };
         let mut d = drive("rootfs", true, false);
         d.path_on_host = Some("/proc/self/fd/5".into());
-        let drives = [d];
-        let m = Machine {
-            id: "vm1",
-            machine: &mc,
-            boot: &boot,
-            drives: &drives,
-            nets: &[],
-            qmp_socket: Path::new("/run/x/api.sock.qmp"),
-            serial_out: None,
-            entropy: false,
-            accel: "tcg",
-        };
-        let joined = args(&m)
+        let m = plan(mc, boot, vec![d], vec![], false);
+        let joined = args(&m, "tcg", None)
             .into_iter()
             .map(|s| s.into_string().unwrap())
             .collect::<Vec<_>>()

@@ -282,10 +282,8 @@ fn floor_configure(
         }
         c.put_machine_config(&MachineConfiguration {
             vcpu_count: 1,
-            mem_size_mib: memory_mib,
-            smt: None,
-            track_dirty_pages: None,
-            huge_pages: None,
+            mem_size_mib: memory_mib as usize,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -296,24 +294,17 @@ fn floor_configure(
         })
         .await
         .unwrap();
-        c.put_network_interface(&NetworkInterface {
-            iface_id: "eth0".into(),
-            host_dev_name: tap_name.into(),
-            guest_mac: Some("06:00:0a:00:00:02".into()),
-        })
+        c.put_network_interface(&NetworkInterface::new(
+            "eth0",
+            tap_name,
+            Some("06:00:0a:00:00:02".into()),
+        ))
         .await
         .unwrap();
         if let Some(rootfs) = rootfs {
-            c.put_drive(&Drive {
-                drive_id: "rootfs".into(),
-                is_root_device: true,
-                path_on_host: Some(rootfs),
-                is_read_only: Some(false),
-                cache_type: None,
-                io_engine: None,
-            })
-            .await
-            .unwrap();
+            c.put_drive(&Drive::on_file("rootfs", &rootfs, true, false))
+                .await
+                .unwrap();
         }
         c.instance_start().await.unwrap();
     });

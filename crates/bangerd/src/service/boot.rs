@@ -72,8 +72,9 @@ impl Service {
             None => None,
         };
         Ok(BootPlan {
-            vcpus: spec.vcpus,
-            memory_mib: spec.memory_mib,
+            // Validated at create (1..=32); were it not, the VMM refuses the 255.
+            vcpus: u8::try_from(spec.vcpus).unwrap_or(u8::MAX),
+            memory_mib: spec.memory_mib as usize,
             files,
             boot_args: args,
             nic,
@@ -107,8 +108,8 @@ pub(super) enum BootError {
 /// Everything the VMM is configured with.
 #[derive(Debug, Clone)]
 pub(super) struct BootPlan {
-    vcpus: u32,
-    memory_mib: u32,
+    vcpus: u8,
+    memory_mib: usize,
     /// Kernel, initrd and disk, by id: the helper opens them and says which paths the
     /// VMM's API gets (host paths, or the jail's `/kernel`, `/initrd`, `/rootfs`).
     pub(super) files: BootFiles,
@@ -159,9 +160,7 @@ pub(super) async fn configure(
         .put_machine_config(&MachineConfiguration {
             vcpu_count: plan.vcpus,
             mem_size_mib: plan.memory_mib,
-            smt: None,
-            track_dirty_pages: None,
-            huge_pages: None,
+            ..Default::default()
         })
         .await?;
     client
@@ -173,23 +172,16 @@ pub(super) async fn configure(
         .await?;
     if let Some((tap, mac)) = &plan.nic {
         client
-            .put_network_interface(&banger_fc::models::NetworkInterface {
-                iface_id: "eth0".into(),
-                host_dev_name: tap.clone(),
-                guest_mac: Some(mac.clone()),
-            })
+            .put_network_interface(&banger_fc::models::NetworkInterface::new(
+                "eth0",
+                tap,
+                Some(mac.clone()),
+            ))
             .await?;
     }
     if let Some(rootfs) = &l.paths.rootfs {
         client
-            .put_drive(&Drive {
-                drive_id: "rootfs".into(),
-                is_root_device: true,
-                path_on_host: Some(rootfs.clone()),
-                is_read_only: Some(false),
-                cache_type: None,
-                io_engine: None,
-            })
+            .put_drive(&Drive::on_file("rootfs", rootfs, true, false))
             .await?;
     }
     timeline.mark("configured");
