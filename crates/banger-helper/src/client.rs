@@ -34,7 +34,7 @@ pub enum ClientError {
 /// kind becomes an error (for [`HelperClient::call`] and for any other transport,
 /// such as the daemon's test fake).
 pub fn typed_reply<R: HelperRequest>(reply: Reply) -> Result<R::Reply, ClientError> {
-    R::from_wire(reply).map_err(|other| ClientError::UnexpectedReply(Box::new(other)))
+    R::from_wire(reply).map_err(ClientError::UnexpectedReply)
 }
 
 /// How long the client waits for the helper's reply: image builds run for minutes

@@ -364,7 +364,7 @@ pub trait HelperRequest: Into<Request> {
     type Reply;
     /// The typed reply a wire reply holds, or the wire reply back when it is not
     /// this request's (a helper that does not keep the protocol).
-    fn from_wire(reply: Reply) -> Result<Self::Reply, Reply>;
+    fn from_wire(reply: Reply) -> Result<Self::Reply, Box<Reply>>;
     /// The wire form of this request's reply (the helper's side).
     fn to_wire(reply: Self::Reply) -> Reply;
     /// [`Self::to_wire`], typed by the request being answered.
@@ -376,7 +376,7 @@ pub trait HelperRequest: Into<Request> {
 /// The raw escape hatch: a wire [`Request`] is answered with any wire [`Reply`].
 impl HelperRequest for Request {
     type Reply = Reply;
-    fn from_wire(reply: Reply) -> Result<Reply, Reply> {
+    fn from_wire(reply: Reply) -> Result<Reply, Box<Reply>> {
         Ok(reply)
     }
     fn to_wire(reply: Reply) -> Reply {
@@ -395,10 +395,10 @@ macro_rules! requests {
         }
         impl HelperRequest for $req {
             type Reply = $reply;
-            fn from_wire(reply: Reply) -> Result<$reply, Reply> {
+            fn from_wire(reply: Reply) -> Result<$reply, Box<Reply>> {
                 match reply {
                     $pat => Ok($val),
-                    other => Err(other),
+                    other => Err(Box::new(other)),
                 }
             }
             fn to_wire(reply: $reply) -> Reply {

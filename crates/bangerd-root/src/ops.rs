@@ -996,8 +996,8 @@ impl Helper {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert((pid, start_time), (vm, exit));
             }
-            // SAFETY: reaping our own child.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            // Reaping our own child; how it ended is already recorded above.
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
         });
         held.release()
             .map_err(|e| io_failed("cannot release the VMM", e))?;
@@ -1102,6 +1102,8 @@ fn chown(path: &Path, caller: Caller) -> Result<(), Failure> {
 
 /// Reads the status of the child `pid` once it has ended, without reaping it;
 /// `block` waits for the end, else a child still running (or not ours) is `None`.
+/// Raw `waitid`, not nix's: its `WaitStatus` cannot hold a real-time signal, and a
+/// VMM killed by one must still be reported with its number.
 fn peek_exit(pid: i32, block: bool) -> Option<VmmExit> {
     // SAFETY: a zeroed siginfo_t is valid for waitid to fill.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };

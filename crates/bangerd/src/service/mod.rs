@@ -605,10 +605,13 @@ mod tests {
     use super::*;
     use banger_helper::VmmExit;
 
+    /// The fake's answer to a request, in its wire form.
+    type Answer = dyn Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync;
+
     /// Records every request; answers with `answer`.
     struct Fake {
         seen: Arc<Mutex<Vec<Request>>>,
-        answer: Box<dyn Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync>,
+        answer: Box<Answer>,
     }
 
     impl Helper for Fake {
