@@ -989,6 +989,67 @@ mod tests {
         }
     }
 
+    /// A helper that answers with another kind of reply than the request declares
+    /// (one that does not keep the protocol) is an error, never read as something
+    /// else: the ping fails, and a launch answered "done" fails the start cleanly.
+    #[tokio::test]
+    async fn a_reply_of_the_wrong_kind_is_an_error_and_a_start_fails_cleanly() {
+        let t = service(done);
+        match t.svc.helper_ping().await {
+            Err(ServiceError::Helper(ClientError::UnexpectedReply(r))) => {
+                assert_eq!(*r, Reply::Done)
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let t = service(|r| match r {
+            Request::Ping(r) => Ok(r.answer(Pong {
+                version: "0".into(),
+                vmm: "banger-vmm-qemu".into(),
+                vmm_version: None,
+                jailed: false,
+                instance: "1-1".into(),
+                network: NetworkConfig {
+                    bridge: "b".into(),
+                    gateway: "10.0.0.1".parse().unwrap(),
+                    prefix_len: 24,
+                    nft_table: "t".into(),
+                },
+            })),
+            // Not a `Launched`.
+            Request::LaunchVmm(_) => Ok(Reply::Done),
+            r => done(r),
+        });
+        t.svc.helper_ping().await.unwrap();
+        t.svc
+            .store
+            .insert("0123456789ab", &spec("vm"), (0, 0))
+            .unwrap();
+        match t.svc.start("vm").await {
+            Err(ServiceError::StartFailed { reason, .. }) => {
+                assert!(reason.contains("unexpected reply"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let rec = t.state("vm");
+        assert_eq!((rec.state, rec.pid), (VmState::Failed, None));
+        let ops = t.ops();
+        assert_eq!(
+            ops[..3],
+            ["ping", "create_vm_dirs", "launch_vmm"],
+            "{ops:?}"
+        );
+        assert_eq!(
+            ops.last().map(String::as_str),
+            Some("remove_vm_runtime"),
+            "{ops:?}"
+        );
+        assert!(
+            !ops.contains(&"signal_vmm".to_string()),
+            "nothing was launched: {ops:?}"
+        );
+    }
+
     #[tokio::test]
     async fn members_act_on_their_own_vms_only() {
         let t = service(done);
