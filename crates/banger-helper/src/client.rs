@@ -41,7 +41,7 @@ pub fn typed_reply<R: HelperRequest>(reply: Reply) -> Result<R::Reply, ClientErr
 /// (debootstrap), everything else is quick.
 fn reply_deadline(req: &Request) -> Duration {
     match req {
-        Request::BuildImage { .. } => Duration::from_secs(30 * 60),
+        Request::BuildImage(_) => Duration::from_secs(30 * 60),
         _ => Duration::from_secs(60),
     }
 }
