@@ -11,8 +11,10 @@
 use std::path::{Component, Path};
 
 use banger_helper::{
-    BootFile, Digest, Dirs, Failure, FailureKind, NetworkConfig, PackageName, Release, Reply,
-    Request, Response, VmId,
+    AllowGuest, BootFile, BuildImage, CreateTap, CreateVmDirs, DeleteTap, Digest, Dirs, Failure,
+    FailureKind, LaunchVmm, Launches, NetworkConfig, PackageName, Ping, Release, RemoveVmRuntime,
+    RemoveVmState, Reply, Request, Response, SetupNetwork, SignalVmm, TeardownNetwork, VmId,
+    VmmExited,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -66,19 +68,19 @@ fn check_request(req: &Request) {
     assert_eq!(&again, req, "{wire} changed on the way back");
 
     match req {
-        Request::Ping {}
-        | Request::Launches {}
-        | Request::SetupNetwork {}
-        | Request::TeardownNetwork {} => {}
-        Request::CreateVmDirs { vm_id }
-        | Request::RemoveVmRuntime { vm_id }
-        | Request::RemoveVmState { vm_id }
-        | Request::DeleteTap { vm_id }
-        | Request::VmmExited { vm_id, .. }
-        | Request::SignalVmm { vm_id, .. }
-        | Request::CreateTap { vm_id, .. }
-        | Request::AllowGuest { vm_id, .. } => check_vm_id(vm_id),
-        Request::LaunchVmm { vm_id, files, .. } => {
+        Request::Ping(Ping {})
+        | Request::Launches(Launches {})
+        | Request::SetupNetwork(SetupNetwork {})
+        | Request::TeardownNetwork(TeardownNetwork {}) => {}
+        Request::CreateVmDirs(CreateVmDirs { vm_id })
+        | Request::RemoveVmRuntime(RemoveVmRuntime { vm_id })
+        | Request::RemoveVmState(RemoveVmState { vm_id })
+        | Request::DeleteTap(DeleteTap { vm_id })
+        | Request::VmmExited(VmmExited { vm_id, .. })
+        | Request::SignalVmm(SignalVmm { vm_id, .. })
+        | Request::CreateTap(CreateTap { vm_id, .. })
+        | Request::AllowGuest(AllowGuest { vm_id, .. }) => check_vm_id(vm_id),
+        Request::LaunchVmm(LaunchVmm { vm_id, files, .. }) => {
             check_vm_id(vm_id);
             for f in [
                 Some(&files.kernel),
@@ -94,11 +96,11 @@ fn check_request(req: &Request) {
                 }
             }
         }
-        Request::BuildImage {
+        Request::BuildImage(BuildImage {
             build_id,
             release,
             packages,
-        } => {
+        }) => {
             check_vm_id(build_id);
             assert!(Release::KNOWN.contains(&release.as_str()));
             packages.iter().for_each(check_package);

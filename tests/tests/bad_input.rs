@@ -7,7 +7,7 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use banger_helper::{HelperClient, Request, VmId};
+use banger_helper::{CreateVmDirs, HelperClient, Ping, VmId};
 use banger_tests::*;
 
 fn create_args<'a>(name: &'a str, kernel: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -205,9 +205,7 @@ print(s.makefile().readline())
     // part of the protocol, and a file it names is opened with its own rights.
     let client = HelperClient::new(&helper_sock);
     let id = VmId::new("0123456789ab").unwrap();
-    client
-        .call(&Request::CreateVmDirs { vm_id: id.clone() })
-        .unwrap();
+    client.call(CreateVmDirs { vm_id: id.clone() }).unwrap();
     for (files, want) in [
         (
             r#"{"kernel":{"kind":"named","path":"vmlinux"},"initrd":null,"rootfs":null}"#,
@@ -571,9 +569,7 @@ sys.stdin.read()
     let client = HelperClient::new(&helper_sock);
     for _ in 0..20 {
         let t = std::time::Instant::now();
-        client
-            .call(&Request::Ping {})
-            .expect("the helper answers root");
+        client.call(Ping {}).expect("the helper answers root");
         assert!(
             t.elapsed() < std::time::Duration::from_secs(1),
             "a ping took {:?}",

@@ -6,11 +6,18 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
+use nix::errno::Errno;
+use nix::fcntl::copy_file_range;
+use nix::unistd::{Whence, lseek};
+
 /// FICLONE = _IOW(0x94, 9, int): `to` shares `from`'s extents (btrfs, xfs).
 pub fn reflink(from: &File, to: &File) -> io::Result<()> {
     const FICLONE: libc::c_ulong = 0x4004_9409;
+    // nix has no safe wrapper for FICLONE (its ioctl macros make unsafe fns too).
     // SAFETY: both fds are open; FICLONE takes the source fd as its argument.
-    if unsafe { libc::ioctl(to.as_raw_fd(), FICLONE, from.as_raw_fd()) } == 0 {
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::ioctl(to.as_raw_fd(), FICLONE, from.as_raw_fd()) };
+    if r == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
@@ -30,46 +37,31 @@ pub fn clone_data(from: &File, to: &File) -> io::Result<bool> {
 pub fn sparse_copy(from: &File, to: &File) -> io::Result<()> {
     let len = from.metadata()?.len();
     to.set_len(len)?;
-    let (fd_in, fd_out) = (from.as_raw_fd(), to.as_raw_fd());
     let mut pos: i64 = 0;
     while (pos as u64) < len {
-        // SAFETY: plain lseek on an open fd.
-        let data = unsafe { libc::lseek(fd_in, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd_in, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let data = match lseek(from, pos, Whence::SeekData) {
+            Ok(data) => data,
+            Err(Errno::ENXIO) => break, // only a hole remains
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(from, data, Whence::SeekHole)?;
         let mut off_in = data;
         let mut off_out = data;
         let mut left = (hole - data) as usize;
         while left > 0 {
-            // SAFETY: offsets are valid pointers to i64s; fds are open.
-            let n =
-                unsafe { libc::copy_file_range(fd_in, &mut off_in, fd_out, &mut off_out, left, 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
+            let n = match copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), left) {
+                Ok(n) => n,
                 // Across filesystems (EXDEV) or where unsupported: plain reads and writes.
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
-                ) {
+                Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
                     copy_range(from, to, off_in as u64, left)?;
                     break;
                 }
-                return Err(e);
-            }
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 break;
             }
-            left -= n as usize;
+            left -= n;
         }
         pos = hole;
     }
@@ -120,9 +112,7 @@ mod tests {
 
     /// The next data at or after `off` in `f`, or `None` if only a hole remains.
     fn next_data(f: &File, off: i64) -> Option<i64> {
-        // SAFETY: lseek on an open fd.
-        let r = unsafe { libc::lseek(f.as_raw_fd(), off, libc::SEEK_DATA) };
-        (r >= 0).then_some(r)
+        lseek(f, off, Whence::SeekData).ok()
     }
 
     fn check_copy(from_dir: &std::path::Path, to_dir: &std::path::Path) {

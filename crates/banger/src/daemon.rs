@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use banger_helper::Dirs;
+use banger_layout::Dirs;
 use clap::Subcommand;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -74,7 +74,7 @@ async fn daemon_answers(dirs: &Dirs) -> bool {
 
 fn helper_answers(dirs: &Dirs) -> bool {
     banger_helper::HelperClient::new(dirs.helper_socket())
-        .call(&banger_helper::Request::Ping {})
+        .call(banger_helper::Ping {})
         .is_ok()
 }
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use banger_api::ErrorKind;
-use banger_helper::Dirs;
+use banger_layout::Dirs;
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit codes; documented in docs/cli.md.

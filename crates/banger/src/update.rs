@@ -338,7 +338,7 @@ fn rollback(install_dir: &Path, swapped: &[String]) -> Result<()> {
 
 /// A previous run was interrupted: stale stages are removed; a swap that never got
 /// confirmed is undone, so the install is the old one, whole.
-async fn recover(install_dir: &Path, cli: &Cli, dirs: &banger_helper::Dirs) -> Result<()> {
+async fn recover(install_dir: &Path, cli: &Cli, dirs: &banger_layout::Dirs) -> Result<()> {
     for e in std::fs::read_dir(install_dir)?.flatten() {
         if e.file_name()
             .to_string_lossy()
@@ -366,7 +366,7 @@ async fn recover(install_dir: &Path, cli: &Cli, dirs: &banger_helper::Dirs) -> R
 }
 
 /// Restarts the helper, then the daemon, and waits until the daemon answers.
-async fn restart_and_wait(cli: &Cli, dirs: &banger_helper::Dirs) -> Result<()> {
+async fn restart_and_wait(cli: &Cli, dirs: &banger_layout::Dirs) -> Result<()> {
     if crate::daemon::systemd_manages_banger(cli) {
         for unit in ["bangerd-root.service", "bangerd.service"] {
             let st = std::process::Command::new("systemctl")

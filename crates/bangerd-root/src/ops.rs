@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 use banger_fc::launch::{JailerConfig, LaunchConfig};
 use banger_fc::pid;
 use banger_helper::{
-    ArgError, BootFile, BootFiles, Dirs, Failure, FailureKind, LaunchInfo, Launched, Reply,
-    Request, Response, VmId, VmmExit, VmmPaths, VmmSignal,
+    AllowGuest, ArgError, BootFile, BootFiles, BuildImage, CreateTap, CreateVmDirs, DeleteTap,
+    Dirs, Exited, Failure, FailureKind, HelperRequest, ImageBuilt, LaunchInfo, LaunchList,
+    LaunchVmm, Launched, Launches, Ping, Pong, RemoveVmRuntime, RemoveVmState, Request, Response,
+    SetupNetwork, SignalVmm, Signalled, TeardownNetwork, VmId, VmmExit, VmmExited, VmmPaths,
+    VmmSignal,
 };
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -116,11 +119,11 @@ impl Helper {
     /// files and directories it creates, and the VMM itself, belong to that user.
     pub fn handle(&self, caller: Caller, req: &Request) -> Response {
         let vm = match req {
-            Request::CreateVmDirs { vm_id }
-            | Request::LaunchVmm { vm_id, .. }
-            | Request::SignalVmm { vm_id, .. }
-            | Request::RemoveVmRuntime { vm_id }
-            | Request::RemoveVmState { vm_id } => Some(vm_id.clone()),
+            Request::CreateVmDirs(CreateVmDirs { vm_id })
+            | Request::LaunchVmm(LaunchVmm { vm_id, .. })
+            | Request::SignalVmm(SignalVmm { vm_id, .. })
+            | Request::RemoveVmRuntime(RemoveVmRuntime { vm_id })
+            | Request::RemoveVmState(RemoveVmState { vm_id }) => Some(vm_id.clone()),
             _ => None,
         };
         let lock = vm.map(|id| {
@@ -135,7 +138,7 @@ impl Helper {
             .as_ref()
             .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
         match req {
-            Request::Ping {} => Ok(Reply::Pong {
+            Request::Ping(r @ Ping {}) => Ok(r.answer(Pong {
                 version: option_env!("BANGER_VERSION")
                     .unwrap_or(env!("CARGO_PKG_VERSION"))
                     .into(),
@@ -147,29 +150,35 @@ impl Helper {
                     format!("{me}-{}", pid::start_time(me).unwrap_or(0))
                 },
                 network: self.net.cfg.clone(),
-            }),
-            Request::BuildImage {
-                build_id,
-                release,
-                packages,
-            } => self.build_image(build_id, release, packages, caller),
-            Request::SetupNetwork {} => {
+            })),
+            Request::BuildImage(
+                r @ BuildImage {
+                    build_id,
+                    release,
+                    packages,
+                },
+            ) => self
+                .build_image(build_id, release, packages, caller)
+                .map(|built| r.answer(built)),
+            Request::SetupNetwork(r @ SetupNetwork {}) => {
                 self.net()
                     .setup()
                     .map_err(|e| failed(banger_api::error_chain(&e)))?;
-                Ok(Reply::Done)
+                Ok(r.answer(()))
             }
-            Request::TeardownNetwork {} => {
+            Request::TeardownNetwork(r @ TeardownNetwork {}) => {
                 self.net()
                     .teardown()
                     .map_err(|e| failed(banger_api::error_chain(&e)))?;
-                Ok(Reply::Done)
+                Ok(r.answer(()))
             }
-            Request::CreateTap {
-                vm_id,
-                guest_ip,
-                element,
-            } => {
+            Request::CreateTap(
+                r @ CreateTap {
+                    vm_id,
+                    guest_ip,
+                    element,
+                },
+            ) => {
                 self.check_guest_ip(*guest_ip)?;
                 // The tap is the VMM's to attach: its owner is whom the VMM runs as.
                 let vmm = self.vmm_identity(caller)?;
@@ -181,35 +190,44 @@ impl Helper {
                         .allow_guest(vm_id, *guest_ip)
                         .map_err(|e| failed(banger_api::error_chain(&e)))?;
                 }
-                Ok(Reply::Done)
+                Ok(r.answer(()))
             }
-            Request::AllowGuest { vm_id, guest_ip } => {
+            Request::AllowGuest(r @ AllowGuest { vm_id, guest_ip }) => {
                 self.check_guest_ip(*guest_ip)?;
                 self.net()
                     .allow_guest(vm_id, *guest_ip)
                     .map_err(|e| failed(banger_api::error_chain(&e)))?;
-                Ok(Reply::Done)
+                Ok(r.answer(()))
             }
-            Request::DeleteTap { vm_id } => {
+            Request::DeleteTap(r @ DeleteTap { vm_id }) => {
                 self.net()
                     .delete_tap(vm_id)
                     .map_err(|e| failed(banger_api::error_chain(&e)))?;
-                Ok(Reply::Done)
+                Ok(r.answer(()))
             }
-            Request::CreateVmDirs { vm_id } => self.create_vm_dirs(vm_id, caller),
-            Request::LaunchVmm {
-                vm_id,
-                files,
-                owner,
-            } => self.launch(vm_id, files, caller, *owner),
-            Request::Launches {} => Ok(Reply::Launches {
+            Request::CreateVmDirs(r @ CreateVmDirs { vm_id }) => {
+                self.create_vm_dirs(vm_id, caller)?;
+                Ok(r.answer(()))
+            }
+            Request::LaunchVmm(
+                r @ LaunchVmm {
+                    vm_id,
+                    files,
+                    owner,
+                },
+            ) => self
+                .launch(vm_id, files, caller, *owner)
+                .map(|launched| r.answer(launched)),
+            Request::Launches(r @ Launches {}) => Ok(r.answer(LaunchList {
                 launches: self.running_launches(),
-            }),
-            Request::VmmExited {
-                vm_id,
-                pid,
-                start_time,
-            } => {
+            })),
+            Request::VmmExited(
+                r @ VmmExited {
+                    vm_id,
+                    pid,
+                    start_time,
+                },
+            ) => {
                 let known = {
                     let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
                     exits
@@ -249,15 +267,19 @@ impl Helper {
                         .filter(|(id, _)| id == vm_id)
                         .map(|(_, e)| e.clone());
                 }
-                Ok(Reply::Exited { exit })
+                Ok(r.answer(Exited { exit }))
             }
-            Request::SignalVmm {
-                vm_id,
-                pid,
-                start_time,
-                signal,
-            } => self.signal(caller, vm_id, *pid, *start_time, *signal),
-            Request::RemoveVmRuntime { vm_id } => {
+            Request::SignalVmm(
+                r @ SignalVmm {
+                    vm_id,
+                    pid,
+                    start_time,
+                    signal,
+                },
+            ) => self
+                .signal(caller, vm_id, *pid, *start_time, *signal)
+                .map(|signalled| r.answer(signalled)),
+            Request::RemoveVmRuntime(r @ RemoveVmRuntime { vm_id }) => {
                 self.end_recorded(vm_id)?;
                 self.clear_jail(vm_id)?;
                 let run_dir = self.dirs.vm_run_dir(vm_id);
@@ -265,15 +287,15 @@ impl Helper {
                     safe::remove_tree(&run_dir)
                         .map_err(|e| io_failed(format!("cannot remove {}", run_dir.display()), e))
                 })?;
-                Ok(Reply::Done)
+                Ok(r.answer(()))
             }
-            Request::RemoveVmState { vm_id } => {
+            Request::RemoveVmState(r @ RemoveVmState { vm_id }) => {
                 let dir = self.dirs.vm_state_dir(vm_id);
                 caller_does(caller, || {
                     safe::remove_tree(&dir)
                         .map_err(|e| io_failed(format!("cannot remove {}", dir.display()), e))
                 })?;
-                Ok(Reply::Done)
+                Ok(r.answer(()))
             }
         }
     }
@@ -301,7 +323,7 @@ impl Helper {
         release: &banger_helper::Release,
         packages: &[banger_helper::PackageName],
         caller: Caller,
-    ) -> Response {
+    ) -> Result<ImageBuilt, Failure> {
         // The daemon's directory for the result: made as the caller (it must be new),
         // with the progress file the daemon reads while the build runs.
         let out = self.dirs.image_build(id);
@@ -388,7 +410,7 @@ impl Helper {
             remove_out();
             return Err(e);
         }
-        Ok(Reply::ImageBuilt { dir: out })
+        Ok(ImageBuilt { dir: out })
     }
 
     /// `<jail base>/builds/<installation>/`: root's workspace for image builds.
@@ -397,7 +419,7 @@ impl Helper {
     }
 
     /// The VM's directories are the caller's: made with its rights, private to it.
-    fn create_vm_dirs(&self, id: &VmId, caller: Caller) -> Response {
+    fn create_vm_dirs(&self, id: &VmId, caller: Caller) -> Result<(), Failure> {
         let dirs = [self.dirs.vm_run_dir(id), self.dirs.vm_state_dir(id)];
         caller_does(caller, || {
             for d in &dirs {
@@ -409,7 +431,7 @@ impl Helper {
             }
             Ok(())
         })?;
-        Ok(Reply::Done)
+        Ok(())
     }
 
     /// `<jail base>/launches/<installation>/`: this installation's launch records.
@@ -418,7 +440,7 @@ impl Helper {
     /// An exclusive lock on `<jail base>/launches/<installation>.lock` (root's
     /// directory, so no other user can plant or hold the file), or an error naming
     /// the helper that holds it.
-    pub fn lock_instance(&self) -> anyhow::Result<fs::File> {
+    pub fn lock_instance(&self) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
         use anyhow::Context as _;
         let dir = self.jail_base.join("launches");
         fs::DirBuilder::new()
@@ -437,10 +459,9 @@ impl Helper {
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         // A helper killed a moment ago holds the lock until the kernel has ended it.
-        match banger_helper::lock_exclusive(&f, std::time::Duration::from_secs(3)) {
-            Ok(()) => {
+        match banger_helper::lock_exclusive(f, std::time::Duration::from_secs(3)) {
+            Ok(mut l) => {
                 use std::io::{Seek, Write};
-                let mut l = f;
                 l.set_len(0)?;
                 l.rewind()?;
                 write!(l, "{}", std::process::id())?;
@@ -620,7 +641,7 @@ impl Helper {
         files: &BootFiles,
         caller: Caller,
         owner: Option<banger_helper::Identity>,
-    ) -> Response {
+    ) -> Result<Launched, Failure> {
         let api_sock = self.dirs.api_socket(id);
         let console = self.dirs.console_log(id);
         let vmm_log = self.dirs.vmm_log(id);
@@ -975,8 +996,8 @@ impl Helper {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert((pid, start_time), (vm, exit));
             }
-            // SAFETY: reaping our own child.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            // Reaping our own child; how it ended is already recorded above.
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
         });
         held.release()
             .map_err(|e| io_failed("cannot release the VMM", e))?;
@@ -992,7 +1013,7 @@ impl Helper {
             })?;
         }
         tracing::info!(vm = %id, pid, jailed = plan.chroot.is_some(), "launched VMM");
-        Ok(Reply::Launched(Launched {
+        Ok(Launched {
             pid,
             start_time,
             vmm_name: self.vmm_name.clone(),
@@ -1000,7 +1021,7 @@ impl Helper {
             chroot: plan.chroot,
             pidfile: plan.pidfile,
             paths,
-        }))
+        })
     }
 
     fn signal(
@@ -1010,13 +1031,13 @@ impl Helper {
         p: i32,
         start_time: u64,
         sig: VmmSignal,
-    ) -> Response {
+    ) -> Result<Signalled, Failure> {
         if p <= 1 {
             return Err(failed(format!("refusing to signal pid {p}")));
         }
         if pid::start_time(p) != Some(start_time) {
             // Gone, or the pid now belongs to another process: nothing to do.
-            return Ok(Reply::Signalled { was_alive: false });
+            return Ok(Signalled { was_alive: false });
         }
         // This VM's VMM: the one its launch record names (root's record, written
         // before that process could run: spawn.rs), or else the one serving its
@@ -1044,8 +1065,8 @@ impl Helper {
             VmmSignal::Kill => Signal::SIGKILL,
         };
         match signal::kill(Pid::from_raw(p), s) {
-            Ok(()) => Ok(Reply::Signalled { was_alive: true }),
-            Err(nix::errno::Errno::ESRCH) => Ok(Reply::Signalled { was_alive: false }),
+            Ok(()) => Ok(Signalled { was_alive: true }),
+            Err(nix::errno::Errno::ESRCH) => Ok(Signalled { was_alive: false }),
             Err(e) => Err(failed(format!("cannot signal pid {p}: {e}"))),
         }
     }
@@ -1081,6 +1102,8 @@ fn chown(path: &Path, caller: Caller) -> Result<(), Failure> {
 
 /// Reads the status of the child `pid` once it has ended, without reaping it;
 /// `block` waits for the end, else a child still running (or not ours) is `None`.
+/// Raw `waitid`, not nix's: its `WaitStatus` cannot hold a real-time signal, and a
+/// VMM killed by one must still be reported with its number.
 fn peek_exit(pid: i32, block: bool) -> Option<VmmExit> {
     // SAFETY: a zeroed siginfo_t is valid for waitid to fill.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -1133,6 +1156,7 @@ fn open_log(path: &Path, truncate: bool) -> Result<File, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_helper::Reply;
     use std::os::unix::fs::MetadataExt;
 
     fn helper(dir: &Path) -> Helper {
@@ -1214,7 +1238,7 @@ mod tests {
     fn files_a_caller_names_are_opened_with_its_rights_not_root_s() {
         let dir = tempfile::tempdir().unwrap();
         let h = nobody_s(dir.path());
-        h.handle(NOBODY, &Request::CreateVmDirs { vm_id: id() })
+        h.handle(NOBODY, &Request::CreateVmDirs(CreateVmDirs { vm_id: id() }))
             .unwrap();
         // Root's own files: the VMM would read or write them as root's helper could.
         for (kernel, rootfs) in [
@@ -1224,11 +1248,11 @@ mod tests {
             let f = h
                 .handle(
                     NOBODY,
-                    &Request::LaunchVmm {
+                    &Request::LaunchVmm(LaunchVmm {
                         vm_id: id(),
                         owner: None,
                         files: named(kernel, rootfs),
-                    },
+                    }),
                 )
                 .unwrap_err();
             assert_eq!(f.kind, FailureKind::Failed, "{}", f.message);
@@ -1245,11 +1269,11 @@ mod tests {
         let f = h
             .handle(
                 NOBODY,
-                &Request::LaunchVmm {
+                &Request::LaunchVmm(LaunchVmm {
                     vm_id: id(),
                     owner: None,
                     files: named(Path::new("vmlinux"), None),
-                },
+                }),
             )
             .unwrap_err();
         assert_eq!(f.kind, FailureKind::BadArgument, "{}", f.message);
@@ -1272,11 +1296,11 @@ mod tests {
         let f = h
             .handle(
                 NOBODY,
-                &Request::LaunchVmm {
+                &Request::LaunchVmm(LaunchVmm {
                     vm_id: id(),
                     owner: None,
                     files: named(Path::new("/bin/sleep"), None),
-                },
+                }),
             )
             .unwrap_err();
         assert!(
@@ -1290,16 +1314,19 @@ mod tests {
         std::os::unix::fs::symlink(&root_file, h.dirs.api_socket(&id())).unwrap();
         let _ = h.handle(
             NOBODY,
-            &Request::LaunchVmm {
+            &Request::LaunchVmm(LaunchVmm {
                 vm_id: id(),
                 owner: None,
                 files: named(Path::new("/bin/sleep"), None),
-            },
+            }),
         );
         assert_eq!(fs::read(&root_file).unwrap(), b"root's");
         // Removing the VM's directories through the link removes nothing of root's.
-        h.handle(NOBODY, &Request::RemoveVmState { vm_id: id() })
-            .unwrap_or_else(|f| panic!("{}", f.message));
+        h.handle(
+            NOBODY,
+            &Request::RemoveVmState(RemoveVmState { vm_id: id() }),
+        )
+        .unwrap_or_else(|f| panic!("{}", f.message));
         assert_eq!(fs::read(&root_file).unwrap(), b"root's");
         assert_eq!(fs::metadata(&root_file).unwrap().uid(), 0);
     }
@@ -1312,7 +1339,7 @@ mod tests {
     fn signal_believes_the_launch_record_not_a_pidfile_the_caller_wrote() {
         let dir = tempfile::tempdir().unwrap();
         let h = nobody_s(dir.path());
-        h.handle(NOBODY, &Request::CreateVmDirs { vm_id: id() })
+        h.handle(NOBODY, &Request::CreateVmDirs(CreateVmDirs { vm_id: id() }))
             .unwrap();
         let mut victim = std::process::Command::new("/bin/sleep")
             .arg("60")
@@ -1335,12 +1362,12 @@ mod tests {
         let f = h
             .handle(
                 NOBODY,
-                &Request::SignalVmm {
+                &Request::SignalVmm(SignalVmm {
                     vm_id: id(),
                     pid: vpid,
                     start_time: st,
                     signal: VmmSignal::Kill,
-                },
+                }),
             )
             .unwrap_err();
         assert!(f.message.contains("not the VMM"), "{}", f.message);
@@ -1362,12 +1389,12 @@ mod tests {
         let f = h
             .handle(
                 ROOT,
-                &Request::SignalVmm {
+                &Request::SignalVmm(SignalVmm {
                     vm_id: id(),
                     pid: me,
                     start_time: st,
                     signal: VmmSignal::Kill,
-                },
+                }),
             )
             .unwrap_err();
         assert!(f.message.contains("not the VMM"), "{}", f.message);
@@ -1375,15 +1402,15 @@ mod tests {
         let r = h
             .handle(
                 ROOT,
-                &Request::SignalVmm {
+                &Request::SignalVmm(SignalVmm {
                     vm_id: id(),
                     pid: me,
                     start_time: st + 1,
                     signal: VmmSignal::Kill,
-                },
+                }),
             )
             .unwrap();
-        assert_eq!(r, Reply::Signalled { was_alive: false });
+        assert_eq!(r, Reply::Signalled(Signalled { was_alive: false }));
     }
 
     #[test]
@@ -1407,12 +1434,15 @@ mod tests {
     fn removing_directories_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let h = helper(dir.path());
-        h.handle(ROOT, &Request::CreateVmDirs { vm_id: id() })
+        h.handle(ROOT, &Request::CreateVmDirs(CreateVmDirs { vm_id: id() }))
             .unwrap();
         for _ in 0..2 {
-            h.handle(ROOT, &Request::RemoveVmRuntime { vm_id: id() })
-                .unwrap();
-            h.handle(ROOT, &Request::RemoveVmState { vm_id: id() })
+            h.handle(
+                ROOT,
+                &Request::RemoveVmRuntime(RemoveVmRuntime { vm_id: id() }),
+            )
+            .unwrap();
+            h.handle(ROOT, &Request::RemoveVmState(RemoveVmState { vm_id: id() }))
                 .unwrap();
         }
         assert!(!h.dirs.vm_run_dir(&id()).exists() && !h.dirs.vm_state_dir(&id()).exists());

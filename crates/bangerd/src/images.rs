@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use banger_api::{Image, ImageBuildRequest, ImageImportRequest, validate_image_name};
-use banger_helper::{Identity, PackageName, Release, Reply, Request, VmId};
+use banger_helper::{BuildImage, Identity, ImageBuilt, PackageName, Release, VmId};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -165,7 +165,7 @@ impl Service {
             b.insert(req.name.clone(), dir.clone());
         }
         let result = self
-            .helper(Request::BuildImage {
+            .helper(BuildImage {
                 build_id: id,
                 release,
                 packages,
@@ -176,12 +176,7 @@ impl Service {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&req.name);
         let dir = match result {
-            Ok(Reply::ImageBuilt { dir }) => dir,
-            Ok(other) => {
-                return Err(ServiceError::BuildFailed(format!(
-                    "unexpected helper reply {other:?}"
-                )));
-            }
+            Ok(ImageBuilt { dir }) => dir,
             Err(ServiceError::Helper(banger_helper::ClientError::Refused(f))) => {
                 return Err(ServiceError::BuildFailed(f.message));
             }

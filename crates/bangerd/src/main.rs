@@ -91,15 +91,15 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
         .open(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
     // A bangerd killed a moment ago still holds the lock while the kernel ends it.
-    if banger_helper::lock_exclusive(&lock_file, std::time::Duration::from_secs(3)).is_err() {
+    let Ok(mut lock) = banger_helper::lock_exclusive(lock_file, std::time::Duration::from_secs(3))
+    else {
         let other = std::fs::read_to_string(&lock_path).unwrap_or_default();
         bail!(
             "another bangerd (pid {}) is already running for {}",
             other.trim(),
             dirs.state.display()
         );
-    }
-    let mut lock = lock_file;
+    };
     {
         use std::io::{Seek, Write};
         lock.set_len(0)?;
@@ -121,7 +121,7 @@ async fn run(args: Args, dirs: Dirs) -> Result<()> {
     // first finds the helper setting the network up itself if it is missing.
     let setup_helper = service.helper_client();
     let network_setup = tokio::task::spawn_blocking(move || {
-        if let Err(e) = setup_helper.call(&banger_helper::Request::SetupNetwork {}) {
+        if let Err(e) = setup_helper.call(banger_helper::SetupNetwork {}) {
             tracing::warn!(
                 "cannot set up the VM network: {}",
                 banger_api::error_chain(&e)

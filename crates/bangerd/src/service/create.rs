@@ -24,11 +24,11 @@ impl Service {
         if let Err(e) = self.provision(&rec).await {
             let vm_id = rec.id.clone();
             let _ = self
-                .helper(Request::RemoveVmState {
+                .helper(RemoveVmState {
                     vm_id: vm_id.clone(),
                 })
                 .await;
-            let _ = self.helper(Request::RemoveVmRuntime { vm_id }).await;
+            let _ = self.helper(RemoveVmRuntime { vm_id }).await;
             self.store.delete(&rec.id)?;
             return Err(e);
         }
@@ -49,7 +49,7 @@ impl Service {
             .image(image_name)?
             .ok_or_else(|| ServiceError::ImageNotFound(image_name.clone()))?;
         let vm_id = rec.id.clone();
-        self.helper(Request::CreateVmDirs {
+        self.helper(CreateVmDirs {
             vm_id: vm_id.clone(),
         })
         .await?;

@@ -17,7 +17,7 @@ impl Service {
                     && let (Some(p), Some(st)) = (r.pid, r.pid_start_time)
                 {
                     let vm_id = r.id.clone();
-                    self.helper(Request::SignalVmm {
+                    self.helper(SignalVmm {
                         vm_id,
                         pid: p,
                         start_time: st,
@@ -55,7 +55,7 @@ impl Service {
     }
 
     pub(super) async fn kill_and_wait(&self, vm_id: &VmId, p: i32, st: u64) -> Result<()> {
-        self.helper(Request::SignalVmm {
+        self.helper(SignalVmm {
             vm_id: vm_id.clone(),
             pid: p,
             start_time: st,

@@ -28,8 +28,10 @@ use banger_api::{DEFAULT_BOOT_ARGS, ErrorKind, ValidationError, Vm, VmSpec, VmSt
 use banger_fc::models::{BootSource, Drive, MachineConfiguration};
 use banger_fc::pid;
 use banger_helper::{
-    BootFile, BootFiles, ClientError, Digest, Dirs, HelperClient, Identity, ImageFile, Launched,
-    NetworkConfig, Reply, Request, VmId, VmmSignal,
+    AllowGuest, BootFile, BootFiles, ClientError, CreateTap, CreateVmDirs, DeleteTap, Digest, Dirs,
+    Exited, HelperClient, HelperRequest, Identity, ImageFile, LaunchList, LaunchVmm, Launched,
+    Launches, NetworkConfig, Ping, Pong, RemoveVmRuntime, RemoveVmState, Reply, Request, SignalVmm,
+    VmId, VmmExited, VmmSignal,
 };
 use rand::Rng;
 
@@ -136,16 +138,25 @@ impl ServiceError {
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
-/// The privileged boundary as the service sees it: one closed [`Request`], one
-/// [`Reply`]. [`HelperClient`] talks to bangerd-root over its socket; the unit tests
-/// put a recording fake behind it, so the lifecycle's rules run without root.
+/// The privileged boundary as the service sees it: one closed [`Request`] in, its
+/// wire [`Reply`] out. [`HelperClient`] talks to bangerd-root over its socket; the
+/// unit tests put a recording fake behind it, so the lifecycle's rules run without
+/// root. The service calls it only through [`call`](Self::call), typed by the request,
+/// so the fake's answers go through the same reply mapping as the helper's.
 pub trait Helper: Send + Sync + 'static {
-    fn call(&self, req: &Request) -> std::result::Result<Reply, ClientError>;
+    fn exchange(&self, req: &Request) -> std::result::Result<Reply, ClientError>;
+}
+
+impl dyn Helper {
+    /// `req`, answered with the reply its [`HelperRequest`] declares.
+    pub fn call<R: HelperRequest>(&self, req: R) -> std::result::Result<R::Reply, ClientError> {
+        banger_helper::typed_reply::<R>(self.exchange(&req.into())?)
+    }
 }
 
 impl Helper for HelperClient {
-    fn call(&self, req: &Request) -> std::result::Result<Reply, ClientError> {
-        HelperClient::call(self, req)
+    fn exchange(&self, req: &Request) -> std::result::Result<Reply, ClientError> {
+        HelperClient::exchange(self, req)
     }
 }
 
@@ -266,9 +277,13 @@ impl Service {
         self.helper.clone()
     }
 
-    pub(crate) async fn helper(&self, req: Request) -> Result<Reply> {
+    pub(crate) async fn helper<R>(&self, req: R) -> Result<R::Reply>
+    where
+        R: HelperRequest + Send + 'static,
+        R::Reply: Send + 'static,
+    {
         let client = self.helper.clone();
-        tokio::task::spawn_blocking(move || client.call(&req))
+        tokio::task::spawn_blocking(move || client.call(req))
             .await
             .expect("helper call does not panic")
             .map_err(ServiceError::Helper)
@@ -276,30 +291,26 @@ impl Service {
 
     /// Checks the helper answers; learns its VMM and network.
     pub async fn helper_ping(&self) -> Result<VmmInfo> {
-        match self.helper(Request::Ping {}).await? {
-            Reply::Pong {
-                vmm,
-                vmm_version,
-                jailed,
-                network,
-                instance,
-                ..
-            } => {
-                let _ = self.network.set(network);
-                *self
-                    .helper_instance
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = instance;
-                let info = VmmInfo {
-                    name: vmm,
-                    version: vmm_version,
-                    jailed,
-                };
-                let _ = self.vmm.set(info.clone());
-                Ok(info)
-            }
-            other => Err(ServiceError::Helper(ClientError::UnexpectedReply(other))),
-        }
+        let Pong {
+            vmm,
+            vmm_version,
+            jailed,
+            network,
+            instance,
+            ..
+        } = self.helper(Ping {}).await?;
+        let _ = self.network.set(network);
+        *self
+            .helper_instance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = instance;
+        let info = VmmInfo {
+            name: vmm,
+            version: vmm_version,
+            jailed,
+        };
+        let _ = self.vmm.set(info.clone());
+        Ok(info)
     }
 
     fn record(&self, name: &str) -> Result<VmRecord> {
@@ -402,14 +413,14 @@ impl Service {
         let exit = match (rec.pid, rec.pid_start_time) {
             (Some(pid), Some(start_time)) => {
                 match self
-                    .helper(Request::VmmExited {
+                    .helper(VmmExited {
                         vm_id: vm_id.clone(),
                         pid,
                         start_time,
                     })
                     .await
                 {
-                    Ok(Reply::Exited { exit }) => exit,
+                    Ok(Exited { exit }) => exit,
                     _ => None,
                 }
             }
@@ -436,11 +447,11 @@ impl Service {
     /// Releases what only a running VM holds: its tap and its run directory. The
     /// address and disk stay until `rm`, so a VM keeps its address across restarts.
     async fn release_runtime(&self, vm_id: &VmId) -> Result<()> {
-        self.helper(Request::DeleteTap {
+        self.helper(DeleteTap {
             vm_id: vm_id.clone(),
         })
         .await?;
-        self.helper(Request::RemoveVmRuntime {
+        self.helper(RemoveVmRuntime {
             vm_id: vm_id.clone(),
         })
         .await?;
@@ -594,14 +605,17 @@ mod tests {
     use super::*;
     use banger_helper::VmmExit;
 
+    /// The fake's answer to a request, in its wire form.
+    type Answer = dyn Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync;
+
     /// Records every request; answers with `answer`.
     struct Fake {
         seen: Arc<Mutex<Vec<Request>>>,
-        answer: Box<dyn Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync>,
+        answer: Box<Answer>,
     }
 
     impl Helper for Fake {
-        fn call(&self, req: &Request) -> std::result::Result<Reply, ClientError> {
+        fn exchange(&self, req: &Request) -> std::result::Result<Reply, ClientError> {
             self.seen.lock().unwrap().push(req.clone());
             (self.answer)(req)
         }
@@ -680,11 +694,11 @@ mod tests {
 
     fn done(req: &Request) -> std::result::Result<Reply, ClientError> {
         Ok(match req {
-            Request::SignalVmm { .. } => Reply::Signalled { was_alive: true },
-            Request::VmmExited { .. } => Reply::Exited { exit: None },
-            Request::Launches {} => Reply::Launches {
+            Request::SignalVmm(r) => r.answer(banger_helper::Signalled { was_alive: true }),
+            Request::VmmExited(r) => r.answer(Exited { exit: None }),
+            Request::Launches(r) => r.answer(LaunchList {
                 launches: Vec::new(),
-            },
+            }),
             _ => Reply::Done,
         })
     }
@@ -712,7 +726,7 @@ mod tests {
         ] {
             let e = exit.clone();
             let t = service(move |r| match r {
-                Request::VmmExited { .. } => Ok(Reply::Exited { exit: e.clone() }),
+                Request::VmmExited(r) => Ok(r.answer(Exited { exit: e.clone() })),
                 r => done(r),
             });
             let pid = dead_pid();
@@ -735,11 +749,11 @@ mod tests {
                 ["vmm_exited", "delete_tap", "remove_vm_runtime"],
                 "{exit:?}"
             );
-            let Request::VmmExited {
+            let Request::VmmExited(VmmExited {
                 vm_id,
                 pid: p,
                 start_time,
-            } = &t.seen.lock().unwrap()[0]
+            }) = &t.seen.lock().unwrap()[0]
             else {
                 unreachable!()
             };
@@ -804,12 +818,12 @@ mod tests {
             let st = pid::start_time(pid).unwrap();
             let c = child.clone();
             let t = service(move |r| {
-                if let Request::SignalVmm {
+                if let Request::SignalVmm(SignalVmm {
                     pid: p,
                     start_time,
                     signal: VmmSignal::Kill,
                     ..
-                } = r
+                }) = r
                 {
                     // The helper's own checks: the recorded (pid, start time) only.
                     assert_eq!((*p, *start_time), (pid, st));
@@ -973,6 +987,67 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// A helper that answers with another kind of reply than the request declares
+    /// (one that does not keep the protocol) is an error, never read as something
+    /// else: the ping fails, and a launch answered "done" fails the start cleanly.
+    #[tokio::test]
+    async fn a_reply_of_the_wrong_kind_is_an_error_and_a_start_fails_cleanly() {
+        let t = service(done);
+        match t.svc.helper_ping().await {
+            Err(ServiceError::Helper(ClientError::UnexpectedReply(r))) => {
+                assert_eq!(*r, Reply::Done)
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let t = service(|r| match r {
+            Request::Ping(r) => Ok(r.answer(Pong {
+                version: "0".into(),
+                vmm: "banger-vmm-qemu".into(),
+                vmm_version: None,
+                jailed: false,
+                instance: "1-1".into(),
+                network: NetworkConfig {
+                    bridge: "b".into(),
+                    gateway: "10.0.0.1".parse().unwrap(),
+                    prefix_len: 24,
+                    nft_table: "t".into(),
+                },
+            })),
+            // Not a `Launched`.
+            Request::LaunchVmm(_) => Ok(Reply::Done),
+            r => done(r),
+        });
+        t.svc.helper_ping().await.unwrap();
+        t.svc
+            .store
+            .insert("0123456789ab", &spec("vm"), (0, 0))
+            .unwrap();
+        match t.svc.start("vm").await {
+            Err(ServiceError::StartFailed { reason, .. }) => {
+                assert!(reason.contains("unexpected reply"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let rec = t.state("vm");
+        assert_eq!((rec.state, rec.pid), (VmState::Failed, None));
+        let ops = t.ops();
+        assert_eq!(
+            ops[..3],
+            ["ping", "create_vm_dirs", "launch_vmm"],
+            "{ops:?}"
+        );
+        assert_eq!(
+            ops.last().map(String::as_str),
+            Some("remove_vm_runtime"),
+            "{ops:?}"
+        );
+        assert!(
+            !ops.contains(&"signal_vmm".to_string()),
+            "nothing was launched: {ops:?}"
+        );
     }
 
     #[tokio::test]

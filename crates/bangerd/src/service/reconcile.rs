@@ -44,7 +44,7 @@ impl Service {
     /// launch and saving its pid): the orphans are ended, under each VM's lock.
     pub async fn end_orphans(&self) -> Result<Vec<(String, Reconciled)>> {
         let mut out = Vec::new();
-        let Ok(Reply::Launches { launches }) = self.helper(Request::Launches {}).await else {
+        let Ok(LaunchList { launches }) = self.helper(Launches {}).await else {
             return Ok(out);
         };
         for l in launches {
@@ -57,7 +57,7 @@ impl Service {
             {
                 continue;
             }
-            self.helper(Request::RemoveVmRuntime {
+            self.helper(RemoveVmRuntime {
                 vm_id: l.vm_id.clone(),
             })
             .await?;
@@ -79,7 +79,7 @@ impl Service {
     pub async fn watch_helper(&self) {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let Ok(Reply::Pong { instance, .. }) = self.helper(Request::Ping {}).await else {
+            let Ok(Pong { instance, .. }) = self.helper(Ping {}).await else {
                 continue;
             };
             let changed = {

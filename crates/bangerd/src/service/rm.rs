@@ -19,7 +19,7 @@ impl Service {
         banger_helper::fault_point("daemon:rm:killed");
         let vm_id = rec.id.clone();
         self.release_runtime(&rec.id).await?;
-        self.helper(Request::RemoveVmState { vm_id }).await?;
+        self.helper(RemoveVmState { vm_id }).await?;
         self.store.delete(&rec.id)?;
         self.locks
             .lock()

@@ -1,7 +1,7 @@
 //! `vm start`: launch the VMM through the helper, configure it over its API, start the guest.
 
 use super::*;
-use boot::BootError;
+use boot::{BootError, BootPlan};
 use timeline::Timeline;
 
 /// Why a start failed, before the console's tail is added to it.
@@ -12,8 +12,6 @@ pub(super) enum StartError {
     Helper(Box<ServiceError>),
     #[error(transparent)]
     Boot(#[from] BootError),
-    #[error("the root helper answered the launch with {0:?}")]
-    UnexpectedReply(Box<Reply>),
     #[error("cannot write handles.json")]
     Handles(#[source] std::io::Error),
     #[error(transparent)]
@@ -96,7 +94,7 @@ impl Service {
     ) -> std::result::Result<Launched, (Option<Launched>, StartError)> {
         let fail = |l: Option<&Launched>, e: StartError| (l.cloned(), e);
         let helper = |e: ServiceError| StartError::Helper(Box::new(e));
-        self.helper(Request::CreateVmDirs {
+        self.helper(CreateVmDirs {
             vm_id: vm_id.clone(),
         })
         .await
@@ -108,40 +106,20 @@ impl Service {
         timeline.mark("dirs+plan");
         // The tap is made while the VMM starts: neither waits for the other, and the
         // VMM needs the tap only when it is configured.
-        let launch = self.helper(Request::LaunchVmm {
+        let launch = self.helper(LaunchVmm {
             vm_id: vm_id.clone(),
             files: plan.files.clone(),
             owner: rec.owner.map(|(uid, gid)| Identity { uid, gid }),
         });
-        // A helper request about the VM's tap (none without a NIC), for its address.
-        let (nic, address) = (&plan.nic, rec.ip.as_deref());
-        let for_tap = move |request: fn(VmId, std::net::Ipv4Addr) -> Request| async move {
-            let Some((tap, _)) = nic else {
-                return Ok(());
-            };
-            let ip = address
-                .unwrap_or_default()
-                .parse()
-                .map_err(|_| StartError::NoAddress)?;
-            self.helper(request(vm_id.clone(), ip))
-                .await
-                .map(|_| ())
-                .map_err(|e| StartError::Tap {
-                    tap: tap.clone(),
-                    source: Box::new(e),
-                })
-        };
-        let tap = for_tap(|vm_id, guest_ip| Request::CreateTap {
+        let address = rec.ip.as_deref();
+        let tap = self.tap_request(vm_id, &plan, address, |vm_id, guest_ip| CreateTap {
             vm_id,
             guest_ip,
             element: false,
         });
         let (reply, tapped) = tokio::join!(launch, tap);
         timeline.mark("launch+tap");
-        let reply = reply.map_err(|e| fail(None, helper(e)))?;
-        let Reply::Launched(l) = reply else {
-            return Err(fail(None, StartError::UnexpectedReply(Box::new(reply))));
-        };
+        let l = reply.map_err(|e| fail(None, helper(e)))?;
         banger_helper::fault_point("daemon:start:launched");
         let h = Handles {
             vm_id: vm_id.to_string(),
@@ -175,7 +153,11 @@ impl Service {
             if ready.await.is_err() {
                 return Ok(());
             }
-            for_tap(|vm_id, guest_ip| Request::AllowGuest { vm_id, guest_ip }).await
+            self.tap_request(vm_id, &plan, address, |vm_id, guest_ip| AllowGuest {
+                vm_id,
+                guest_ip,
+            })
+            .await
         };
         let (configured, allowed) = tokio::join!(configure(&l, &plan, timeline, api_ready), allow);
         configured.map_err(|e| fail(Some(&l), e.into()))?;
@@ -183,5 +165,31 @@ impl Service {
         timeline.mark("allowed");
         banger_helper::fault_point("daemon:start:configured");
         Ok(l)
+    }
+
+    /// A helper request about the VM's tap (none without a NIC), for its address.
+    async fn tap_request<R>(
+        &self,
+        vm_id: &VmId,
+        plan: &BootPlan,
+        address: Option<&str>,
+        request: fn(VmId, std::net::Ipv4Addr) -> R,
+    ) -> std::result::Result<(), StartError>
+    where
+        R: HelperRequest<Reply = ()> + Send + 'static,
+    {
+        let Some((tap, _)) = &plan.nic else {
+            return Ok(());
+        };
+        let ip = address
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| StartError::NoAddress)?;
+        self.helper(request(vm_id.clone(), ip))
+            .await
+            .map_err(|e| StartError::Tap {
+                tap: tap.clone(),
+                source: Box::new(e),
+            })
     }
 }
