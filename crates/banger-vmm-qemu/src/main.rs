@@ -195,7 +195,7 @@ async fn run(args: Args) -> i32 {
         let data = std::fs::read(p)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .and_then(|v| state.mmds.put(v).map_err(|e| e.to_string()));
+            .and_then(|v| state.store().put(v).map_err(|e| e.to_string()));
         if let Err(e) = data {
             log.main_info(&format!("Populating MMDS from file failed: {e}"));
             eprintln!("Error: Populating MMDS from file failed: {e}");

@@ -64,7 +64,15 @@ pub fn kernel_cmdline(boot: &BootSource, drives: &[Drive]) -> String {
     parts.join(" ")
 }
 
-pub fn args(m: &StartPlan, accel: &str, as_limit: Option<u64>) -> Vec<OsString> {
+/// What QEMU's netdev for an interface is: the tap itself, or (for MMDS) one end of
+/// a socket pair whose other end switches frames ([`crate::mmds::net`]); by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Tap(i32),
+    Socket(i32),
+}
+
+pub fn args(m: &StartPlan, nets: &[Backend], accel: &str, as_limit: Option<u64>) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(s.into());
     push("-name");
@@ -145,10 +153,14 @@ pub fn args(m: &StartPlan, accel: &str, as_limit: Option<u64>) -> Vec<OsString> 
         push("-device");
         push(&format!("virtio-blk-pci,drive=drive-{}", d.drive_id));
     }
-    for (n, tap) in &m.nets {
-        // The tap opened at PUT time, inherited under its number.
+    for (net, backend) in m.nets.iter().zip(nets) {
+        let n = &net.config;
+        // Inherited under its number: the tap opened at PUT time, or the socket.
         push("-netdev");
-        push(&format!("tap,id=net-{},fd={tap}", n.iface_id));
+        push(&match backend {
+            Backend::Tap(fd) => format!("tap,id=net-{},fd={fd}", n.iface_id),
+            Backend::Socket(fd) => format!("socket,id=net-{},fd={fd}", n.iface_id),
+        });
         let mut dev = format!("virtio-net-pci,netdev=net-{}", n.iface_id);
         if let Some(mac) = &n.guest_mac {
             dev.push_str(&format!(",mac={mac}"));
@@ -285,9 +297,17 @@ mod tests {
         machine: MachineConfiguration,
         boot: BootSource,
         drives: Vec<Drive>,
-        nets: Vec<(NetworkInterface, i32)>,
+        nets: Vec<NetworkInterface>,
         entropy: bool,
     ) -> StartPlan {
+        let nets = nets
+            .into_iter()
+            .map(|config| crate::vmm::PlanNet {
+                config,
+                tap: std::fs::File::open("/dev/null").unwrap().into(),
+                mmds: None,
+            })
+            .collect();
         StartPlan {
             id: "vm1".into(),
             machine,
@@ -315,10 +335,10 @@ mod tests {
             vec![],
             false,
         );
-        let a = args(&m, "tcg", Some(1_000_000_000));
+        let a = args(&m, &[], "tcg", Some(1_000_000_000));
         let i = a.iter().position(|s| s == "-accel").unwrap();
         assert_eq!(a[i + 1], "tcg,tb-size=156");
-        let a = args(&m, "kvm", Some(1_000_000_000));
+        let a = args(&m, &[], "kvm", Some(1_000_000_000));
         assert_eq!(a[i + 1], "kvm");
     }
 
@@ -363,12 +383,12 @@ mod tests {
             boot_args: Some("console=ttyS0".into()),
         };
         let drives = [drive("rootfs", true, false), drive("data", false, true)];
-        let nets = vec![(
+        let nets = vec![
             NetworkInterface::new("eth0", "tap0", Some("06:00:ac:10:00:02".into())),
-            7,
-        )];
+            NetworkInterface::new("eth1", "tap1", None),
+        ];
         let m = plan(mc, boot, drives.to_vec(), nets, true);
-        let a: Vec<String> = args(&m, "tcg", None)
+        let a: Vec<String> = args(&m, &[Backend::Tap(7), Backend::Socket(9)], "tcg", None)
             .into_iter()
             .map(|s| s.into_string().unwrap())
             .collect();
@@ -387,6 +407,8 @@ mod tests {
             "virtio-blk-pci,drive=drive-rootfs",
             "readonly=on",
             "tap,id=net-eth0,fd=7",
+            "socket,id=net-eth1,fd=9",
+            "virtio-net-pci,netdev=net-eth1",
             "virtio-net-pci,netdev=net-eth0,mac=06:00:ac:10:00:02",
             "virtio-rng-pci",
         ] {
@@ -408,7 +430,7 @@ mod tests {
         let mut d = drive("rootfs", true, false);
         d.path_on_host = Some("/proc/self/fd/5".into());
         let m = plan(mc, boot, vec![d], vec![], false);
-        let joined = args(&m, "tcg", None)
+        let joined = args(&m, &[], "tcg", None)
             .into_iter()
             .map(|s| s.into_string().unwrap())
             .collect::<Vec<_>>()

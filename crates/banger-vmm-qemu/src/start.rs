@@ -3,6 +3,7 @@
 //! Firecracker's process ends with its guest (a `reboot=k` reboot gives 0). Nothing
 //! here touches the VMM's state: the API keeps answering while a start runs.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt as _;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -16,7 +17,44 @@ pub async fn instance_start(plan: &StartPlan) -> Result<(), String> {
     let _ = std::fs::remove_file(&plan.qmp_socket);
     let accel = std::env::var("BANGER_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
     let bin = qemu::binary();
-    let args = qemu::args(plan, &accel, qemu::address_space_limit());
+    // An interface MMDS serves gets a socket pair: QEMU's end goes to QEMU, ours to the
+    // thread that switches frames (started once QEMU runs); the others get their tap.
+    let mut backends = Vec::new();
+    let mut links = Vec::new();
+    let mut qemu_ends = Vec::new();
+    for n in &plan.nets {
+        match &n.mmds {
+            None => backends.push(qemu::Backend::Tap(n.tap.as_raw_fd())),
+            Some(m) => {
+                use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+                let (ours, theirs) = socketpair(
+                    AddressFamily::Unix,
+                    SockType::Stream,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| format!("cannot make MMDS's socket pair: {e}"))?;
+                backends.push(qemu::Backend::Socket(theirs.as_raw_fd()));
+                let tap = n
+                    .tap
+                    .try_clone()
+                    .map_err(|e| format!("cannot duplicate the tap: {e}"))?;
+                links.push(crate::mmds::net::Link {
+                    tap,
+                    qemu: ours,
+                    ip: m.ip,
+                    guest: crate::mmds::guest::Guest::new(
+                        m.store.clone(),
+                        m.version,
+                        m.imds_compat,
+                    ),
+                    log: plan.log.clone(),
+                });
+                qemu_ends.push(theirs);
+            }
+        }
+    }
+    let args = qemu::args(plan, &backends, &accel, qemu::address_space_limit());
     plan.log.main_info(&format!(
         "Starting guest: {} {}",
         bin.display(),
@@ -28,16 +66,21 @@ pub async fn instance_start(plan: &StartPlan) -> Result<(), String> {
     let mut cmd = std::process::Command::new(&bin);
     // The serial console is QEMU's stdout, which is ours (a file, never a pipe).
     cmd.args(&args).stdin(Stdio::null());
-    let taps: Vec<i32> = plan.nets.iter().map(|(_, fd)| *fd).collect();
+    let inherited: Vec<i32> = backends
+        .iter()
+        .map(|b| match b {
+            qemu::Backend::Tap(fd) | qemu::Backend::Socket(fd) => *fd,
+        })
+        .collect();
     // SAFETY: between fork and exec only async-signal-safe calls: prctl, so that QEMU
     // dies with its VMM (what `banger vm kill` relies on: no guest left behind), and
-    // fcntl, so that QEMU inherits the taps opened at PUT time under their numbers.
+    // fcntl, so that QEMU inherits its netdevs' descriptors under their numbers.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            for fd in &taps {
+            for fd in &inherited {
                 if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -48,6 +91,11 @@ pub async fn instance_start(plan: &StartPlan) -> Result<(), String> {
     let mut child = tokio::process::Command::from(cmd)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    // QEMU has its ends now; ours start switching.
+    drop(qemu_ends);
+    for link in links {
+        crate::mmds::net::spawn(link).map_err(|e| format!("cannot start MMDS: {e}"))?;
+    }
 
     // Wait until QMP reports a running guest, or QEMU dies trying.
     let deadline = Instant::now() + START_LIMIT;

@@ -5,8 +5,9 @@
 //! caller to run without holding the state. Errors are Firecracker's
 //! `VmmActionError`, texts included.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use banger_fc::models::{
     BootSource, Drive, EntropyDevice, MMDS_DEFAULT_IPV4, MachineConfiguration, Metrics, MmdsConfig,
@@ -168,17 +169,33 @@ pub struct Net {
     pub tap: OwnedFd,
 }
 
+/// An interface as the start needs it: its configuration, its tap (a duplicate of the
+/// descriptor opened at PUT), and the MMDS it serves, if `PUT /mmds/config` named it.
+#[derive(Debug)]
+pub struct PlanNet {
+    pub config: NetworkInterface,
+    pub tap: OwnedFd,
+    pub mmds: Option<PlanMmds>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanMmds {
+    pub ip: std::net::Ipv4Addr,
+    pub version: banger_fc::models::MmdsVersion,
+    pub imds_compat: bool,
+    pub store: Arc<Mutex<DataStore>>,
+}
+
 /// Everything QEMU is started with, copied out of the state so that the start runs
 /// without it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StartPlan {
     pub id: String,
     pub machine: MachineConfiguration,
     pub boot: BootSource,
     /// Root device first.
     pub drives: Vec<Drive>,
-    /// Each interface with the descriptor of its open tap.
-    pub nets: Vec<(NetworkInterface, RawFd)>,
+    pub nets: Vec<PlanNet>,
     pub qmp_socket: PathBuf,
     pub serial_out: Option<PathBuf>,
     pub entropy: bool,
@@ -222,7 +239,8 @@ pub struct Vmm {
     pub metrics: Option<Metrics>,
     pub serial: Option<SerialDevice>,
     pub entropy: Option<EntropyDevice>,
-    pub mmds: DataStore,
+    /// Shared with the MMDS that serves the guest.
+    pub mmds: Arc<Mutex<DataStore>>,
     pub mmds_config: Option<MmdsConfig>,
     pub log: Logger,
 }
@@ -254,7 +272,7 @@ impl Vmm {
             metrics: None,
             serial: None,
             entropy: None,
-            mmds: DataStore::new(mmds_limit),
+            mmds: Arc::new(Mutex::new(DataStore::new(mmds_limit))),
             mmds_config: None,
             log,
         }
@@ -285,7 +303,7 @@ impl Vmm {
                 }
                 Ok(Applied::Body(self.full_config()))
             }
-            A::GetMmds => Ok(Applied::Body(self.mmds.get())),
+            A::GetMmds => Ok(Applied::Body(self.store().get())),
             A::PutMachineConfig(mc) => {
                 pre_boot(self)?;
                 self.machine = validate_machine(mc)?;
@@ -357,11 +375,11 @@ impl Vmm {
                 Ok(Applied::Done)
             }
             A::PutMmds(data) => {
-                self.mmds.put(data)?;
+                self.store().put(data)?;
                 Ok(Applied::Done)
             }
             A::PatchMmds(patch) => {
-                self.mmds.patch(patch)?;
+                self.store().patch(patch)?;
                 Ok(Applied::Done)
             }
             A::PutMmdsConfig(c) => {
@@ -395,17 +413,24 @@ impl Vmm {
                         "Cannot start microvm without kernel configuration.".into(),
                     ));
                 };
+                let mut nets = Vec::new();
+                for n in &self.nets {
+                    let tap = n.tap.try_clone().map_err(|e| {
+                        ActionError::StartMicrovm(format!("cannot duplicate the tap: {e}"))
+                    })?;
+                    nets.push(PlanNet {
+                        config: n.config.clone(),
+                        tap,
+                        mmds: self.mmds_for(&n.config.iface_id),
+                    });
+                }
                 self.state = InstanceState::Starting;
                 Ok(Applied::Start(Box::new(StartPlan {
                     id: self.id.clone(),
                     machine: self.machine.clone(),
                     boot,
                     drives: self.drives.clone(),
-                    nets: self
-                        .nets
-                        .iter()
-                        .map(|n| (n.config.clone(), n.tap.as_raw_fd()))
-                        .collect(),
+                    nets,
                     qmp_socket: self.qmp_socket(),
                     serial_out: self
                         .serial
@@ -439,6 +464,20 @@ impl Vmm {
                 "banger-vmm-qemu does not implement /{resource} (see docs/vmm-qemu.md)"
             ))),
         }
+    }
+
+    pub fn store(&self) -> std::sync::MutexGuard<'_, DataStore> {
+        self.mmds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mmds_for(&self, iface_id: &str) -> Option<PlanMmds> {
+        let c = self.mmds_config.as_ref()?;
+        c.network_interfaces.iter().any(|i| i == iface_id).then(|| PlanMmds {
+            ip: c.ipv4_address.unwrap_or(MMDS_DEFAULT_IPV4),
+            version: c.version,
+            imds_compat: c.imds_compat,
+            store: self.mmds.clone(),
+        })
     }
 
     /// The end of an InstanceStart: running, or back to not started.

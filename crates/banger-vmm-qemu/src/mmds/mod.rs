@@ -3,6 +3,9 @@
 //! a PATCH before that is refused, and the compact JSON of the whole store may not
 //! exceed the size limit (`--mmds-size-limit`, by default the API payload limit).
 
+pub mod guest;
+pub mod net;
+
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +39,11 @@ impl DataStore {
         } else {
             self.data.clone()
         }
+    }
+
+    /// The data as stored (null before any PUT), as the guest reads it.
+    pub fn raw(&self) -> &Value {
+        &self.data
     }
 
     pub fn put(&mut self, data: Value) -> Result<(), MmdsError> {
