@@ -292,19 +292,13 @@ async fn stop(cli: &Cli, dirs: &Dirs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// SIGTERM the process named in `pidfile` if it is `name`, and wait for it to go.
 /// Alive and not a zombie (a daemon this process started and has not reaped yet is
 /// a zombie once it exits).
 fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    procfs::process::Process::new(pid).is_ok_and(|p| p.is_alive())
 }
 
+/// SIGTERM the process named in `pidfile` if it is `name`, and wait for it to go.
 async fn stop_pidfile(name: &str, pidfile: &PathBuf) -> Result<()> {
     let Some(pid) = std::fs::read_to_string(pidfile)
         .ok()
@@ -312,8 +306,8 @@ async fn stop_pidfile(name: &str, pidfile: &PathBuf) -> Result<()> {
     else {
         return Ok(());
     };
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim_end() != name {
+    let comm = procfs::process::Process::new(pid).and_then(|p| p.stat());
+    if !comm.is_ok_and(|s| s.comm == name) {
         return Ok(()); // Not running (or the pid was reused): nothing to stop.
     }
     kill(Pid::from_raw(pid), Signal::SIGTERM)
