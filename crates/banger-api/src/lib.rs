@@ -9,6 +9,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+mod version;
+pub use version::{Version, VersionError, parse_version};
+
 /// banger's version: `BANGER_VERSION` at build time (what `scripts/release` sets),
 /// else the crate version.
 pub const VERSION: &str = match option_env!("BANGER_VERSION") {

@@ -359,11 +359,7 @@ pub(crate) fn vmm_version(vmm: &std::path::Path, name: &str) -> Result<Option<St
     if name == "firecracker" {
         let v = banger_fc::version::parse_version_output(&text)
             .with_context(|| format!("{} --version", vmm.display()))?;
-        let oldest = banger_fc::version::Version {
-            major: 1,
-            minor: 12,
-            patch: 0,
-        };
+        let oldest = banger_fc::version::Version::new(1, 12, 0);
         anyhow::ensure!(
             v >= oldest,
             "Firecracker v{v} is too old: banger needs v1.12 or newer"
