@@ -20,7 +20,7 @@ pub fn bin_dir() -> PathBuf {
     } else {
         parent.parent().expect("target dir").to_path_buf()
     };
-    for b in ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"] {
+    for b in banger_api::BINARIES {
         assert!(
             dir.join(b).exists(),
             "{} is missing: build the workspace first (scripts/test does: cargo build --workspace --bins)",

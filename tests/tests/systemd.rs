@@ -372,7 +372,8 @@ fn under_systemd_updates_swap_restart_and_roll_back_with_the_vm_alive() {
         c.inside(&a)
     };
     let sums = || {
-        c.ok(&["sh", "-c", "sha256sum /usr/local/bin/banger /usr/local/bin/bangerd /usr/local/bin/bangerd-root /usr/local/bin/banger-vmm-qemu"])
+        let paths = banger_api::BINARIES.map(|b| format!("/usr/local/bin/{b}"));
+        c.ok(&["sh", "-c", &format!("sha256sum {}", paths.join(" "))])
     };
     let installed = sums();
 

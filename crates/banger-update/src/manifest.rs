@@ -6,8 +6,8 @@ use banger_api::{Version, parse_version};
 
 use crate::UpdateError;
 
-/// The binaries a release may carry; nothing else is ever installed.
-pub const ARTEFACTS: [&str; 4] = ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"];
+/// The binaries a release carries, all and only them; nothing else is ever installed.
+pub use banger_api::BINARIES as ARTEFACTS;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -212,19 +212,10 @@ where
     let mut buf = [0u8; 512];
     while !ready().await {
         if Instant::now() > deadline {
-            let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = tail
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+            let tail = banger_api::last_lines(&std::fs::read(log).unwrap_or_default(), 5);
             bail!(
-                "{what} did not become ready within {limit:?}; last lines of {}:\n{}",
+                "{what} did not become ready within {limit:?}; last lines of {}:\n{tail}",
                 log.display(),
-                tail.join("\n")
             );
         }
         match notify {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use banger_api::parse_version;
+use banger_api::{error_chain as chain, parse_version};
 use banger_update::{PublicKeys, fetch_verified};
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -282,10 +282,13 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
         std::fs::remove_file(&journal)?;
         match again {
             Ok(()) => bail!(
-                "update to {offered} failed during the swap ({e:#}); rolled back to {installed} and restarted it"
+                "update to {offered} failed during the swap ({}); rolled back to {installed} and restarted it",
+                chain(e.as_ref())
             ),
             Err(e2) => bail!(
-                "update to {offered} failed during the swap ({e:#}); rolled back to {installed}, but restarting it failed too: {e2:#}"
+                "update to {offered} failed during the swap ({}); rolled back to {installed}, but restarting it failed too: {}",
+                chain(e.as_ref()),
+                chain(e2.as_ref())
             ),
         }
     }
@@ -308,10 +311,13 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
             std::fs::remove_file(&journal)?;
             match again {
                 Ok(()) => bail!(
-                    "update to {offered} failed ({e:#}); rolled back to {installed} and restarted it"
+                    "update to {offered} failed ({}); rolled back to {installed} and restarted it",
+                    chain(e.as_ref())
                 ),
                 Err(e2) => bail!(
-                    "update to {offered} failed ({e:#}); rolled back to {installed}, but restarting it failed too: {e2:#}"
+                    "update to {offered} failed ({}); rolled back to {installed}, but restarting it failed too: {}",
+                    chain(e.as_ref()),
+                    chain(e2.as_ref())
                 ),
             }
         }

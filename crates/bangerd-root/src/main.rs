@@ -80,7 +80,10 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(Args::parse()) {
-        eprintln!("bangerd-root: error: {e:#}");
+        eprintln!(
+            "bangerd-root: error: {}",
+            banger_api::error_chain(e.as_ref())
+        );
         std::process::exit(1);
     }
 }
@@ -297,7 +300,7 @@ fn run(args: Args) -> Result<()> {
         active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::thread::spawn(move || {
             if let Err(e) = serve(&helper, conn, allow_uid) {
-                tracing::warn!("connection failed: {e:#}");
+                tracing::warn!("connection failed: {}", banger_api::error_chain(e.as_ref()));
             }
             active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
