@@ -301,11 +301,14 @@ mod tests {
     }
 
     /// The VMM and its directory (removed when the VMM is dropped).
-    struct Vmm(std::process::Child, #[allow(dead_code)] tempfile::TempDir);
+    struct Vmm {
+        child: std::process::Child,
+        _dir: tempfile::TempDir,
+    }
     impl Drop for Vmm {
         fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 
@@ -337,7 +340,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        (Vmm(child, dir), c)
+        (Vmm { child, _dir: dir }, c)
     }
 
     fn refused(r: Result<(), Error>, status: u16, words: &str) {

@@ -158,7 +158,7 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
     Ok(())
 }
 
-/// Starts `bin` in its own session with output appended to `log`: it must not die
+/// Starts `bin` in its own process group with output appended to `log`: it must not die
 /// with this terminal or write to a pipe we hold.
 fn spawn_detached(
     bin: &Path,
@@ -182,14 +182,9 @@ fn spawn_detached(
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
-    }
+    // Its own process group: the terminal's signals (Ctrl-C, and SIGHUP when it
+    // closes) go to the foreground group and to the shell's jobs, never to it.
+    cmd.process_group(0);
     cmd.spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     Ok(())
