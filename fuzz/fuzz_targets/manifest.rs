@@ -1,11 +1,12 @@
 //! `manifest.json` as `banger update` reads it: `Manifest::parse`, then the version,
 //! expiry and each artefact's URL next to the manifest (`fetch::sibling`). The
 //! manifest is parsed only after its hash matched the signed SHA256SUMS, but the
-//! parser must hold even without that. Also `Version::parse` on the raw input.
+//! parser must hold even without that. Also `parse_version` on the raw input.
 
 #![no_main]
 
-use banger_update::manifest::{ARTEFACTS, Manifest, Version};
+use banger_api::parse_version;
+use banger_update::manifest::{ARTEFACTS, Manifest};
 use libfuzzer_sys::fuzz_target;
 
 const MANIFEST_URL: &str = "https://releases.banger.dev/stable/latest/manifest.json";
@@ -13,7 +14,7 @@ const MANIFEST_URL: &str = "https://releases.banger.dev/stable/latest/manifest.j
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Manifest::parse(data) {
         let v = m.version().expect("a parsed manifest has a version");
-        assert_eq!(Version::parse(&v.to_string()), Some(v));
+        assert_eq!(parse_version(&v.to_string()), Ok(v));
         m.expiry().expect("a parsed manifest has an expiry");
         let _ = m.check_not_expired(time::OffsetDateTime::UNIX_EPOCH);
 
@@ -35,10 +36,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(s) = std::str::from_utf8(data)
-        && let Some(v) = Version::parse(s)
+        && let Ok(v) = parse_version(s)
     {
-        // Numeric, so "v01.2.3" and "1.2.3" are one version.
-        assert_eq!(Version::parse(&v.to_string()), Some(v));
-        assert_eq!(Version::parse(&format!("v{v}")), Some(v));
+        // A release prints back as itself, with or without its `v`.
+        assert_eq!(parse_version(&v.to_string()).as_ref(), Ok(&v));
+        assert_eq!(parse_version(&format!("v{v}")), Ok(v));
     }
 });

@@ -1,91 +1,101 @@
-//! The Firecracker API bodies `banger-vmm-qemu` accepts, parsed as its `api::parse`
-//! parses them (`serde_json::from_slice` into the types of its `config.rs`), then
-//! validated and serialized again as its routes do: `GET /machine-config` and
-//! `GET /vm/config` serialize what was stored with `.expect("json")` and `json!`, so
-//! anything a PUT accepts must serialize. The same bytes are also read as the
-//! responses banger's Firecracker client parses (`banger_fc::models`).
-//!
-//! Each input is tried as every body, and as a path resource id (`/drives/{id}`).
+//! The Firecracker API as `banger-vmm-qemu` reads it: each input is tried as the body
+//! (and, as UTF-8, as the resource id) of every route its parser knows
+//! (`request::parse`), and what parses is applied to a fresh VMM's state where that
+//! touches no file or device (machine config, MMDS data and config, the GETs), whose
+//! answers must serialize. The same bytes are also read as the responses banger's
+//! Firecracker client parses (`banger_fc::models`).
 
 #![no_main]
 
+use banger_vmm_qemu::action::VmmAction;
+use banger_vmm_qemu::request::parse;
+use banger_vmm_qemu::vmm::{Applied, Vmm};
+use hyper::Method;
 use libfuzzer_sys::fuzz_target;
 
-/// `banger-vmm-qemu` is a binary crate; its body types and checks live in `config.rs`,
-/// which uses nothing but serde, so the target compiles that very file. (Were it ever
-/// to depend on the rest of the binary, this stops building, loudly.) `rustfmt::skip`:
-/// the file is formatted with its crate, never by formatting this target.
-#[allow(dead_code)]
-#[rustfmt::skip]
-#[path = "../../crates/banger-vmm-qemu/src/config.rs"]
-mod config;
+const ROUTES: &[(&str, &str)] = &[
+    ("PUT", "/machine-config"),
+    ("PATCH", "/machine-config"),
+    ("PUT", "/boot-source"),
+    ("PUT", "/drives/rootfs"),
+    ("PATCH", "/drives/rootfs"),
+    ("PUT", "/network-interfaces/eth0"),
+    ("PATCH", "/network-interfaces/eth0"),
+    ("PUT", "/logger"),
+    ("PUT", "/metrics"),
+    ("PUT", "/serial"),
+    ("PUT", "/entropy"),
+    ("PUT", "/mmds"),
+    ("PATCH", "/mmds"),
+    ("PUT", "/mmds/config"),
+    ("PUT", "/actions"),
+    ("PATCH", "/vm"),
+    ("GET", "/vm/config"),
+];
 
-use config::*;
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
-    serde_json::from_slice(body).ok()
-}
-
-/// What `GET /machine-config` and `GET /vm/config` do with a stored body.
-fn serializes<T: serde::Serialize>(v: &T) {
-    let value = serde_json::to_value(v).expect("an accepted body serializes");
-    serde_json::to_vec(&value).expect("its value serializes");
+/// Actions that only change the in-memory state.
+fn harmless(a: &VmmAction) -> bool {
+    use VmmAction as A;
+    matches!(
+        a,
+        A::PutMachineConfig(_)
+            | A::PatchMachineConfig(_)
+            | A::PutMmds(_)
+            | A::PatchMmds(_)
+            | A::PutMmdsConfig(_)
+            | A::GetFullVmConfig
+            | A::GetMachineConfig
+            | A::GetMmds
+    )
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(mc) = parse::<MachineConfig>(data) {
-        if mc.validate().is_ok() {
-            assert!((1..=MAX_VCPUS).contains(&mc.vcpu_count) && mc.mem_size_mib > 0);
+    let log = banger_vmm_qemu::log::Logger::new("fuzz");
+    log.configure(&banger_fc::models::Logger {
+        level: Some(banger_fc::models::LogLevel::Off),
+        ..Default::default()
+    });
+    let mut vmm = Vmm::new("fuzz".into(), "/nonexistent/api.sock".into(), 4096, log);
+    for (method, path) in ROUTES {
+        let method: Method = method.parse().unwrap();
+        let Ok(parsed) = parse(&method, path, Some(data)) else {
+            continue;
+        };
+        if harmless(&parsed.action) {
+            match vmm.apply(parsed.action) {
+                Ok(Applied::Body(v)) => {
+                    serde_json::to_vec(&v).expect("an answer serializes");
+                }
+                Ok(_) => {}
+                Err(e) => assert!(!e.to_string().is_empty()),
+            }
         }
-        serializes(&mc);
     }
-    if let Some(p) = parse::<MachineConfigPatch>(data) {
-        let _ = p.is_empty();
+    for get in ["/", "/machine-config", "/vm/config", "/mmds"] {
+        let p = parse(&Method::GET, get, None).expect("a GET without body parses");
+        if let Ok(Applied::Body(v)) = vmm.apply(p.action) {
+            serde_json::to_vec(&v).expect("an answer serializes");
+        }
     }
-    if let Some(bs) = parse::<BootSource>(data) {
-        serializes(&bs);
-    }
-    if let Some(d) = parse::<Drive>(data) {
-        let _ = valid_resource_id(&d.drive_id);
-        serializes(&d);
-    }
-    if let Some(d) = parse::<PartialDrive>(data) {
-        let _ = valid_resource_id(&d.drive_id);
-    }
-    if let Some(n) = parse::<NetworkInterface>(data) {
-        serializes(&n);
-    }
-    let _ = parse::<PartialNetworkInterface>(data);
-    if let Some(l) = parse::<Logger>(data) {
-        let _ = l.level.map(|l| l.to_lowercase());
-    }
-    let _ = parse::<Metrics>(data);
-    let _ = parse::<SerialDevice>(data);
-    if let Some(e) = parse::<EntropyDevice>(data) {
-        serializes(&e);
-    }
-    let _ = parse::<ActionBody>(data);
-    let _ = parse::<VmBody>(data);
-    // PUT/PATCH /mmds store any JSON value and serve it back.
-    if let Some(v) = parse::<serde_json::Value>(data) {
-        serializes(&v);
+    if let Ok(id) = std::str::from_utf8(data)
+        && !id.contains('/')
+    {
+        let path = format!("/drives/{id}");
+        let body = format!(r#"{{"drive_id":{},"is_root_device":true}}"#, serde_json::json!(id));
+        if parse(&Method::PUT, &path, Some(body.as_bytes())).is_ok() {
+            assert!(
+                !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                "{id:?}"
+            );
+        }
     }
 
     // What banger reads from a VMM.
     use banger_fc::models;
-    let _ = parse::<models::InstanceInfo>(data);
-    let _ = parse::<models::FaultBody>(data);
-    let _ = parse::<models::MachineConfiguration>(data);
-    if let Some(c) = parse::<models::FullVmConfiguration>(data) {
-        serializes(&c);
-    }
-
-    if let Ok(id) = std::str::from_utf8(data)
-        && valid_resource_id(id)
-    {
-        assert!(
-            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
-            "{id:?}"
-        );
+    let _ = serde_json::from_slice::<models::InstanceInfo>(data);
+    let _ = serde_json::from_slice::<models::FaultBody>(data);
+    let _ = serde_json::from_slice::<models::MachineConfiguration>(data);
+    if let Ok(c) = serde_json::from_slice::<models::FullVmConfiguration>(data) {
+        serde_json::to_vec(&c).expect("a parsed config serializes");
     }
 });

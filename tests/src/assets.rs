@@ -1,5 +1,6 @@
-//! The workspace's binaries and the guests the tests boot: the test guest, the real
-//! Firecracker with its tiny guest, and the shared Debian image.
+//! The workspace's binaries and the guests the tests boot, all from one asset cache
+//! ([`cache_dir`]): the test guest, the real Firecracker with its tiny guest, the
+//! nspawn root of the systemd tests, and the shared Debian image.
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +21,7 @@ pub fn bin_dir() -> PathBuf {
     } else {
         parent.parent().expect("target dir").to_path_buf()
     };
-    for b in ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"] {
+    for b in banger_api::BINARIES {
         assert!(
             dir.join(b).exists(),
             "{} is missing: build the workspace first (scripts/test does: cargo build --workspace --bins)",
@@ -28,6 +29,25 @@ pub fn bin_dir() -> PathBuf {
         );
     }
     dir
+}
+
+/// The asset cache the scripts fill (`BANGER_CACHE`, else `<repo>/.cache`): the test
+/// guest, Firecracker, the nspawn root, the shared Debian image.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("BANGER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
+}
+
+/// The Debian root with systemd that [`Container`]s boot (`scripts/nspawn-root`).
+pub fn nspawn_root() -> PathBuf {
+    let root = cache_dir().join("nspawn/root");
+    assert!(
+        root.join(".banger-stamp").exists(),
+        "{} missing: run scripts/nspawn-root (scripts/test does)",
+        root.display()
+    );
+    root
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -42,10 +62,7 @@ pub struct Guest {
 }
 
 pub fn guest() -> Guest {
-    let root = std::env::var_os("BANGER_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
-        .join("guest");
+    let root = cache_dir().join("guest");
     let g = Guest {
         kernel: root.join("vmlinuz"),
         initrd: root.join("initrd.img"),
@@ -72,10 +89,7 @@ pub struct Firecracker {
 }
 
 pub fn firecracker() -> Firecracker {
-    let root = std::env::var_os("BANGER_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
-        .join("firecracker");
+    let root = cache_dir().join("firecracker");
     let f = Firecracker {
         firecracker: root.join("bin/firecracker"),
         jailer: root.join("bin/jailer"),
@@ -110,10 +124,7 @@ pub fn vmm_user() -> (u32, u32) {
 pub fn debian_image() -> (PathBuf, PathBuf, PathBuf) {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let root = std::env::var_os("BANGER_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
-        .join("test-image");
+    let root = cache_dir().join("test-image");
     let stamp = format!("{:x}", {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();

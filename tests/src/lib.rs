@@ -10,12 +10,14 @@
 //! SSH live there, never in the host's namespace.
 
 mod assets;
+mod container;
 mod env;
 mod netns;
 mod processes;
 mod releases;
 
 pub use assets::*;
+pub use container::*;
 pub use env::*;
 pub use netns::*;
 pub use processes::*;

@@ -150,7 +150,7 @@ impl Releases {
     pub fn failing_daemon_release(&self, real_bangerd: &str) -> String {
         let bad_bins = self.dir.path().join("bad-bins");
         std::fs::create_dir_all(&bad_bins).unwrap();
-        for b in ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"] {
+        for b in banger_api::BINARIES {
             std::fs::copy(bin(b), bad_bins.join(b)).unwrap();
         }
         std::fs::write(bad_bins.join("bangerd"), format!(

@@ -1,230 +1,17 @@
-//! banger under a real systemd (PID 1 of a systemd-nspawn container built by
-//! scripts/nspawn-root): `banger system install`, a VM, then restarts of both units.
+//! banger under a real systemd (PID 1 of a systemd-nspawn container, the harness's
+//! [`Container`]): `banger system install`, a VM, then restarts of both units.
 //! The VM keeps its VMM pid and its boot id, and the VMM lives in its own scope under
-//! banger.slice, outside both units' cgroups. Each container runs in a network
-//! namespace of the test's own (`--network-namespace-path`), never the host's.
+//! banger.slice, outside both units' cgroups. Only the scenarios are here.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use banger_tests::*;
-
-struct Container {
-    nspawn: Child,
-    init: i32,
-    log: PathBuf,
-    /// The container's network namespace: its banger's bridge, taps and nftables
-    /// table are made here, and go with it.
-    netns: Netns,
-    _dir: tempfile::TempDir,
-}
-
-fn cache() -> PathBuf {
-    std::env::var_os("BANGER_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
-}
-
-impl Container {
-    fn boot(net: u32) -> Self {
-        Self::boot_with(net, Netns::new(), &[])
-    }
-
-    /// Boots in `netns` with extra `--bind-ro=HOST:GUEST` mounts.
-    fn boot_with(net: u32, netns: Netns, extra_ro: &[(&Path, &str)]) -> Self {
-        let root = cache().join("nspawn/root");
-        assert!(
-            root.join(".banger-stamp").exists(),
-            "{} missing: run scripts/nspawn-root (scripts/test does)",
-            root.display()
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("nspawn.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let nspawn = Command::new("systemd-nspawn")
-            .args([
-                "--register=no",
-                "--keep-unit",
-                "--quiet",
-                "--boot",
-                "--volatile=overlay",
-            ])
-            .arg(format!(
-                "--machine=banger-test-{}-{net}",
-                std::process::id()
-            ))
-            .arg("--directory")
-            .arg(&root)
-            .arg(format!("--bind-ro={}:/opt/banger", bin_dir().display()))
-            .arg(format!(
-                "--bind-ro={}:/opt/guest",
-                cache().join("guest").display()
-            ))
-            // Taps and the bridge, in the test's network namespace (never the host's);
-            // a bridge, subnet and table of its own anyway.
-            .arg(format!(
-                "--network-namespace-path={}",
-                netns.path().display()
-            ))
-            .args([
-                "--bind=/dev/net/tun",
-                "--capability=CAP_NET_ADMIN",
-                "--property=DeviceAllow=/dev/net/tun rwm",
-            ])
-            // /dev/kvm for the real Firecracker (its jailer makes its own nodes).
-            .args(["--bind=/dev/kvm", "--property=DeviceAllow=/dev/kvm rwm"])
-            .args(
-                extra_ro
-                    .iter()
-                    .map(|(h, g)| format!("--bind-ro={}:{g}", h.display())),
-            )
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("systemd-nspawn");
-        let mut c = Container {
-            init: 0,
-            nspawn,
-            log,
-            netns,
-            _dir: dir,
-        };
-        // The container's PID 1 is the child of systemd-nspawn once it has exec'd
-        // systemd: a child seen earlier may be nspawn's own short-lived helper, and
-        // nsenter into it fails once it is gone.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while c.init == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "no container init; log:\n{}",
-                c.log_text()
-            );
-            assert!(
-                c.nspawn.try_wait().unwrap().is_none(),
-                "nspawn exited:\n{}",
-                c.log_text()
-            );
-            c.init = children(c.nspawn.id() as i32)
-                .into_iter()
-                .find(|p| {
-                    std::fs::read_to_string(format!("/proc/{p}/comm"))
-                        .is_ok_and(|c| c.trim() == "systemd")
-                })
-                .unwrap_or(0);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let out = c.inside(&["systemctl", "is-system-running"]);
-            let s = String::from_utf8_lossy(&out.stdout).into_owned();
-            if s.starts_with("running") || s.starts_with("degraded") {
-                break;
-            }
-            if Instant::now() > deadline {
-                let jobs = c.inside(&["systemctl", "list-jobs", "--no-pager"]);
-                panic!(
-                    "systemd in the container did not finish booting in 180 s ({}):\n{}\n--- nspawn ---\n{}",
-                    s.trim(),
-                    String::from_utf8_lossy(&jobs.stdout),
-                    c.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        c
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn inside(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .args(["-t", &self.init.to_string(), "-a", "--"])
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-            .env("HOME", "/root")
-            .output()
-            .expect("nsenter")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.inside(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed in the container ({}):\n{}\n{}\n--- journal ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(
-                &self
-                    .inside(&["journalctl", "-n", "60", "--no-pager"])
-                    .stdout
-            )
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = vec!["banger", "--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    fn boot_ids(&self, vm: &str) -> Vec<String> {
-        self.ok(&["banger", "vm", "logs", vm])
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("BANGER_BOOT_ID=").map(String::from))
-            .collect()
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        // SIGKILL to the container's PID 1 ends its whole PID namespace (VMs
-        // included); killing only systemd-nspawn would orphan the container.
-        if self.init > 0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.init),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = self.nspawn.kill();
-        let _ = self.nspawn.wait();
-        // The bridge, taps and nftables table go with `self.netns`.
-    }
-}
-
-/// (bridge, gateway, nftables table) for a container's banger; `n` tells the tests
-/// of one run apart.
-fn net_names_n(n: u32) -> (String, String, String) {
-    let p = std::process::id() % 1000;
-    (
-        format!("bsd{p}x{n}"),
-        format!("10.{}.{}.1/24", 97 + n, p % 250),
-        format!("banger_sd{p}_{n}"),
-    )
-}
-
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn under_systemd_unit_restarts_never_touch_a_vm() {
     let c = Container::boot(0);
-    let (bridge, gateway, table) = net_names_n(0);
+    let (bridge, gateway, table) = container_net_names(0);
     c.ok(&["sh", "-c", &format!(
         "printf 'BANGER_BRIDGE={bridge}\\nBANGER_GATEWAY={gateway}\\nBANGER_NFT_TABLE={table}\\n' > /etc/default/banger"
     )]);
@@ -353,7 +140,7 @@ fn under_systemd_updates_swap_restart_and_roll_back_with_the_vm_alive() {
         netns,
         &[(r.dir.path(), "/opt/rel"), (&image_dir, "/opt/img")],
     );
-    let (bridge, gateway, table) = net_names_n(1);
+    let (bridge, gateway, table) = container_net_names(1);
     c.ok(&["sh", "-c", &format!(
         "printf 'BANGER_BRIDGE={bridge}\\nBANGER_GATEWAY={gateway}\\nBANGER_NFT_TABLE={table}\\n' > /etc/default/banger"
     )]);
@@ -372,7 +159,8 @@ fn under_systemd_updates_swap_restart_and_roll_back_with_the_vm_alive() {
         c.inside(&a)
     };
     let sums = || {
-        c.ok(&["sh", "-c", "sha256sum /usr/local/bin/banger /usr/local/bin/bangerd /usr/local/bin/bangerd-root /usr/local/bin/banger-vmm-qemu"])
+        let paths = banger_api::BINARIES.map(|b| format!("/usr/local/bin/{b}"));
+        c.ok(&["sh", "-c", &format!("sha256sum {}", paths.join(" "))])
     };
     let installed = sums();
 
@@ -556,7 +344,7 @@ fn under_systemd_a_jailed_firecracker_vm_survives_restarts_updates_and_rollbacks
         netns,
         &[(r.dir.path(), "/opt/rel"), (&fc_dir, "/opt/fc")],
     );
-    let (bridge, gateway, table) = net_names_n(2);
+    let (bridge, gateway, table) = container_net_names(2);
     c.ok(&["sh", "-c", &format!(
         "printf 'BANGER_BRIDGE={bridge}\\nBANGER_GATEWAY={gateway}\\nBANGER_NFT_TABLE={table}\\n\
          BANGER_VMM=/opt/fc/bin/firecracker\\nBANGER_JAILER=/opt/fc/bin/jailer\\n' > /etc/default/banger"

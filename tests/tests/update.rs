@@ -17,7 +17,7 @@ use std::process::Command;
 use banger_tests::*;
 use sha2_free::digest_file;
 
-const BINS: [&str; 4] = ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"];
+use banger_api::BINARIES as BINS;
 
 mod sha2_free {
     /// sha256sum of a file (the system tool, as a user would check).
@@ -132,36 +132,81 @@ fn tampered_foreign_expired_oversized_and_truncated_releases_are_refused() {
     let before = hashes(bins.path());
     let cases: Vec<(&str, String, &str)> = vec![
         // One byte flipped in place: the same size, so only the hash check can catch it.
-        ("tampered artefact", r.variant("t-art", |d| {
-            let mut b = std::fs::read(d.join("bangerd")).unwrap();
-            let mid = b.len() / 2;
-            b[mid] ^= 0xff;
-            std::fs::write(d.join("bangerd"), b).unwrap();
-        }), "bangerd does not match its SHA-256"),
-        ("tampered SHA256SUMS", r.variant("t-sums", |d| {
-            let s = std::fs::read_to_string(d.join("SHA256SUMS")).unwrap().replacen('a', "b", 1);
-            std::fs::write(d.join("SHA256SUMS"), s).unwrap();
-        }), "signature"),
-        ("tampered manifest", r.variant("t-man", |d| {
-            let s = std::fs::read_to_string(d.join("manifest.json")).unwrap().replace("9.1.0", "9.2.0");
-            std::fs::write(d.join("manifest.json"), s).unwrap();
-        }), "manifest.json does not match"),
-        ("another key", r.variant("t-key", |d| r.resign(d, "other.pem")), "not valid for any trusted key"),
-        ("truncated signature", r.variant("t-trunc", |d| {
-            let s = std::fs::read(d.join("SHA256SUMS.sig")).unwrap();
-            std::fs::write(d.join("SHA256SUMS.sig"), &s[..s.len() / 2]).unwrap();
-        }), "signature"),
-        ("non-base64 signature", r.variant("t-b64", |d| std::fs::write(d.join("SHA256SUMS.sig"), "!!not base64!!").unwrap()), "not base64"),
-        ("larger than announced", r.variant("t-big", |d| {
-            // Announce a smaller size than the file has (re-signed, so only the size lies).
-            let m = std::fs::read_to_string(d.join("manifest.json")).unwrap();
-            let size = std::fs::metadata(d.join("bangerd-root")).unwrap().len();
-            let m = m.replace(&format!("\"url\":\"bangerd-root\",\"size\":{size}"), &format!("\"url\":\"bangerd-root\",\"size\":{}", size - 10));
-            std::fs::write(d.join("manifest.json"), m).unwrap();
-            let st = Command::new("sh").arg("-c").arg("sha256sum manifest.json banger bangerd bangerd-root banger-vmm-qemu > SHA256SUMS").current_dir(d).status().unwrap();
-            assert!(st.success());
-            r.resign(d, "key.pem");
-        }), "larger than"),
+        (
+            "tampered artefact",
+            r.variant("t-art", |d| {
+                let mut b = std::fs::read(d.join("bangerd")).unwrap();
+                let mid = b.len() / 2;
+                b[mid] ^= 0xff;
+                std::fs::write(d.join("bangerd"), b).unwrap();
+            }),
+            "bangerd does not match its SHA-256",
+        ),
+        (
+            "tampered SHA256SUMS",
+            r.variant("t-sums", |d| {
+                let s = std::fs::read_to_string(d.join("SHA256SUMS"))
+                    .unwrap()
+                    .replacen('a', "b", 1);
+                std::fs::write(d.join("SHA256SUMS"), s).unwrap();
+            }),
+            "signature",
+        ),
+        (
+            "tampered manifest",
+            r.variant("t-man", |d| {
+                let s = std::fs::read_to_string(d.join("manifest.json"))
+                    .unwrap()
+                    .replace("9.1.0", "9.2.0");
+                std::fs::write(d.join("manifest.json"), s).unwrap();
+            }),
+            "manifest.json does not match",
+        ),
+        (
+            "another key",
+            r.variant("t-key", |d| r.resign(d, "other.pem")),
+            "not valid for any trusted key",
+        ),
+        (
+            "truncated signature",
+            r.variant("t-trunc", |d| {
+                let s = std::fs::read(d.join("SHA256SUMS.sig")).unwrap();
+                std::fs::write(d.join("SHA256SUMS.sig"), &s[..s.len() / 2]).unwrap();
+            }),
+            "signature",
+        ),
+        (
+            "non-base64 signature",
+            r.variant("t-b64", |d| {
+                std::fs::write(d.join("SHA256SUMS.sig"), "!!not base64!!").unwrap()
+            }),
+            "not base64",
+        ),
+        (
+            "larger than announced",
+            r.variant("t-big", |d| {
+                // Announce a smaller size than the file has (re-signed, so only the size lies).
+                let m = std::fs::read_to_string(d.join("manifest.json")).unwrap();
+                let size = std::fs::metadata(d.join("bangerd-root")).unwrap().len();
+                let m = m.replace(
+                    &format!("\"url\":\"bangerd-root\",\"size\":{size}"),
+                    &format!("\"url\":\"bangerd-root\",\"size\":{}", size - 10),
+                );
+                std::fs::write(d.join("manifest.json"), m).unwrap();
+                let st = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "sha256sum manifest.json {} > SHA256SUMS",
+                        BINS.join(" ")
+                    ))
+                    .current_dir(d)
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+                r.resign(d, "key.pem");
+            }),
+            "larger than",
+        ),
     ];
     for (what, url, want) in cases {
         let out = update(&env, &r, &url, &[]);

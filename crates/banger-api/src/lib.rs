@@ -9,12 +9,19 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+mod version;
+pub use version::{Version, VersionError, parse_version};
+
 /// banger's version: `BANGER_VERSION` at build time (what `scripts/release` sets),
 /// else the crate version.
 pub const VERSION: &str = match option_env!("BANGER_VERSION") {
     Some(v) => v,
     None => env!("CARGO_PKG_VERSION"),
 };
+
+/// banger's binaries: what `system install` copies, what a release carries (and
+/// nothing else), what the tests build. `scripts/binaries` is the scripts' copy.
+pub const BINARIES: [&str; 4] = ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"];
 
 /// API version prefix; every route lives under it.
 pub const API_PREFIX: &str = "/v1";
@@ -42,6 +49,14 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The last `n` non-blank lines of a log or console (`text`, not necessarily UTF-8),
+/// joined by newlines: what an error message quotes to say why something failed.
+pub fn last_lines(text: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(text);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Why a value was refused.
@@ -512,6 +527,26 @@ pub struct ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_lines_are_the_last_non_blank_ones_in_order() {
+        assert_eq!(last_lines(b"a\nb\n\n  \nc\nd\n", 3), "b\nc\nd");
+        assert_eq!(last_lines(b"a\r\nb", 5), "a\nb");
+        assert_eq!(last_lines(b"x\n", 0), "");
+        assert_eq!(last_lines(b"", 3), "");
+        assert_eq!(last_lines(b"ok \xff\n", 1), "ok \u{fffd}");
+    }
+
+    #[test]
+    fn the_scripts_list_of_binaries_is_this_one() {
+        let script = include_str!("../../../scripts/binaries");
+        let line = script
+            .lines()
+            .find_map(|l| l.strip_prefix("BINARIES=("))
+            .and_then(|l| l.strip_suffix(')'))
+            .expect("scripts/binaries sets BINARIES=(...)");
+        assert_eq!(line.split(' ').collect::<Vec<_>>(), BINARIES);
+    }
 
     fn spec(name: &str) -> VmSpec {
         VmSpec {

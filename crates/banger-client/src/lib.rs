@@ -1,4 +1,5 @@
 //! Typed client for `bangerd`'s `/v1` API over its Unix socket, plus a raw escape hatch.
+//! The exchange itself is `banger-http`'s, shared with the VMM client.
 
 #![forbid(unsafe_code)]
 
@@ -8,10 +9,9 @@ use banger_api::{
     DaemonInfo, ErrorBody, ErrorKind, Image, ImageBuildRequest, ImageImportRequest, StopRequest,
     Vm, VmSpec, VmSummary,
 };
+use banger_http::ExchangeError;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
@@ -229,26 +229,17 @@ impl Client {
                 }
             }
         })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(hyper::header::HOST, "bangerd");
-        if body.is_some() {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        // No cap: the daemon is trusted to end its replies, and a long VM list or
+        // console is wanted whole.
+        let req = banger_http::request(method, uri, "bangerd", body);
+        match banger_http::exchange(stream, req, None).await {
+            Ok(r) => Ok((r.status, r.headers, r.body)),
+            Err(ExchangeError::Http(e) | ExchangeError::Body(e)) => Err(Error::Http(e)),
+            Err(e @ ExchangeError::TooLong { status, .. }) => Err(Error::Decode {
+                status,
+                text: e.to_string(),
+            }),
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .expect("valid request");
-        let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, headers, bytes))
     }
 }
 

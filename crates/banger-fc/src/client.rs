@@ -2,14 +2,15 @@
 //!
 //! One HTTP/1.1 connection per call: Firecracker serves at most 10 connections and a
 //! short-lived connection never holds one of them while banger waits on something else.
+//! The exchange itself is `banger-http`'s; the peer check, the timeout, the reply cap
+//! and the errors that name the call are here.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use banger_http::ExchangeError;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
@@ -230,42 +231,26 @@ impl Client {
                 });
             }
         }
-        let http_err = |source| Error::Http {
-            method: method.clone(),
-            uri: uri.into(),
-            source,
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http_err)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(uri)
-            .header(hyper::header::HOST, "localhost")
-            .header(hyper::header::ACCEPT, "application/json");
-        if body.is_some() {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .expect("request parts are valid");
-        let resp = sender.send_request(req).await.map_err(http_err)?;
-        let status = resp.status();
+        let mut req = banger_http::request(method.clone(), uri, "localhost", body);
+        req.headers_mut().insert(
+            hyper::header::ACCEPT,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
         // What a VMM answers is bounded: a VMM its guest took over could stream
         // without end at the daemon, which reads every reply.
-        let bytes = http_body_util::Limited::new(resp.into_body(), MAX_REPLY)
-            .collect()
-            .await
-            .map_err(|source| Error::Reply {
-                method: method.clone(),
+        match banger_http::exchange(stream, req, Some(MAX_REPLY)).await {
+            Ok(r) => Ok((r.status, r.body)),
+            Err(ExchangeError::Http(source)) => Err(Error::Http {
+                method,
                 uri: uri.into(),
                 source,
-            })?
-            .to_bytes();
-        Ok((status, bytes))
+            }),
+            Err(e) => Err(Error::Reply {
+                method,
+                uri: uri.into(),
+                source: Box::new(e),
+            }),
+        }
     }
 }
 
@@ -316,11 +301,14 @@ mod tests {
     }
 
     /// The VMM and its directory (removed when the VMM is dropped).
-    struct Vmm(std::process::Child, #[allow(dead_code)] tempfile::TempDir);
+    struct Vmm {
+        child: std::process::Child,
+        _dir: tempfile::TempDir,
+    }
     impl Drop for Vmm {
         fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 
@@ -352,7 +340,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        (Vmm(child, dir), c)
+        (Vmm { child, _dir: dir }, c)
     }
 
     fn refused(r: Result<(), Error>, status: u16, words: &str) {

@@ -7,9 +7,13 @@
 //! the jailer's pidfile, `<chroot>/<exec-name>.pid`, the sibling of the API socket
 //! symlink's target, and accept the pid only if `/proc/<pid>/comm` is the VMM's name.
 //! Nothing here ever signals a process: an unidentified pid is reported, not touched.
+//! `/proc` is read through the `procfs` crate (start times, states, `comm`, command
+//! lines, effective uids), never parsed by hand.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+
+use procfs::process::{Process, Stat};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PidError {
@@ -114,81 +118,82 @@ pub fn expected_comm(exec_name: &str) -> String {
     exec_name.bytes().take(15).map(char::from).collect()
 }
 
-/// `/proc/<pid>/comm` without its newline, or `None` if the process is gone.
+/// The process `pid` under `proc_root` (`/proc`, or another procfs root in tests).
+fn process(proc_root: &Path, pid: i32) -> Option<Process> {
+    Process::new_with_root(proc_root.join(pid.to_string())).ok()
+}
+
+/// The process's `comm` (what `/proc/<pid>/comm` holds, from `stat`), or `None` if
+/// the process is gone.
 pub fn comm(proc_root: &Path, pid: i32) -> Option<String> {
-    fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
-        .ok()
-        .map(|s| s.trim_end_matches('\n').to_string())
+    Some(process(proc_root, pid)?.stat().ok()?.comm)
 }
 
 /// Start time of a running process in clock ticks since boot (`/proc/<pid>/stat`
 /// field 22): with the pid, it identifies one process for its whole life, across pid
 /// reuse. A zombie has ended: `None`, as for a pid that is gone.
 pub fn start_time(pid: i32) -> Option<u64> {
-    match stat(pid)? {
-        (b'Z' | b'X', _) => None,
-        (_, t) => Some(t),
-    }
+    let stat = stat(pid)?;
+    (!ended(&stat)).then_some(stat.starttime)
 }
 
 /// The start time of `pid` whether it still runs or is a zombie not yet reaped.
 pub fn start_time_even_if_ended(pid: i32) -> Option<u64> {
-    stat(pid).map(|(_, t)| t)
+    stat(pid).map(|s| s.starttime)
 }
 
-/// (state, start time) from `/proc/<pid>/stat`.
-fn stat(pid: i32) -> Option<(u8, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may contain spaces and parentheses: the fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = *fields.next()?.as_bytes().first()?;
-    Some((state, fields.nth(18)?.parse().ok()?))
+/// Zombie (`Z`) or dead (`X`): the process has ended, though its entry is still there.
+fn ended(stat: &Stat) -> bool {
+    matches!(stat.state, 'Z' | 'X')
+}
+
+fn stat(pid: i32) -> Option<Stat> {
+    Process::new(pid).ok()?.stat().ok()
+}
+
+/// A process's effective uid (`/proc/<pid>/status`). The owner of `/proc/<pid>` is
+/// root for a process that changed its uid, as the jailed Firecracker does: only the
+/// status says whose rights it has.
+pub fn euid(pid: i32) -> Option<u32> {
+    Some(Process::new(pid).ok()?.status().ok()?.euid)
 }
 
 /// Arguments of this form name a path relative to the process's working directory.
-pub const CWD_PREFIX: &[u8] = b"/proc/self/cwd/";
+pub const CWD_PREFIX: &str = "/proc/self/cwd/";
 
 fn newest_with_cmdline(proc_root: &Path, needle: &Path) -> Option<i32> {
-    let needle = needle.as_os_str().as_encoded_bytes();
     let me = std::process::id() as i32;
     let mut best: Option<(u64, i32)> = None;
-    for entry in fs::read_dir(proc_root).ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
+    for p in procfs::process::all_processes_with_root(proc_root)
+        .ok()?
+        .flatten()
+    {
+        if p.pid == me {
             continue;
         }
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+        // A command line that is not UTF-8 names no path banger made.
+        let Ok(cmdline) = p.cmdline() else {
             continue;
         };
         // The path itself, or `/proc/self/cwd/NAME` in a process whose working
         // directory holds NAME at that path (how a VMM that cannot reach its
         // directory by path is told where to bind its socket).
-        let names_it = |arg: &[u8]| {
-            arg == needle
-                || arg.strip_prefix(CWD_PREFIX).is_some_and(|rest| {
-                    fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| {
-                        cwd.join(
-                            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rest),
-                        )
-                        .as_os_str()
-                        .as_encoded_bytes()
-                            == needle
-                    })
-                })
+        let names_it = |arg: &String| {
+            Path::new(arg) == needle
+                || arg
+                    .strip_prefix(CWD_PREFIX)
+                    .is_some_and(|rest| p.cwd().is_ok_and(|cwd| cwd.join(rest) == needle))
         };
-        if !cmdline.split(|&b| b == 0).any(names_it) {
+        if !cmdline.iter().any(names_it) {
             continue;
         }
-        let started = start_time(pid).unwrap_or(0);
+        let started = p
+            .stat()
+            .ok()
+            .filter(|s| !ended(s))
+            .map_or(0, |s| s.starttime);
         if best.is_none_or(|(t, _)| started >= t) {
-            best = Some((started, pid));
+            best = Some((started, p.pid));
         }
     }
     best.map(|(_, pid)| pid)
@@ -419,6 +424,33 @@ mod tests {
         assert!(start_time(std::process::id() as i32).unwrap() <= t);
         c.wait().unwrap();
         assert_eq!(start_time_even_if_ended(pid), None);
+    }
+
+    #[test]
+    fn the_effective_uid_is_read_from_the_status_and_a_dead_pid_has_none() {
+        assert_eq!(
+            euid(std::process::id() as i32),
+            Some(nix::unistd::geteuid().as_raw())
+        );
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id() as i32;
+        c.wait().unwrap();
+        assert_eq!(euid(pid), None);
+    }
+
+    #[test]
+    fn comm_is_read_under_another_proc_root() {
+        // A procfs root other than /proc: here /proc itself reached through a link,
+        // the way tests point `find_pid_in` elsewhere.
+        let d = tempfile::tempdir().unwrap();
+        symlink("/proc", d.path().join("proc")).unwrap();
+        let me = std::process::id() as i32;
+        assert_eq!(
+            comm(&d.path().join("proc"), me),
+            comm(Path::new("/proc"), me)
+        );
+        assert!(comm(&d.path().join("proc"), me).is_some());
+        assert_eq!(comm(d.path(), me), None);
     }
 
     #[test]

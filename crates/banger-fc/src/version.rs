@@ -1,18 +1,7 @@
 //! `firecracker --version` prints exactly `Firecracker v1.16.1\n\n` (main.rs@v1.16.1);
 //! the jailer prints `Jailer v1.16.1\n\n`.
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
-}
-
-impl std::fmt::Display for Version {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
-    }
-}
+pub use banger_api::Version;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("unrecognised `--version` output {0:?}: expected \"<Name> vX.Y.Z\" then an empty line")]
@@ -27,27 +16,14 @@ pub fn parse_version_output_of(app: &str, out: &str) -> Result<Version, ParseVer
     if lines.next() != Some("") {
         return Err(err());
     }
+    // `v` then a plain release: `parse_version` takes the one `v` and refuses a
+    // pre-release (`v1.16.1-dev`), a build part or anything but three numbers.
     let rest = first
         .strip_prefix(app)
-        .and_then(|r| r.strip_prefix(" v"))
+        .and_then(|r| r.strip_prefix(' '))
+        .filter(|r| r.starts_with('v'))
         .ok_or_else(err)?;
-    let mut parts = rest.split('.');
-    let mut num = || -> Result<u32, ParseVersionError> {
-        let p = parts.next().ok_or_else(err)?;
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(err());
-        }
-        p.parse().map_err(|_| err())
-    };
-    let v = Version {
-        major: num()?,
-        minor: num()?,
-        patch: num()?,
-    };
-    if parts.next().is_some() {
-        return Err(err());
-    }
-    Ok(v)
+    banger_api::parse_version(rest).map_err(|_| err())
 }
 
 /// Parses `firecracker --version`.
@@ -62,14 +38,7 @@ mod tests {
     #[test]
     fn parses_the_exact_release_output() {
         let v = parse_version_output("Firecracker v1.16.1\n\n").unwrap();
-        assert_eq!(
-            v,
-            Version {
-                major: 1,
-                minor: 16,
-                patch: 1
-            }
-        );
+        assert_eq!(v, Version::new(1, 16, 1));
         assert_eq!(v.to_string(), "1.16.1");
     }
 
@@ -97,6 +66,10 @@ mod tests {
             "Firecracker v1.16.1-dev\n\n",
             "Firecracker v+1.16.1\n\n",
             "Jailer v1.16.1\n\n",
+            "Firecracker vv1.16.1\n\n",
+            "Firecracker  v1.16.1\n\n",
+            "Firecracker v01.16.1\n\n",
+            "Firecracker v1.16.1+b\n\n",
         ] {
             assert!(parse_version_output(bad).is_err(), "{bad:?} accepted");
         }

@@ -18,7 +18,7 @@ pub mod manifest;
 pub mod signature;
 
 pub use fetch::{Fetched, fetch_verified};
-pub use manifest::{Artefact, Manifest, Version};
+pub use manifest::{Artefact, Manifest};
 pub use signature::{PublicKeys, verify};
 
 #[derive(Debug, thiserror::Error)]

@@ -2,35 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use banger_api::{Version, parse_version};
+
 use crate::UpdateError;
 
-/// `MAJOR.MINOR.PATCH`, compared numerically; a leading `v` is accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Version(pub u32, pub u32, pub u32);
-
-impl Version {
-    pub fn parse(s: &str) -> Option<Self> {
-        let s = s.strip_prefix('v').unwrap_or(s);
-        let mut it = s.split('.').map(|p| {
-            if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() {
-                p.parse().ok()
-            } else {
-                None
-            }
-        });
-        let v = Version(it.next()??, it.next()??, it.next()??);
-        if it.next().is_some() { None } else { Some(v) }
-    }
-}
-
-impl std::fmt::Display for Version {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.0, self.1, self.2)
-    }
-}
-
-/// The binaries a release may carry; nothing else is ever installed.
-pub const ARTEFACTS: [&str; 4] = ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"];
+/// The binaries a release carries, all and only them; nothing else is ever installed.
+pub use banger_api::BINARIES as ARTEFACTS;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,9 +65,8 @@ impl Manifest {
     }
 
     pub fn version(&self) -> Result<Version, UpdateError> {
-        Version::parse(&self.version).ok_or_else(|| {
-            UpdateError::MalformedManifest(format!("bad version {:?}", self.version))
-        })
+        parse_version(&self.version)
+            .map_err(|e| UpdateError::MalformedManifest(format!("bad version: {e}")))
     }
 
     pub fn expiry(&self) -> Result<time::OffsetDateTime, UpdateError> {
@@ -157,14 +133,6 @@ mod tests {
     }
 
     #[test]
-    fn versions_compare_numerically() {
-        assert!(Version::parse("v0.10.0").unwrap() > Version::parse("0.9.9").unwrap());
-        for bad in ["", "1.2", "1.2.3.4", "1.x.3", "v", "1..2", "-1.2.3"] {
-            assert!(Version::parse(bad).is_none(), "{bad}");
-        }
-    }
-
-    #[test]
     fn manifests_are_checked() {
         let now = time::OffsetDateTime::parse(
             "2026-11-23T00:00:00Z",
@@ -207,16 +175,18 @@ mod tests {
     }
 
     #[test]
-    fn version_parts_are_plain_digits_and_print_back() {
-        for bad in ["+1.2.3", "1.+2.3", "1.2. 3", "1.2.3 "] {
-            assert!(Version::parse(bad).is_none(), "{bad}");
+    fn a_manifest_version_is_a_plain_release() {
+        let v = |version: &str| {
+            Manifest::parse(manifest(version, "2027-01-01T00:00:00Z").as_bytes())?.version()
+        };
+        assert_eq!(v("0.2.0").unwrap(), Version::new(0, 2, 0));
+        assert_eq!(v("v0.10.0").unwrap(), Version::new(0, 10, 0));
+        match v("0.2.0-rc.1") {
+            Err(UpdateError::MalformedManifest(m)) => {
+                assert!(m.contains("pre-release"), "{m}")
+            }
+            other => panic!("{other:?}"),
         }
-        assert_eq!(Version::parse("v1.20.3").unwrap().to_string(), "1.20.3");
-        assert_eq!(
-            Version::parse("4294967295.0.0"),
-            Some(Version(u32::MAX, 0, 0))
-        );
-        assert!(Version::parse("4294967296.0.0").is_none(), "overflow");
     }
 
     #[test]

@@ -4,15 +4,7 @@
 //! KVM, as on CI machines). Where it differs from Firecracker is listed in
 //! docs/vmm-qemu.md.
 
-mod action;
-mod http;
-mod log;
-mod mmds;
-mod qemu;
-mod request;
-mod start;
-mod tap;
-mod vmm;
+use banger_vmm_qemu::{action, http, log, vmm};
 
 use std::path::PathBuf;
 use std::sync::Arc;

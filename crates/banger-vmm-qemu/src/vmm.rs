@@ -472,12 +472,15 @@ impl Vmm {
 
     fn mmds_for(&self, iface_id: &str) -> Option<PlanMmds> {
         let c = self.mmds_config.as_ref()?;
-        c.network_interfaces.iter().any(|i| i == iface_id).then(|| PlanMmds {
-            ip: c.ipv4_address.unwrap_or(MMDS_DEFAULT_IPV4),
-            version: c.version,
-            imds_compat: c.imds_compat,
-            store: self.mmds.clone(),
-        })
+        c.network_interfaces
+            .iter()
+            .any(|i| i == iface_id)
+            .then(|| PlanMmds {
+                ip: c.ipv4_address.unwrap_or(MMDS_DEFAULT_IPV4),
+                version: c.version,
+                imds_compat: c.imds_compat,
+                store: self.mmds.clone(),
+            })
     }
 
     /// The end of an InstanceStart: running, or back to not started.

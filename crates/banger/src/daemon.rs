@@ -158,7 +158,7 @@ pub(crate) async fn start_quietly(cli: &Cli, dirs: &Dirs) -> Result<()> {
     Ok(())
 }
 
-/// Starts `bin` in its own session with output appended to `log`: it must not die
+/// Starts `bin` in its own process group with output appended to `log`: it must not die
 /// with this terminal or write to a pipe we hold.
 fn spawn_detached(
     bin: &Path,
@@ -182,14 +182,9 @@ fn spawn_detached(
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
-    }
+    // Its own process group: the terminal's signals (Ctrl-C, and SIGHUP when it
+    // closes) go to the foreground group and to the shell's jobs, never to it.
+    cmd.process_group(0);
     cmd.spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     Ok(())
@@ -212,19 +207,10 @@ where
     let mut buf = [0u8; 512];
     while !ready().await {
         if Instant::now() > deadline {
-            let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = tail
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+            let tail = banger_api::last_lines(&std::fs::read(log).unwrap_or_default(), 5);
             bail!(
-                "{what} did not become ready within {limit:?}; last lines of {}:\n{}",
+                "{what} did not become ready within {limit:?}; last lines of {}:\n{tail}",
                 log.display(),
-                tail.join("\n")
             );
         }
         match notify {
@@ -292,19 +278,13 @@ async fn stop(cli: &Cli, dirs: &Dirs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// SIGTERM the process named in `pidfile` if it is `name`, and wait for it to go.
 /// Alive and not a zombie (a daemon this process started and has not reaped yet is
 /// a zombie once it exits).
 fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    procfs::process::Process::new(pid).is_ok_and(|p| p.is_alive())
 }
 
+/// SIGTERM the process named in `pidfile` if it is `name`, and wait for it to go.
 async fn stop_pidfile(name: &str, pidfile: &PathBuf) -> Result<()> {
     let Some(pid) = std::fs::read_to_string(pidfile)
         .ok()
@@ -312,8 +292,8 @@ async fn stop_pidfile(name: &str, pidfile: &PathBuf) -> Result<()> {
     else {
         return Ok(());
     };
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim_end() != name {
+    let comm = procfs::process::Process::new(pid).and_then(|p| p.stat());
+    if !comm.is_ok_and(|s| s.comm == name) {
         return Ok(()); // Not running (or the pid was reused): nothing to stop.
     }
     kill(Pid::from_raw(pid), Signal::SIGTERM)

@@ -1,6 +1,9 @@
 //! `banger`: the command line. One module per verb group; errors are printed once,
 //! here, as a chain, with an exit code that means something (docs/cli.md).
 
+// One unsafe call, marked where it is (SIGPIPE's disposition: nix has no safe form).
+#![deny(unsafe_code)]
+
 mod daemon;
 mod image;
 mod render;
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away
     // (`banger vm list | head`).
     // SAFETY: restoring the default disposition before any thread exists.
+    #[allow(unsafe_code)]
     let _ = unsafe {
         nix::sys::signal::signal(
             nix::sys::signal::Signal::SIGPIPE,

@@ -12,7 +12,6 @@ use clap::Subcommand;
 use crate::{Cli, exit};
 
 const UNIT_DIR: &str = "/etc/systemd/system";
-const BINARIES: [&str; 4] = ["banger", "bangerd", "bangerd-root", "banger-vmm-qemu"];
 const HELPER_UNIT: &str = include_str!("../../../packaging/systemd/bangerd-root.service");
 const DAEMON_UNIT: &str = include_str!("../../../packaging/systemd/bangerd.service");
 
@@ -114,7 +113,7 @@ fn install(bin_dir: &Path) -> Result<()> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     std::fs::create_dir_all(bin_dir)?;
-    for b in BINARIES {
+    for b in banger_api::BINARIES {
         let src = from.join(b);
         let dst = bin_dir.join(b);
         if src == dst {

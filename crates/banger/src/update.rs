@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use banger_update::{PublicKeys, Version, fetch_verified};
+use banger_api::{error_chain as chain, parse_version};
+use banger_update::{PublicKeys, fetch_verified};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -105,8 +106,7 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
         .unwrap_or_else(|| DEFAULT_MANIFEST_URL.to_string());
     let url = match &a.to {
         Some(v) => {
-            let v =
-                Version::parse(v).with_context(|| format!("{v:?} is not a version like 1.2.3"))?;
+            let v = parse_version(v)?;
             // <base>/<channel-dir>/manifest.json -> <base>/v<version>/manifest.json
             let mut parts: Vec<&str> = latest.rsplitn(3, '/').collect();
             parts.reverse();
@@ -115,7 +115,7 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
         None => latest.clone(),
     };
     let installed =
-        Version::parse(banger_api::VERSION).context("this binary's version is malformed")?;
+        parse_version(banger_api::VERSION).context("this binary's version is malformed")?;
     let check_only = a.check;
     let u = url.clone();
     let fetched = tokio::task::spawn_blocking(move || fetch_verified(&u, &keys, check_only))
@@ -134,7 +134,7 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
             a.channel
         );
     }
-    if let Some(want) = a.to.as_deref().and_then(Version::parse)
+    if let Some(want) = a.to.as_deref().and_then(|v| parse_version(v).ok())
         && offered != want
     {
         bail!("the release at {url} is {offered}, not the {want} asked for; nothing was changed");
@@ -149,9 +149,8 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
     let highest = state
         .highest_accepted
         .as_deref()
-        .and_then(Version::parse)
-        .unwrap_or(installed)
-        .max(installed);
+        .and_then(|v| parse_version(v).ok())
+        .map_or_else(|| installed.clone(), |h| h.max(installed.clone()));
 
     if a.check {
         let newer = offered > installed;
@@ -283,10 +282,13 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
         std::fs::remove_file(&journal)?;
         match again {
             Ok(()) => bail!(
-                "update to {offered} failed during the swap ({e:#}); rolled back to {installed} and restarted it"
+                "update to {offered} failed during the swap ({}); rolled back to {installed} and restarted it",
+                chain(e.as_ref())
             ),
             Err(e2) => bail!(
-                "update to {offered} failed during the swap ({e:#}); rolled back to {installed}, but restarting it failed too: {e2:#}"
+                "update to {offered} failed during the swap ({}); rolled back to {installed}, but restarting it failed too: {}",
+                chain(e.as_ref()),
+                chain(e2.as_ref())
             ),
         }
     }
@@ -295,7 +297,7 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
         Ok(()) => {
             std::fs::remove_file(&journal)?;
             let st = UpdateState {
-                highest_accepted: Some(offered.max(highest).to_string()),
+                highest_accepted: Some((&offered).max(&highest).to_string()),
             };
             let _ = write_synced(&state_path, &serde_json::to_vec(&st)?);
             println!(
@@ -309,10 +311,13 @@ pub async fn run(cli: &Cli, a: &UpdateArgs) -> Result<u8> {
             std::fs::remove_file(&journal)?;
             match again {
                 Ok(()) => bail!(
-                    "update to {offered} failed ({e:#}); rolled back to {installed} and restarted it"
+                    "update to {offered} failed ({}); rolled back to {installed} and restarted it",
+                    chain(e.as_ref())
                 ),
                 Err(e2) => bail!(
-                    "update to {offered} failed ({e:#}); rolled back to {installed}, but restarting it failed too: {e2:#}"
+                    "update to {offered} failed ({}); rolled back to {installed}, but restarting it failed too: {}",
+                    chain(e.as_ref()),
+                    chain(e2.as_ref())
                 ),
             }
         }

@@ -307,19 +307,10 @@ async fn run_vm(cli: &Cli, client: &banger_client::Client, a: &RunArgs) -> Resul
                 .await
                 .map(|(b, _)| b)
                 .unwrap_or_default();
-            let text = String::from_utf8_lossy(&console);
-            let tail: Vec<&str> = text
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
             anyhow::bail!(
                 "VM {name} did not answer SSH ({e}) within {} s; last lines of its console:\n{}",
                 a.ssh_timeout,
-                tail.join("\n")
+                banger_api::last_lines(&console, 15)
             );
         }
         bar.finish_and_clear();

@@ -107,18 +107,13 @@ impl Build<'_> {
         if status.success() {
             return Ok(());
         }
-        let text = std::fs::read_to_string(self.dir.join("build.log")).unwrap_or_default();
-        let tail: Vec<&str> = text
-            .lines()
-            .rev()
-            .take(8)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let text = std::fs::read(self.dir.join("build.log")).unwrap_or_default();
         Err(BuildError::Step {
             step,
-            detail: format!("{status}; last lines of build.log:\n{}", tail.join("\n")),
+            detail: format!(
+                "{status}; last lines of build.log:\n{}",
+                banger_api::last_lines(&text, 8)
+            ),
         })
     }
 

@@ -80,7 +80,10 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(Args::parse()) {
-        eprintln!("bangerd-root: error: {e:#}");
+        eprintln!(
+            "bangerd-root: error: {}",
+            banger_api::error_chain(e.as_ref())
+        );
         std::process::exit(1);
     }
 }
@@ -297,7 +300,7 @@ fn run(args: Args) -> Result<()> {
         active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::thread::spawn(move || {
             if let Err(e) = serve(&helper, conn, allow_uid) {
-                tracing::warn!("connection failed: {e:#}");
+                tracing::warn!("connection failed: {}", banger_api::error_chain(e.as_ref()));
             }
             active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
@@ -359,11 +362,7 @@ pub(crate) fn vmm_version(vmm: &std::path::Path, name: &str) -> Result<Option<St
     if name == "firecracker" {
         let v = banger_fc::version::parse_version_output(&text)
             .with_context(|| format!("{} --version", vmm.display()))?;
-        let oldest = banger_fc::version::Version {
-            major: 1,
-            minor: 12,
-            patch: 0,
-        };
+        let oldest = banger_fc::version::Version::new(1, 12, 0);
         anyhow::ensure!(
             v >= oldest,
             "Firecracker v{v} is too old: banger needs v1.12 or newer"

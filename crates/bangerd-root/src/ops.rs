@@ -1053,7 +1053,7 @@ impl Helper {
             let sock = self.dirs.api_socket(id);
             let served = caller_does(caller, || Ok(pid::find_pid(&sock, &self.vmm_name)))? == Ok(p);
             let vmm_uid = self.vmm_identity(caller).ok().map(|r| r.uid);
-            served && vmm_uid.is_some() && process_euid(p) == vmm_uid
+            served && vmm_uid.is_some() && pid::euid(p) == vmm_uid
         };
         if !identified {
             return Err(failed(format!(
@@ -1070,14 +1070,6 @@ impl Helper {
             Err(e) => Err(failed(format!("cannot signal pid {p}: {e}"))),
         }
     }
-}
-
-/// A process's effective uid from `/proc/<pid>/status` (the owner of `/proc/<pid>`
-/// is root for a process that changed its uid, as the jailed Firecracker did).
-fn process_euid(p: i32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{p}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// `systemd-run`, when systemd is PID 1 and scopes are not disabled

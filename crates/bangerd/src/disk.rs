@@ -2,12 +2,8 @@
 //! the image, then the VM's own files written into it (SSH keys) and an optional grow.
 //!
 //! Methods, best first:
-//! 1. **dm-snapshot** (read-only loop origin + sparse COW file) where device-mapper
-//!    exists. The table and commands are built by [`DmSnapshot`] and unit-tested;
-//!    executing them is the root helper's job and is not wired up yet, because these
-//!    machines have no device-mapper to test it on.
-//! 2. **reflink** (`FICLONE`) on btrfs and xfs: O(1), shares blocks until written.
-//! 3. **copy**, sparse (SEEK_DATA/SEEK_HOLE + copy_file_range), with a warning: time
+//! 1. **reflink** (`FICLONE`) on btrfs and xfs: O(1), shares blocks until written.
+//! 2. **copy**, sparse (SEEK_DATA/SEEK_HOLE + copy_file_range), with a warning: time
 //!    grows with the data in the image.
 
 use std::fs::File;
@@ -20,6 +16,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CloneMethod {
+    /// A device-mapper snapshot. Nothing makes one yet (these hosts have no
+    /// device-mapper; the helper would use the `devicemapper` crate); the name is
+    /// kept so a stored `dm_snapshot` still reads.
     DmSnapshot,
     Reflink,
     Copy,
@@ -224,64 +223,6 @@ pub fn is_ext4_file(f: &File) -> io::Result<bool> {
     }
 }
 
-/// A device-mapper snapshot of a read-only origin with a sparse COW file: the table
-/// and the commands that set it up and tear it down, in order.
-// Built and unit-tested here; executing it is left for hosts with device-mapper.
-#[allow(dead_code)]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DmSnapshot {
-    pub name: String,
-    pub origin_loop: String,
-    pub cow_loop: String,
-    pub sectors: u64,
-}
-
-#[allow(dead_code)]
-impl DmSnapshot {
-    /// `snapshot <origin> <cow> P 8`: persistent, 8-sector (4 KiB) chunks.
-    pub fn table(&self) -> String {
-        format!(
-            "0 {} snapshot {} {} P 8",
-            self.sectors, self.origin_loop, self.cow_loop
-        )
-    }
-
-    pub fn setup_commands(&self, origin_file: &Path, cow_file: &Path) -> Vec<Vec<String>> {
-        vec![
-            vec![
-                "losetup".into(),
-                "--read-only".into(),
-                self.origin_loop.clone(),
-                origin_file.display().to_string(),
-            ],
-            vec![
-                "losetup".into(),
-                self.cow_loop.clone(),
-                cow_file.display().to_string(),
-            ],
-            vec![
-                "dmsetup".into(),
-                "create".into(),
-                self.name.clone(),
-                "--table".into(),
-                self.table(),
-            ],
-        ]
-    }
-
-    pub fn teardown_commands(&self) -> Vec<Vec<String>> {
-        vec![
-            vec!["dmsetup".into(), "remove".into(), self.name.clone()],
-            vec!["losetup".into(), "-d".into(), self.cow_loop.clone()],
-            vec!["losetup".into(), "-d".into(), self.origin_loop.clone()],
-        ]
-    }
-
-    pub fn device(&self) -> String {
-        format!("/dev/mapper/{}", self.name)
-    }
-}
-
 fn run(
     tool_name: &'static str,
     cmd: &mut Command,
@@ -455,35 +396,5 @@ mod tests {
         let short = d.path().join("short");
         std::fs::write(&short, b"tiny").unwrap();
         assert!(!is_ext4_file(&File::open(&short).unwrap()).unwrap());
-    }
-
-    #[test]
-    fn dm_snapshot_table_and_commands() {
-        let s = DmSnapshot {
-            name: "banger-0123456789ab".into(),
-            origin_loop: "/dev/loop7".into(),
-            cow_loop: "/dev/loop8".into(),
-            sectors: 2 * 1024 * 1024,
-        };
-        assert_eq!(s.table(), "0 2097152 snapshot /dev/loop7 /dev/loop8 P 8");
-        let setup = s.setup_commands(Path::new("/img/rootfs.ext4"), Path::new("/vms/x/cow"));
-        assert_eq!(
-            setup[0],
-            ["losetup", "--read-only", "/dev/loop7", "/img/rootfs.ext4"]
-        );
-        assert_eq!(
-            setup[2],
-            [
-                "dmsetup",
-                "create",
-                "banger-0123456789ab",
-                "--table",
-                "0 2097152 snapshot /dev/loop7 /dev/loop8 P 8"
-            ]
-        );
-        let down = s.teardown_commands();
-        assert_eq!(down[0], ["dmsetup", "remove", "banger-0123456789ab"]);
-        assert_eq!(down.last().unwrap(), &["losetup", "-d", "/dev/loop7"]);
-        assert_eq!(s.device(), "/dev/mapper/banger-0123456789ab");
     }
 }

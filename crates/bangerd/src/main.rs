@@ -70,7 +70,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(args, dirs)) {
-        eprintln!("bangerd: error: {e:#}");
+        eprintln!("bangerd: error: {}", banger_api::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }

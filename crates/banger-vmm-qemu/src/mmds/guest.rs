@@ -118,10 +118,12 @@ impl Guest {
     fn get(&mut self, req: &Request, now: Instant) -> Response {
         if self.version == MmdsVersion::V2 {
             match req.header(&TOKEN_HEADERS) {
-                None => return Response::text(
-                    401,
-                    "No MMDS token provided. Use `X-metadata-token` or `X-aws-ec2-metadata-token` header to specify the session token.",
-                ),
+                None => {
+                    return Response::text(
+                        401,
+                        "No MMDS token provided. Use `X-metadata-token` or `X-aws-ec2-metadata-token` header to specify the session token.",
+                    );
+                }
                 Some((_, token)) if !self.valid(token, now) => {
                     return Response::text(401, "MMDS token not valid.");
                 }
@@ -274,22 +276,48 @@ mod tests {
         let r = g.respond(&req("GET", "//latest//meta-data/ami-id", &[]), now);
         assert_eq!(body(&r), "ami-1");
         let r = g.respond(
-            &req("GET", "/latest/meta-data/ami-id", &[("Accept", "application/json")]),
+            &req(
+                "GET",
+                "/latest/meta-data/ami-id",
+                &[("Accept", "application/json")],
+            ),
             now,
         );
-        assert_eq!((r.content_type, body(&r)), ("application/json", "\"ami-1\""));
+        assert_eq!(
+            (r.content_type, body(&r)),
+            ("application/json", "\"ami-1\"")
+        );
         let r = g.respond(&req("GET", "/latest/meta-data/n", &[]), now);
-        assert_eq!((r.status, body(&r)), (501, "Cannot retrieve value. The value has an unsupported type."));
-        let r = g.respond(&req("GET", "/latest/meta-data/tags/1", &[("accept", "application/json")]), now);
+        assert_eq!(
+            (r.status, body(&r)),
+            (
+                501,
+                "Cannot retrieve value. The value has an unsupported type."
+            )
+        );
+        let r = g.respond(
+            &req(
+                "GET",
+                "/latest/meta-data/tags/1",
+                &[("accept", "application/json")],
+            ),
+            now,
+        );
         assert_eq!(body(&r), "\"b\"");
         let r = g.respond(&req("GET", "/nothing/here", &[]), now);
-        assert_eq!((r.status, body(&r)), (404, "Resource not found: /nothing/here."));
+        assert_eq!(
+            (r.status, body(&r)),
+            (404, "Resource not found: /nothing/here.")
+        );
         let r = g.respond(&req("PATCH", "/", &[]), now);
         assert_eq!(r.status, 405);
         assert_eq!(r.headers, [("Allow".to_string(), "GET, PUT".to_string())]);
         // IMDS compatibility ignores Accept.
         let mut g = guest(MmdsVersion::V1, true);
-        let r = g.respond(&req("GET", "/hostname", &[("Accept", "application/json")]), now);
+        let r = g.respond(
+            &req("GET", "/hostname", &[("Accept", "application/json")]),
+            now,
+        );
         assert_eq!((r.content_type, body(&r)), ("text/plain", "vm1"));
     }
 
@@ -300,30 +328,81 @@ mod tests {
         let r = g.respond(&req("GET", "/hostname", &[]), now);
         assert_eq!(r.status, 401);
         assert!(body(&r).starts_with("No MMDS token provided."));
-        let r = g.respond(&req("GET", "/hostname", &[("X-metadata-token", "forged")]), now);
+        let r = g.respond(
+            &req("GET", "/hostname", &[("X-metadata-token", "forged")]),
+            now,
+        );
         assert_eq!((r.status, body(&r)), (401, "MMDS token not valid."));
         for (headers, status, text) in [
             (vec![], 400, "Token time to live value not found."),
-            (vec![("X-metadata-token-ttl-seconds", "0")], 400, "Invalid time to live value provided for token: 0. Please provide a value between 1 and 21600."),
-            (vec![("X-metadata-token-ttl-seconds", "21601")], 400, "Please provide a value between 1 and 21600."),
-            (vec![("X-metadata-token-ttl-seconds", "ten")], 400, "Invalid header. Reason: Invalid value. Key:X-metadata-token-ttl-seconds; Value:ten"),
-            (vec![("X-metadata-token-ttl-seconds", "60"), ("X-Forwarded-For", "1.2.3.4")], 400, "Invalid header. Reason: Unsupported header name. Key: X-Forwarded-For"),
+            (
+                vec![("X-metadata-token-ttl-seconds", "0")],
+                400,
+                "Invalid time to live value provided for token: 0. Please provide a value between 1 and 21600.",
+            ),
+            (
+                vec![("X-metadata-token-ttl-seconds", "21601")],
+                400,
+                "Please provide a value between 1 and 21600.",
+            ),
+            (
+                vec![("X-metadata-token-ttl-seconds", "ten")],
+                400,
+                "Invalid header. Reason: Invalid value. Key:X-metadata-token-ttl-seconds; Value:ten",
+            ),
+            (
+                vec![
+                    ("X-metadata-token-ttl-seconds", "60"),
+                    ("X-Forwarded-For", "1.2.3.4"),
+                ],
+                400,
+                "Invalid header. Reason: Unsupported header name. Key: X-Forwarded-For",
+            ),
         ] {
             let r = g.respond(&req("PUT", TOKEN_PATH, &headers), now);
             assert_eq!(r.status, status, "{headers:?}");
             assert!(body(&r).contains(text), "{headers:?}: {}", body(&r));
         }
-        let r = g.respond(&req("PUT", "/latest/api/toke", &[("X-metadata-token-ttl-seconds", "60")]), now);
-        assert_eq!((r.status, body(&r)), (404, "Resource not found: /latest/api/toke."));
-        let r = g.respond(&req("PUT", TOKEN_PATH, &[("X-aws-ec2-metadata-token-ttl-seconds", "60")]), now);
+        let r = g.respond(
+            &req(
+                "PUT",
+                "/latest/api/toke",
+                &[("X-metadata-token-ttl-seconds", "60")],
+            ),
+            now,
+        );
+        assert_eq!(
+            (r.status, body(&r)),
+            (404, "Resource not found: /latest/api/toke.")
+        );
+        let r = g.respond(
+            &req(
+                "PUT",
+                TOKEN_PATH,
+                &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+            ),
+            now,
+        );
         assert_eq!(r.status, 200);
-        assert_eq!(r.headers, [("X-aws-ec2-metadata-token-ttl-seconds".to_string(), "60".to_string())]);
+        assert_eq!(
+            r.headers,
+            [(
+                "X-aws-ec2-metadata-token-ttl-seconds".to_string(),
+                "60".to_string()
+            )]
+        );
         let token = body(&r).to_string();
-        let r = g.respond(&req("GET", "/hostname", &[("x-aws-ec2-metadata-token", &token)]), now);
+        let r = g.respond(
+            &req("GET", "/hostname", &[("x-aws-ec2-metadata-token", &token)]),
+            now,
+        );
         assert_eq!((r.status, body(&r)), (200, "vm1"));
         // Expired after its TTL.
         let later = now + Duration::from_secs(61);
-        let r = g.respond(&req("GET", "/hostname", &[("X-metadata-token", &token)]), later);
+        let r = g.respond(
+            &req("GET", "/hostname", &[("X-metadata-token", &token)]),
+            later,
+        );
         assert_eq!(r.status, 401);
     }
 

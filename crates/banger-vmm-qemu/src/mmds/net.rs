@@ -236,13 +236,17 @@ fn serve(sock: &mut tcp::Socket<'_>, pending: &mut Vec<u8>, guest: &mut Guest) {
                     headers: req
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect(),
                 };
-                let close = r
-                    .headers
-                    .iter()
-                    .any(|(k, v)| k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+                let close = r.headers.iter().any(|(k, v)| {
+                    k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close")
+                });
                 let body_len: usize = r
                     .headers
                     .iter()
@@ -307,7 +311,10 @@ mod tests {
         assert!(for_mmds(&frame([0x08, 0x06], 38, ip.octets()), ip));
         assert!(for_mmds(&frame([0x08, 0x00], 30, ip.octets()), ip));
         assert!(!for_mmds(&frame([0x08, 0x00], 30, [10, 0, 0, 1]), ip));
-        assert!(!for_mmds(&frame([0x86, 0xdd], 30, ip.octets()), ip), "IPv6 is not");
+        assert!(
+            !for_mmds(&frame([0x86, 0xdd], 30, ip.octets()), ip),
+            "IPv6 is not"
+        );
         assert!(!for_mmds(&[0u8; 10], ip), "a runt frame is not");
     }
 
