@@ -1039,3 +1039,127 @@ fn the_same_requests_get_the_real_firecracker_s_answers() {
         assert_eq!(&a[key], value, "{key}");
     }
 }
+
+/// MMDS from a real guest, with curl (the host's, copied with its libraries onto the
+/// guest's disk with a script the test guest's init runs): V2 needs a token, the
+/// token comes from `PUT /latest/api/token`, paths answer in IMDS and JSON formats.
+/// The VMM runs in its own network namespace with a tap of its own. Needs root.
+#[test]
+fn a_real_guest_reads_mmds_v2_with_curl() {
+    let g = guest_dir();
+    let (kernel, initrd) = (g.join("vmlinuz"), g.join("initrd.img"));
+    assert!(
+        kernel.exists() && initrd.exists(),
+        "run scripts/guest-assets"
+    );
+    let mut vmm = Vmm::spawn_with(VMM, Place::OwnNetns, &[]);
+    vmm.ip(&["tuntap", "add", "tap0", "mode", "tap"]);
+    vmm.ip(&["link", "set", "tap0", "up"]);
+
+    // The disk: curl, the libraries it loads, and the script.
+    let root = vmm.dir.path().join("disk");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("lib")).unwrap();
+    let curl = Path::new("/usr/bin/curl");
+    assert!(
+        curl.exists(),
+        "curl missing: scripts/install-deps installs it"
+    );
+    std::fs::copy(curl, root.join("bin/curl")).unwrap();
+    let ldd = Command::new("ldd").arg(curl).output().unwrap();
+    for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
+        if word.starts_with('/') {
+            let name = Path::new(word).file_name().unwrap();
+            std::fs::copy(word, root.join("lib").join(name)).unwrap();
+        }
+    }
+    let script = r#"#!/bin/sh
+ip link set eth0 up
+ip addr add 10.0.0.2/24 dev eth0
+ip route add 169.254.169.254 dev eth0
+C="/mnt/lib/ld-linux-x86-64.so.2 --library-path /mnt/lib /mnt/bin/curl -s -m 20"
+M=http://169.254.169.254
+echo "MMDS_NOTOKEN=$($C -o /dev/null -w '%{http_code}' $M/hostname)"
+T=$($C -X PUT -H 'X-metadata-token-ttl-seconds: 60' $M/latest/api/token)
+echo "MMDS_HOSTNAME=$($C -H "X-metadata-token: $T" $M/hostname)"
+echo "MMDS_KEYS=$($C -H "X-metadata-token: $T" $M/latest/meta-data/ | tr '\n' ,)"
+echo "MMDS_JSON=$($C -H "X-metadata-token: $T" -H 'Accept: application/json' $M/latest/meta-data/ami-id)"
+echo "MMDS_MISSING=$($C -o /dev/null -w '%{http_code}' -H "X-metadata-token: $T" $M/nothing)"
+echo MMDS_DONE
+"#;
+    std::fs::write(root.join("run.sh"), script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(root.join("marker"), "mmds-disk\n").unwrap();
+    let disk = vmm.dir.path().join("rootfs.ext4");
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfs.ext4");
+
+    vmm.put_ok(
+        "PUT",
+        "/machine-config",
+        "MachineConfiguration",
+        json!({"vcpu_count": 1, "mem_size_mib": 256}),
+    );
+    vmm.put_ok("PUT", "/boot-source", "BootSource",
+        json!({"kernel_image_path": kernel, "initrd_path": initrd, "boot_args": "console=ttyS0 reboot=k panic=1"}));
+    vmm.put_ok("PUT", "/drives/rootfs", "Drive", json!({"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true, "is_read_only": false}));
+    vmm.put_ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        "NetworkInterface",
+        json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:0a:00:00:02"}),
+    );
+    vmm.put_ok(
+        "PUT",
+        "/mmds/config",
+        "MmdsConfig",
+        json!({"network_interfaces": ["eth0"], "version": "V2"}),
+    );
+    vmm.put_ok("PUT", "/mmds", "MmdsContentsObject", json!({
+        "hostname": "vm-from-mmds",
+        "latest": {"meta-data": {"ami-id": "ami-42", "public-keys": {"0": "ssh-ed25519 AAAA"}, "local-ipv4": "10.0.0.2"}}
+    }));
+    vmm.put_ok(
+        "PUT",
+        "/actions",
+        "InstanceActionInfo",
+        json!({"action_type": "InstanceStart"}),
+    );
+
+    let console = vmm.dir.path().join("console.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("MMDS_DONE")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the guest never finished: {}",
+            std::fs::read_to_string(&console).unwrap_or_default()
+        );
+        assert!(vmm.child.try_wait().unwrap().is_none(), "the VMM exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&console).unwrap();
+    for want in [
+        "MMDS_NOTOKEN=401",
+        "MMDS_HOSTNAME=vm-from-mmds",
+        "MMDS_KEYS=ami-id,local-ipv4,public-keys/",
+        "MMDS_JSON=\"ami-42\"",
+        "MMDS_MISSING=404",
+    ] {
+        assert!(
+            text.contains(want),
+            "missing {want:?} in the console:\n{text}"
+        );
+    }
+    // IMDS format ends without a newline after the last key.
+    assert!(!text.contains("public-keys/,"), "{text}");
+}
