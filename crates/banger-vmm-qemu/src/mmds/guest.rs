@@ -22,6 +22,9 @@ const TTL_HEADERS: [&str; 2] = [
 const MAX_TTL: u32 = 21600;
 /// Firecracker refuses longer tokens outright.
 const MAX_TOKEN_LEN: usize = 70;
+/// Live tokens kept: a guest asking for more (each may live 6 h) loses its oldest,
+/// so it cannot grow the VMM without bound.
+pub const MAX_TOKENS: usize = 1024;
 
 /// One request as the guest sent it.
 #[derive(Debug, Clone, Default)]
@@ -189,6 +192,15 @@ impl Guest {
             );
         }
         self.tokens.retain(|_, expiry| *expiry > now);
+        while self.tokens.len() >= MAX_TOKENS {
+            let oldest = self
+                .tokens
+                .iter()
+                .min_by_key(|(_, e)| **e)
+                .map(|(t, _)| t.clone())
+                .expect("the map is not empty");
+            self.tokens.remove(&oldest);
+        }
         let token: String = (0..32)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
@@ -397,6 +409,18 @@ mod tests {
             now,
         );
         assert_eq!((r.status, body(&r)), (200, "vm1"));
+        // A guest asking for tokens without end keeps at most MAX_TOKENS.
+        for _ in 0..MAX_TOKENS + 10 {
+            g.respond(
+                &req(
+                    "PUT",
+                    TOKEN_PATH,
+                    &[("X-metadata-token-ttl-seconds", "21600")],
+                ),
+                now,
+            );
+        }
+        assert_eq!(g.tokens.len(), MAX_TOKENS);
         // Expired after its TTL.
         let later = now + Duration::from_secs(61);
         let r = g.respond(

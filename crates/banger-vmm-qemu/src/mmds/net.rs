@@ -28,6 +28,9 @@ const HTTP_PORT: u16 = 80;
 /// Connections served at once.
 const SOCKETS: usize = 8;
 const MAX_FRAME: usize = 65536;
+/// A request the guest has not finished within this many bytes is refused: the guest
+/// is not trusted to bound its own input.
+pub const MAX_REQUEST: usize = 64 * 1024;
 
 /// One interface's switch: the tap, our end of QEMU's socket, and the MMDS it serves.
 pub struct Link {
@@ -60,15 +63,25 @@ pub fn for_mmds(frame: &[u8], ip: Ipv4Addr) -> bool {
     }
 }
 
-/// Frames in a length-prefixed stream, taken off the front of `buf`.
-pub fn next_frame(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let len = u32::from_be_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+/// Frames in a length-prefixed stream, taken off the front of `buf`; a length no
+/// frame can have is an error (the stream is QEMU's, which the guest may own).
+pub fn next_frame(buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
+    let Some(head) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(head.try_into().expect("four bytes")) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes from QEMU"),
+        ));
+    }
     if buf.len() < 4 + len {
-        return None;
+        return Ok(None);
     }
     let frame = buf[4..4 + len].to_vec();
     buf.drain(..4 + len);
-    Some(frame)
+    Ok(Some(frame))
 }
 
 #[derive(Default)]
@@ -177,7 +190,7 @@ fn run(mut l: Link) -> std::io::Result<()> {
                 Err(e) => return Err(e.into()),
             }
         }
-        while let Some(mut frame) = next_frame(&mut from_qemu) {
+        while let Some(mut frame) = next_frame(&mut from_qemu)? {
             if for_mmds(&frame, l.ip) {
                 // Firecracker answers an IPv4 packet to its address whatever MAC the
                 // guest sent it to (its gateway's, usually).
@@ -218,7 +231,7 @@ fn serve(sock: &mut tcp::Socket<'_>, pending: &mut Vec<u8>, guest: &mut Guest) {
         }
         _ => {}
     }
-    while sock.can_recv() {
+    while sock.can_recv() && pending.len() <= MAX_REQUEST {
         let _ = sock.recv(|d| {
             pending.extend_from_slice(d);
             (d.len(), ())
@@ -228,6 +241,9 @@ fn serve(sock: &mut tcp::Socket<'_>, pending: &mut Vec<u8>, guest: &mut Guest) {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         let (resp, used, close) = match req.parse(pending) {
+            Ok(httparse::Status::Partial) if pending.len() > MAX_REQUEST => {
+                (Response::text(400, "Invalid request."), pending.len(), true)
+            }
             Ok(httparse::Status::Partial) => return,
             Ok(httparse::Status::Complete(n)) => {
                 let r = Request {
@@ -253,10 +269,13 @@ fn serve(sock: &mut tcp::Socket<'_>, pending: &mut Vec<u8>, guest: &mut Guest) {
                     .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
                     .and_then(|(_, v)| v.trim().parse().ok())
                     .unwrap_or(0);
-                if pending.len() < n + body_len {
+                if n + body_len > MAX_REQUEST {
+                    (Response::text(400, "Invalid request."), pending.len(), true)
+                } else if pending.len() < n + body_len {
                     return;
+                } else {
+                    (guest.respond(&r, Instant::now()), n + body_len, close)
                 }
-                (guest.respond(&r, Instant::now()), n + body_len, close)
             }
             Err(_) => (Response::text(400, "Invalid request."), pending.len(), true),
         };
@@ -321,10 +340,17 @@ mod tests {
     #[test]
     fn frames_are_cut_from_a_length_prefixed_stream() {
         let mut buf = vec![0, 0, 0, 2, b'a', b'b', 0, 0, 0, 3, b'c'];
-        assert_eq!(next_frame(&mut buf), Some(b"ab".to_vec()));
-        assert_eq!(next_frame(&mut buf), None, "the second is not complete yet");
+        assert_eq!(next_frame(&mut buf).unwrap(), Some(b"ab".to_vec()));
+        assert_eq!(
+            next_frame(&mut buf).unwrap(),
+            None,
+            "the second is not complete yet"
+        );
         buf.extend_from_slice(b"de");
-        assert_eq!(next_frame(&mut buf), Some(b"cde".to_vec()));
+        assert_eq!(next_frame(&mut buf).unwrap(), Some(b"cde".to_vec()));
         assert!(buf.is_empty());
+        // A length no frame has stops the switch instead of buffering 4 GiB.
+        let mut buf = vec![0xff, 0xff, 0xff, 0xff, 0];
+        assert!(next_frame(&mut buf).is_err());
     }
 }
