@@ -42,7 +42,14 @@ impl Logger {
     }
 
     pub fn redirect(&self, path: &Path) -> std::io::Result<()> {
-        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking, as Firecracker opens it: a FIFO without a reader does not hang
+        // the API.
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
         self.settings().target = Some(f);
         Ok(())
     }

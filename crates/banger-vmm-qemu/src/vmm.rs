@@ -6,6 +6,7 @@
 //! `VmmActionError`, texts included.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -561,6 +562,7 @@ impl Vmm {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&m.metrics_path)
             .map_err(MetricsError::Open)?;
         if self.metrics.is_some() {
@@ -582,6 +584,7 @@ impl Vmm {
         let line = json!({"utc_timestamp_ms": now_ms, "vmm": {"banger_vmm_qemu": 1}});
         std::fs::OpenOptions::new()
             .append(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&m.metrics_path)
             .and_then(|mut f| writeln!(f, "{line}"))
             .map_err(|e| ActionError::Internal(format!("Failed to write metrics: {e}")))

@@ -1054,6 +1054,7 @@ fn a_real_guest_reads_mmds_v2_with_curl() {
     );
     let mut vmm = Vmm::spawn_with(VMM, Place::OwnNetns, &[]);
     vmm.ip(&["tuntap", "add", "tap0", "mode", "tap"]);
+    vmm.ip(&["addr", "add", "10.0.0.1/24", "dev", "tap0"]);
     vmm.ip(&["link", "set", "tap0", "up"]);
 
     // The disk: curl, the libraries it loads, and the script.
@@ -1085,6 +1086,7 @@ echo "MMDS_HOSTNAME=$($C -H "X-metadata-token: $T" $M/hostname)"
 echo "MMDS_KEYS=$($C -H "X-metadata-token: $T" $M/latest/meta-data/ | tr '\n' ,)"
 echo "MMDS_JSON=$($C -H "X-metadata-token: $T" -H 'Accept: application/json' $M/latest/meta-data/ami-id)"
 echo "MMDS_MISSING=$($C -o /dev/null -w '%{http_code}' -H "X-metadata-token: $T" $M/nothing)"
+ping -c 1 -W 10 10.0.0.1 >/dev/null 2>&1; echo "MMDS_TAP_PING=$?"
 echo MMDS_DONE
 "#;
     std::fs::write(root.join("run.sh"), script).unwrap();
@@ -1154,6 +1156,8 @@ echo MMDS_DONE
         "MMDS_KEYS=ami-id,local-ipv4,public-keys/",
         "MMDS_JSON=\"ami-42\"",
         "MMDS_MISSING=404",
+        // The guest's other traffic still crosses the switch to the tap (and back).
+        "MMDS_TAP_PING=0",
     ] {
         assert!(
             text.contains(want),

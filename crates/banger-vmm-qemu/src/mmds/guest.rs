@@ -409,6 +409,20 @@ mod tests {
             now,
         );
         assert_eq!((r.status, body(&r)), (200, "vm1"));
+        // Still good just before its TTL ends, refused after.
+        let almost = now + Duration::from_secs(59);
+        let r = g.respond(
+            &req("GET", "/hostname", &[("X-metadata-token", &token)]),
+            almost,
+        );
+        assert_eq!(r.status, 200);
+        // Expired after its TTL.
+        let later = now + Duration::from_secs(61);
+        let r = g.respond(
+            &req("GET", "/hostname", &[("X-metadata-token", &token)]),
+            later,
+        );
+        assert_eq!(r.status, 401);
         // A guest asking for tokens without end keeps at most MAX_TOKENS.
         for _ in 0..MAX_TOKENS + 10 {
             g.respond(
@@ -421,13 +435,6 @@ mod tests {
             );
         }
         assert_eq!(g.tokens.len(), MAX_TOKENS);
-        // Expired after its TTL.
-        let later = now + Duration::from_secs(61);
-        let r = g.respond(
-            &req("GET", "/hostname", &[("X-metadata-token", &token)]),
-            later,
-        );
-        assert_eq!(r.status, 401);
     }
 
     #[test]

@@ -27,7 +27,8 @@ const VNET_HDR_LEN: usize = 10;
 const HTTP_PORT: u16 = 80;
 /// Connections served at once.
 const SOCKETS: usize = 8;
-const MAX_FRAME: usize = 65536;
+/// QEMU's own limit on a frame (`NET_BUFSIZE`).
+const MAX_FRAME: usize = 69632;
 /// A request the guest has not finished within this many bytes is refused: the guest
 /// is not trusted to bound its own input.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -53,18 +54,31 @@ pub fn spawn(link: Link) -> std::io::Result<()> {
         .map(drop)
 }
 
-/// Which frames from the guest MMDS takes: ARP asking for its address, IPv4 to it.
-pub fn for_mmds(frame: &[u8], ip: Ipv4Addr) -> bool {
+/// Where a frame from the guest goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// ARP asking for the MMDS address, or TCP to it.
+    Mmds,
+    /// Anything else to the MMDS address (ICMP, UDP): swallowed, as Firecracker does.
+    Drop,
+    Tap,
+}
+
+pub fn route(frame: &[u8], ip: Ipv4Addr) -> Route {
     let ip = ip.octets();
     match frame.get(12..14) {
-        Some([0x08, 0x06]) => frame.get(38..42) == Some(&ip[..]),
-        Some([0x08, 0x00]) => frame.get(30..34) == Some(&ip[..]),
-        _ => false,
+        Some([0x08, 0x06]) if frame.get(38..42) == Some(&ip[..]) => Route::Mmds,
+        Some([0x08, 0x00]) if frame.get(30..34) == Some(&ip[..]) => match frame.get(23) {
+            Some(6) => Route::Mmds,
+            _ => Route::Drop,
+        },
+        _ => Route::Tap,
     }
 }
 
 /// Frames in a length-prefixed stream, taken off the front of `buf`; a length no
-/// frame can have is an error (the stream is QEMU's, which the guest may own).
+/// frame can have is an error (the stream is QEMU's, which the guest may own): the
+/// stream cannot be trusted past it.
 pub fn next_frame(buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
     let Some(head) = buf.get(..4) else {
         return Ok(None);
@@ -73,7 +87,7 @@ pub fn next_frame(buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
     if len > MAX_FRAME {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("a frame of {len} bytes from QEMU"),
+            format!("a frame of {len} bytes from QEMU (at most {MAX_FRAME})"),
         ));
     }
     if buf.len() < 4 + len {
@@ -147,13 +161,13 @@ fn run(mut l: Link) -> std::io::Result<()> {
         let _ = a.push(IpCidr::new(IpAddress::Ipv4(l.ip), 0));
     });
     let mut sockets = SocketSet::new(Vec::new());
-    let mut conns: Vec<(SocketHandle, Vec<u8>)> = (0..SOCKETS)
+    let mut conns: Vec<(SocketHandle, Conn)> = (0..SOCKETS)
         .map(|_| {
             let s = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; 16 * 1024]),
                 tcp::SocketBuffer::new(vec![0; 128 * 1024]),
             );
-            (sockets.add(s), Vec::new())
+            (sockets.add(s), Conn::default())
         })
         .collect();
     let mut from_qemu = Vec::new();
@@ -191,7 +205,11 @@ fn run(mut l: Link) -> std::io::Result<()> {
             }
         }
         while let Some(mut frame) = next_frame(&mut from_qemu)? {
-            if for_mmds(&frame, l.ip) {
+            let to = route(&frame, l.ip);
+            if to == Route::Drop {
+                continue;
+            }
+            if to == Route::Mmds {
                 // Firecracker answers an IPv4 packet to its address whatever MAC the
                 // guest sent it to (its gateway's, usually).
                 if frame[12..14] == [0x08, 0x00] {
@@ -206,8 +224,8 @@ fn run(mut l: Link) -> std::io::Result<()> {
             }
         }
         iface.poll(now(), &mut dev, &mut sockets);
-        for (h, pending) in conns.iter_mut() {
-            serve(sockets.get_mut::<tcp::Socket>(*h), pending, &mut l.guest);
+        for (h, c) in conns.iter_mut() {
+            serve(sockets.get_mut::<tcp::Socket>(*h), c, &mut l.guest);
         }
         iface.poll(now(), &mut dev, &mut sockets);
         while let Some(f) = dev.tx.pop_front() {
@@ -216,76 +234,110 @@ fn run(mut l: Link) -> std::io::Result<()> {
     }
 }
 
-/// One connection: (re)listen, read what came, answer each complete request.
-fn serve(sock: &mut tcp::Socket<'_>, pending: &mut Vec<u8>, guest: &mut Guest) {
+/// One connection's bytes: the request being read, the answer being sent.
+#[derive(Default)]
+struct Conn {
+    pending: Vec<u8>,
+    out: Vec<u8>,
+}
+
+/// One connection: (re)listen, send what is owed, read what came, and answer one
+/// complete request at a time (the next only once the last is sent, so a guest that
+/// pipelines thousands of requests gets them answered at the pace it reads).
+fn serve(sock: &mut tcp::Socket<'_>, c: &mut Conn, guest: &mut Guest) {
     use tcp::State;
-    match sock.state() {
-        State::Closed => {
-            pending.clear();
-            let _ = sock.listen(HTTP_PORT);
-            return;
-        }
-        State::CloseWait => {
-            sock.close();
-            return;
-        }
-        _ => {}
+    if sock.state() == State::Closed {
+        *c = Conn::default();
+        let _ = sock.listen(HTTP_PORT);
+        return;
     }
-    while sock.can_recv() && pending.len() <= MAX_REQUEST {
+    while !c.out.is_empty() && sock.can_send() {
+        match sock.send_slice(&c.out) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                c.out.drain(..n);
+            }
+        }
+    }
+    while sock.can_recv() && c.pending.len() <= MAX_REQUEST {
         let _ = sock.recv(|d| {
-            pending.extend_from_slice(d);
+            c.pending.extend_from_slice(d);
             (d.len(), ())
         });
     }
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        let (resp, used, close) = match req.parse(pending) {
-            Ok(httparse::Status::Partial) if pending.len() > MAX_REQUEST => {
-                (Response::text(400, "Invalid request."), pending.len(), true)
+    if c.out.is_empty() && !c.pending.is_empty() {
+        let (resp, close) = answer(&mut c.pending, guest);
+        if let Some(resp) = resp {
+            c.out = resp.to_bytes();
+            let _ = sock.send_slice(&c.out).map(|n| c.out.drain(..n));
+            if close {
+                c.pending.clear();
+                sock.close();
+                return;
             }
-            Ok(httparse::Status::Partial) => return,
-            Ok(httparse::Status::Complete(n)) => {
-                let r = Request {
-                    method: req.method.unwrap_or_default().to_string(),
-                    uri: req.path.unwrap_or_default().to_string(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_string(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect(),
-                };
-                let close = r.headers.iter().any(|(k, v)| {
-                    k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close")
-                });
-                let body_len: usize = r
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if n + body_len > MAX_REQUEST {
-                    (Response::text(400, "Invalid request."), pending.len(), true)
-                } else if pending.len() < n + body_len {
-                    return;
-                } else {
-                    (guest.respond(&r, Instant::now()), n + body_len, close)
-                }
-            }
-            Err(_) => (Response::text(400, "Invalid request."), pending.len(), true),
-        };
-        pending.drain(..used);
-        let _ = sock.send_slice(&resp.to_bytes());
-        if close {
-            sock.close();
-            return;
         }
     }
+    // The guest closed its side: once everything it asked is answered, close ours.
+    if sock.state() == State::CloseWait && c.out.is_empty() && c.pending.is_empty() {
+        sock.close();
+    }
+}
+
+/// The answer to the request at the front of `pending` (taken off it), and whether
+/// the connection closes after it; `None` while the request is incomplete.
+pub fn answer(pending: &mut Vec<u8>, guest: &mut Guest) -> (Option<Response>, bool) {
+    let bad = || (Some(Response::text(400, "Invalid request.")), true);
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(pending) {
+        Ok(httparse::Status::Partial) if pending.len() > MAX_REQUEST => return bad(),
+        Ok(httparse::Status::Partial) => return (None, false),
+        Ok(httparse::Status::Complete(n)) => n,
+        Err(_) => return bad(),
+    };
+    let r = Request {
+        method: req.method.unwrap_or_default().to_string(),
+        uri: req.path.unwrap_or_default().to_string(),
+        headers: req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+    };
+    let has = |name: &str, value: Option<&str>| {
+        r.headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case(name)
+                && value.is_none_or(|want| v.trim().eq_ignore_ascii_case(want))
+        })
+    };
+    let close = has("connection", Some("close"));
+    let body_len = r
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.trim().parse::<usize>());
+    let body_len = match body_len {
+        None => 0,
+        Some(Ok(len)) => len,
+        Some(Err(_)) => return bad(),
+    };
+    // Firecracker's MMDS takes no body on a GET; any request past the limit is refused.
+    let Some(total) = n.checked_add(body_len).filter(|t| *t <= MAX_REQUEST) else {
+        return bad();
+    };
+    if r.method == "GET" && body_len > 0 {
+        return bad();
+    }
+    if pending.len() < total {
+        return (None, false);
+    }
+    pending.drain(..total);
+    (Some(guest.respond(&r, Instant::now())), close)
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
@@ -325,16 +377,69 @@ mod tests {
     }
 
     #[test]
-    fn arp_for_the_address_and_ipv4_to_it_are_mmds_s() {
+    fn arp_for_the_address_and_tcp_to_it_are_mmds_s_the_rest_to_it_dropped() {
         let ip = Ipv4Addr::new(169, 254, 169, 254);
-        assert!(for_mmds(&frame([0x08, 0x06], 38, ip.octets()), ip));
-        assert!(for_mmds(&frame([0x08, 0x00], 30, ip.octets()), ip));
-        assert!(!for_mmds(&frame([0x08, 0x00], 30, [10, 0, 0, 1]), ip));
-        assert!(
-            !for_mmds(&frame([0x86, 0xdd], 30, ip.octets()), ip),
-            "IPv6 is not"
+        assert_eq!(
+            route(&frame([0x08, 0x06], 38, ip.octets()), ip),
+            Route::Mmds
         );
-        assert!(!for_mmds(&[0u8; 10], ip), "a runt frame is not");
+        let mut tcp = frame([0x08, 0x00], 30, ip.octets());
+        tcp[23] = 6;
+        assert_eq!(route(&tcp, ip), Route::Mmds);
+        let mut icmp = tcp.clone();
+        icmp[23] = 1;
+        assert_eq!(route(&icmp, ip), Route::Drop);
+        let mut other = frame([0x08, 0x00], 30, [10, 0, 0, 1]);
+        other[23] = 6;
+        assert_eq!(route(&other, ip), Route::Tap);
+        assert_eq!(
+            route(&frame([0x86, 0xdd], 30, ip.octets()), ip),
+            Route::Tap,
+            "IPv6"
+        );
+        assert_eq!(route(&[0u8; 10], ip), Route::Tap, "a runt frame");
+    }
+
+    fn guest() -> Guest {
+        let mut store = super::super::DataStore::new(51200);
+        store.put(serde_json::json!({"a": "b"})).unwrap();
+        Guest::new(
+            std::sync::Arc::new(std::sync::Mutex::new(store)),
+            banger_fc::models::MmdsVersion::V1,
+            false,
+        )
+    }
+
+    #[test]
+    fn requests_are_answered_one_at_a_time_and_bad_ones_close() {
+        let mut g = guest();
+        let mut p =
+            b"GET /a HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\nConnection: close\r\n\r\nGET".to_vec();
+        let (r, close) = answer(&mut p, &mut g);
+        assert_eq!((r.unwrap().body, close), (b"b".to_vec(), false));
+        let (r, close) = answer(&mut p, &mut g);
+        assert_eq!((r.unwrap().status, close), (200, true));
+        assert_eq!(answer(&mut p, &mut g), (None, false), "incomplete: wait");
+        for bad in [
+            &b"GET /a HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n"[..],
+            b"GET /a HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nab",
+            b"\x00\x01 not http\r\n\r\n",
+        ] {
+            let mut p = bad.to_vec();
+            let (r, close) = answer(&mut p, &mut g);
+            assert_eq!((r.map(|r| r.status), close), (Some(400), true), "{bad:?}");
+        }
+        let mut p = vec![b'G'; MAX_REQUEST + 1];
+        assert_eq!(
+            answer(&mut p, &mut g).0.map(|r| r.status),
+            Some(400),
+            "a request without end"
+        );
+        // A PUT's body is read and skipped.
+        let mut p = b"PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: 5\r\nContent-Length: 2\r\n\r\nxx".to_vec();
+        assert_eq!(answer(&mut p, &mut g).0.map(|r| r.status), Some(200));
+        assert!(p.is_empty());
     }
 
     #[test]
