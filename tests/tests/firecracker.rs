@@ -412,6 +412,50 @@ fn the_debian_image_s_kernel_is_accepted_by_firecracker() {
     let log = std::fs::read_to_string(env.state().join("vms").join(&id).join("vmm.log")).unwrap();
     assert!(!log.contains("Invalid Elf"), "{log}");
     assert!(log.contains("InstanceStart"), "{log}");
+    // The image has banger's identity unit: the real Firecracker took the MMDS
+    // config and holds the VM's identity for the guest (hostname, keys, host key).
+    let handles: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.run_dir().join("vms").join(&id).join("handles.json")).unwrap(),
+    )
+    .unwrap();
+    let get = |path: &str| -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sS", "--unix-socket"])
+            .arg(handles["api_sock"].as_str().unwrap())
+            .arg(format!("http://localhost{path}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mmds = get("/mmds");
+    assert_eq!(mmds["banger"]["hostname"], "deb", "{mmds}");
+    let host_key = mmds["banger"]["ssh_host_ed25519_key_pub"].as_str().unwrap();
+    assert_eq!(
+        host_key.split_whitespace().nth(1),
+        vm["host_key"].as_str().unwrap().split_whitespace().nth(1),
+        "MMDS serves the host key banger pins"
+    );
+    assert!(
+        mmds["banger"]["ssh_host_ed25519_key"]
+            .as_str()
+            .unwrap()
+            .contains("OPENSSH PRIVATE KEY")
+    );
+    let config = get("/vm/config");
+    assert_eq!(
+        config["mmds-config"]["network_interfaces"],
+        serde_json::json!(["eth0"]),
+        "{config}"
+    );
+    assert_eq!(config["mmds-config"]["version"], "V2", "{config}");
+    assert!(
+        config["boot-source"]["boot_args"]
+            .as_str()
+            .unwrap()
+            .contains("banger.mmds=1"),
+        "{config}"
+    );
     let pid = vm["pid"].as_i64().unwrap() as i32;
     env.ok(&["vm", "rm", "-f", "deb"]);
     assert_no_leftovers(&env, &id, pid);

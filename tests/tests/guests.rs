@@ -21,6 +21,57 @@ fn nft_elements(env: &Env) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The VM got its identity from MMDS (an image built by `image build` has the unit):
+/// kept for MMDS in the state dir, owner-only; the guest's unit ran and succeeded,
+/// set the hostname, installed the host key banger pins (SSH already proved the key
+/// and the authorized keys), and closed the route: no process in the guest, root or
+/// not, reaches the service afterwards.
+fn assert_identity_from_mmds(env: &Env, name: &str, id: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let kept = env.state().join("vms").join(id).join("identity.json");
+    let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", kept.display());
+    assert!(env.ssh(name, "cat /proc/cmdline").contains("banger.mmds=1"));
+    assert_eq!(
+        env.ssh(name, "systemctl is-active banger-identity"),
+        "active"
+    );
+    assert_eq!(
+        env.ssh(name, "systemctl show -p Result --value banger-identity"),
+        "success"
+    );
+    assert_eq!(env.ssh(name, "hostname"), name);
+    assert_eq!(env.ssh(name, "cat /etc/hostname"), name);
+    assert_eq!(
+        env.ssh(
+            name,
+            "stat -c %a /etc/ssh/ssh_host_ed25519_key /root/.ssh/authorized_keys"
+        ),
+        "600\n600"
+    );
+    for who in ["root", "nobody"] {
+        let out = env.banger(&[
+            "vm",
+            "ssh",
+            name,
+            "--",
+            &format!(
+                "su -s /bin/bash {who} -c 'exec 3<>/dev/tcp/169.254.169.254/80' && echo reached"
+            ),
+        ]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !said.contains("reached"),
+            "{who} reached MMDS: {}",
+            stderr(&out)
+        );
+    }
+    assert!(
+        env.ssh(name, "ip route show 169.254.169.254")
+            .starts_with("prohibit")
+    );
+}
+
 #[test]
 fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
     let mut env = Env::new();
@@ -93,6 +144,7 @@ fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
     );
     assert_eq!(vm["disk_method"], "copy", "ext4 here: no reflink");
     let disk = std::path::PathBuf::from(vm["disk"].as_str().unwrap());
+    assert_identity_from_mmds(&env, "dev", &id);
 
     // The image is in use and cannot be removed.
     let out = env.banger(&["image", "rm", "debian-bookworm"]);
@@ -111,6 +163,7 @@ fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
     assert_ne!(boot1, boot2);
     assert_eq!(env.ssh("dev", "cat /root/marker"), "persisted");
     assert_eq!(env.json(&["vm", "show", "dev"])["ip"].as_str().unwrap(), ip);
+    assert_identity_from_mmds(&env, "dev", &id);
 
     env.ok(&["vm", "rm", "--force", "dev"]);
     assert!(!disk.exists(), "disk left behind");
@@ -254,4 +307,65 @@ fn disks_are_reflinked_on_btrfs_and_can_grow() {
         drop(env);
     }
     let _ = Duration::from_secs(0);
+}
+
+#[test]
+fn an_image_without_the_identity_unit_gets_its_identity_written_into_its_disk() {
+    // An image as banger built them before the `banger-identity` unit (or any rootfs
+    // a user imports): its VMs get hostname and SSH keys written into their disks
+    // before boot, and MMDS is not configured for them.
+    let mut env = Env::new();
+    env.start();
+    let (kernel, initrd, rootfs) = debian_image();
+    let old = env.state().join("old-rootfs.ext4");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&rootfs)
+        .arg(&old)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = Command::new("debugfs")
+        .args(["-w", "-R", "rm /usr/local/sbin/banger-identity"])
+        .arg(&old)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.ok(&[
+        "image",
+        "import",
+        "--name",
+        "old",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--rootfs",
+        old.to_str().unwrap(),
+    ]);
+    let vm = env.json(&["vm", "create", "legacy", "--image", "old"]);
+    let id = vm["id"].as_str().unwrap();
+    assert!(
+        !env.state()
+            .join("vms")
+            .join(id)
+            .join("identity.json")
+            .exists(),
+        "no identity is kept for MMDS"
+    );
+    // Written into the disk, before any boot.
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /etc/hostname"])
+        .arg(vm["disk"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "legacy\n");
+    env.ok(&["vm", "start", "legacy"]);
+    env.wait_ssh("legacy");
+    assert_eq!(env.ssh("legacy", "hostname"), "legacy");
+    assert!(
+        !env.ssh("legacy", "cat /proc/cmdline")
+            .contains("banger.mmds")
+    );
+    env.ok(&["vm", "rm", "-f", "legacy"]);
 }

@@ -142,6 +142,19 @@ impl Client {
         let uri = format!("/network-interfaces/{}", iface.iface_id);
         self.send(Method::PUT, &uri, Some(iface)).await
     }
+    /// `PUT /mmds/config`: which interfaces the guest reaches MMDS on (after they are
+    /// configured, before the guest starts).
+    pub async fn put_mmds_config(&self, cfg: &MmdsConfig) -> Result<(), Error> {
+        self.send(Method::PUT, "/mmds/config", Some(cfg)).await
+    }
+    /// `PUT /mmds`: replaces the whole MMDS data store.
+    pub async fn put_mmds(&self, data: &serde_json::Value) -> Result<(), Error> {
+        self.send(Method::PUT, "/mmds", Some(data)).await
+    }
+    /// `GET /mmds`: the data store as the VMM holds it.
+    pub async fn mmds(&self) -> Result<serde_json::Value, Error> {
+        self.get("/mmds").await
+    }
     pub async fn action(&self, action_type: ActionType) -> Result<(), Error> {
         self.send(
             Method::PUT,
@@ -394,6 +407,21 @@ mod tests {
             400,
             "Invalid interface name",
         );
+        // MMDS: its config names a configured interface; its store holds what was put.
+        let mmds = |iface: &str| MmdsConfig {
+            version: MmdsVersion::V2,
+            network_interfaces: vec![iface.into()],
+            ipv4_address: None,
+            imds_compat: false,
+        };
+        refused(
+            c.put_mmds_config(&mmds("eth9")).await,
+            400,
+            "network interface ID",
+        );
+        let data = serde_json::json!({"banger": {"hostname": "vm1"}});
+        c.put_mmds(&data).await.unwrap();
+        assert_eq!(c.mmds().await.unwrap(), data);
         refused(
             c.send_ctrl_alt_del().await,
             400,

@@ -363,9 +363,10 @@ pub struct MmdsConfig {
     #[serde(default)]
     pub version: MmdsVersion,
     pub network_interfaces: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4_address: Option<Ipv4Addr>,
-    #[serde(default)]
+    /// Sent only when set: older Firecracker (v1.12) refuses the field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub imds_compat: bool,
 }
 

@@ -3,8 +3,8 @@
 //! 1. debootstrap (minbase + systemd, udev, openssh-server, iproute2, the cloud kernel
 //!    and initramfs-tools, whose hook writes an initrd with the virtio drivers);
 //! 2. customise: the `banger-net` unit (guest address from the kernel command line,
-//!    since this kernel family has no `ip=`), no SSH host keys (each VM gets its own),
-//!    an empty /root/.ssh;
+//!    since this kernel family has no `ip=`), the `banger-identity` unit (hostname and
+//!    SSH keys from MMDS), no SSH host keys (each VM gets its own), an empty /root/.ssh;
 //! 3. take out the kernel (bzImage for QEMU, ELF vmlinux for Firecracker) and initrd;
 //! 4. `mkfs.ext4 -d` the tree into a sparse image sized to its content.
 //!
@@ -53,6 +53,82 @@ Before=network.target ssh.service
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/local/sbin/banger-net
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The guest half of MMDS identity (the daemon's `service::ssh_keys` is the other):
+/// bash's `/dev/tcp` speaks HTTP to MMDS V2, so the image needs no HTTP client.
+const IDENTITY_SCRIPT: &str = r#"#!/bin/bash
+# Installed by banger: this VM's identity (hostname, SSH host key, authorized keys)
+# from the metadata service (MMDS V2) banger's VMM serves at 169.254.169.254. Runs at
+# every boot the kernel command line says banger.mmds=1, then closes the route to the
+# service, so no other process in the guest can read the host key.
+set -u
+export LC_ALL=C
+M=169.254.169.254
+ip route replace "$M" dev eth0 || exit 1
+
+# One HTTP/1.1 exchange: prints the body of a 200 answer, fails on anything else.
+http() {
+  local line status="" len=0 body=""
+  exec 3<>"/dev/tcp/$M/80" || return 1
+  printf '%s %s HTTP/1.1\r\nHost: %s\r\n%s\r\nContent-Length: 0\r\n\r\n' "$1" "$2" "$M" "$3" >&3
+  IFS= read -r -t 10 line <&3 || { exec 3<&-; return 1; }
+  line=${line%$'\r'}
+  status=${line#HTTP/1.1 }
+  status=${status%% *}
+  while IFS= read -r -t 10 line <&3; do
+    line=${line%$'\r'}
+    [ -z "$line" ] && break
+    case ${line,,} in content-length:*) len=${line#*:}; len=${len//[!0-9]/} ;; esac
+  done
+  if [ "${len:-0}" -gt 0 ]; then IFS= read -r -t 10 -N "$len" body <&3; fi
+  exec 3<&-
+  [ "$status" = 200 ] || return 1
+  printf '%s' "$body"
+}
+
+if ! token=$(http PUT /latest/api/token "X-metadata-token-ttl-seconds: 60"); then
+  echo "banger-identity: the metadata service did not answer" >&2
+  exit 1
+fi
+get() { http GET "/banger/$1" "X-metadata-token: $token"; }
+umask 077
+# A file replaced whole: written aside, then renamed over.
+put() {
+  printf '%s\n' "$3" > "$1.banger-new" && chmod "$2" "$1.banger-new" && mv -f "$1.banger-new" "$1"
+}
+if hn=$(get hostname) && [ -n "$hn" ]; then
+  hostname "$hn"
+  put /etc/hostname 644 "$hn"
+fi
+if keys=$(get authorized_keys); then
+  mkdir -p -m 700 /root/.ssh
+  put /root/.ssh/authorized_keys 600 "$keys"
+fi
+if key=$(get ssh_host_ed25519_key) && pub=$(get ssh_host_ed25519_key_pub); then
+  put /etc/ssh/ssh_host_ed25519_key 600 "$key"
+  put /etc/ssh/ssh_host_ed25519_key.pub 644 "$pub"
+fi
+ip route replace prohibit "$M"
+exit 0
+"#;
+
+const IDENTITY_UNIT: &str = "[Unit]
+Description=banger identity from the metadata service (hostname, SSH keys)
+DefaultDependencies=no
+ConditionKernelCommandLine=banger.mmds=1
+Requires=banger-net.service
+After=banger-net.service local-fs.target
+Before=ssh.service systemd-user-sessions.service getty.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+TimeoutStartSec=60
+ExecStart=/usr/local/sbin/banger-identity
 
 [Install]
 WantedBy=multi-user.target
@@ -153,14 +229,19 @@ impl Build<'_> {
         };
         w("usr/local/sbin/banger-net", NET_SCRIPT, 0o755)?;
         w("etc/systemd/system/banger-net.service", NET_UNIT, 0o644)?;
+        w("usr/local/sbin/banger-identity", IDENTITY_SCRIPT, 0o755)?;
+        w(
+            "etc/systemd/system/banger-identity.service",
+            IDENTITY_UNIT,
+            0o644,
+        )?;
         let wants = root.join("etc/systemd/system/multi-user.target.wants");
         std::fs::create_dir_all(&wants).map_err(step_err("customise"))?;
-        let _ = std::fs::remove_file(wants.join("banger-net.service"));
-        std::os::unix::fs::symlink(
-            "/etc/systemd/system/banger-net.service",
-            wants.join("banger-net.service"),
-        )
-        .map_err(step_err("customise"))?;
+        for unit in ["banger-net.service", "banger-identity.service"] {
+            let _ = std::fs::remove_file(wants.join(unit));
+            std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), wants.join(unit))
+                .map_err(step_err("customise"))?;
+        }
         w("etc/hostname", "banger\n", 0o644)?;
         w("etc/fstab", "/dev/vda / ext4 rw,relatime 0 1\n", 0o644)?;
         std::fs::create_dir_all(root.join("root/.ssh")).map_err(step_err("customise"))?;

@@ -212,6 +212,37 @@ pub fn inject(disk: &Path, files: &[Inject], scratch: &Path) -> Result<(), DiskE
     Ok(())
 }
 
+/// Whether an unmounted ext4 image holds a regular file at `guest_path` (debugfs, no
+/// mount, no root; nothing is written).
+pub fn has_file(disk: &Path, guest_path: &str) -> Result<bool, DiskError> {
+    let out = Command::new(tool("debugfs"))
+        .env("DEBUGFS_PAGER", "__none__")
+        .arg("-R")
+        .arg(format!("stat {guest_path}"))
+        .arg(disk)
+        .output()
+        .map_err(|e| DiskError::Tool {
+            tool: "debugfs",
+            disk: disk.into(),
+            detail: e.to_string(),
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // debugfs exits 0 either way: an inode it found says its type; a missing file is
+    // its "not found"; anything else (not ext4, unreadable) is an error.
+    if stdout.contains("Type: ") {
+        return Ok(stdout.contains("Type: regular"));
+    }
+    if stderr.contains("File not found") {
+        return Ok(false);
+    }
+    Err(DiskError::Tool {
+        tool: "debugfs",
+        disk: disk.into(),
+        detail: banger_api::last_lines(&out.stderr, 3),
+    })
+}
+
 /// Whether the file starts with an ext4 (ext2/3/4) superblock: magic 0xEF53 at byte
 /// 1080 (read at an offset: the file position is unchanged).
 pub fn is_ext4_file(f: &File) -> io::Result<bool> {
@@ -308,6 +339,19 @@ mod tests {
             clone(&src, &dst).is_err(),
             "an existing destination is never overwritten"
         );
+    }
+
+    #[test]
+    fn has_file_sees_regular_files_only_and_refuses_what_is_not_ext4() {
+        let d = tempfile::tempdir().unwrap();
+        let img = ext4(d.path(), 32);
+        assert!(has_file(&img, "/etc/hostname").unwrap());
+        assert!(!has_file(&img, "/etc/missing").unwrap());
+        assert!(!has_file(&img, "/etc").unwrap(), "a directory is no file");
+        let junk = d.path().join("junk");
+        std::fs::write(&junk, vec![0u8; 1 << 16]).unwrap();
+        assert!(has_file(&junk, "/etc/hostname").is_err());
+        assert!(has_file(&d.path().join("absent"), "/etc/hostname").is_err());
     }
 
     #[test]

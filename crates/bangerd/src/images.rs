@@ -12,7 +12,7 @@ use banger_helper::{BuildImage, Identity, ImageBuilt, PackageName, Release, VmId
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::service::{Service, ServiceError, chain, open_as};
+use crate::service::{GUEST_AGENT, MMDS_MARKER, Service, ServiceError, chain, open_as};
 use crate::store::ImageRecord;
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
@@ -47,6 +47,22 @@ fn digest_dir(dir: &Path) -> std::io::Result<String> {
         }
     }
     Ok(format!("{:x}", h.finalize()))
+}
+
+/// Marks an image whose rootfs has banger's identity unit: its VMs get their identity
+/// from MMDS (see `service::ssh_keys`). An image that cannot be read for it is left
+/// unmarked: its VMs get the identity written into their disks, as before the unit.
+fn mark_identity(dir: &Path) {
+    match crate::disk::has_file(&dir.join("rootfs.ext4"), GUEST_AGENT) {
+        Ok(false) => {}
+        Ok(true) => {
+            let marker = dir.join(MMDS_MARKER);
+            if let Err(e) = std::fs::write(&marker, "banger-identity over MMDS\n") {
+                tracing::warn!("cannot write {}: {e}", marker.display());
+            }
+        }
+        Err(e) => tracing::warn!("cannot look for {GUEST_AGENT} in the image: {}", chain(&e)),
+    }
 }
 
 impl Service {
@@ -120,6 +136,7 @@ impl Service {
                 // Same content already stored under another name.
                 std::fs::remove_dir_all(&dir)?;
             } else {
+                mark_identity(&dir);
                 for f in FILES {
                     let p = dir.join(f);
                     if p.exists() {

@@ -57,6 +57,8 @@ impl Service {
             .boot_args
             .clone()
             .unwrap_or_else(|| DEFAULT_BOOT_ARGS.into());
+        // An identity kept for MMDS is served on the NIC (none without one).
+        let mut mmds = None;
         let nic = match &rec.ip {
             Some(ip) => {
                 let addr: std::net::Ipv4Addr =
@@ -65,6 +67,12 @@ impl Service {
                     " net.ifnames=0 banger.ip={ip}/{} banger.gw={} banger.hostname={}",
                     net.prefix_len, net.gateway, rec.name
                 ));
+                if let Some(id) = GuestIdentity::load(&self.dirs.vm_state_dir(vm_id))? {
+                    // The guest unit runs only when told MMDS is there (it would
+                    // otherwise wait for a service that never answers).
+                    args.push_str(" banger.mmds=1");
+                    mmds = Some(id.mmds());
+                }
                 let o = addr.octets();
                 let mac = format!("06:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
                 Some((NetworkConfig::tap_name(vm_id), mac))
@@ -78,6 +86,7 @@ impl Service {
             files,
             boot_args: args,
             nic,
+            mmds,
         })
     }
 }
@@ -96,6 +105,8 @@ pub(super) enum BootError {
     NoKernel,
     #[error("bad stored address {0}")]
     Address(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("the VMM exited before its API socket answered")]
     VmmExited,
     #[error("the VMM's API socket did not answer within {0:?}")]
@@ -116,6 +127,8 @@ pub(super) struct BootPlan {
     boot_args: String,
     /// (tap, guest MAC)
     pub(super) nic: Option<(String, String)>,
+    /// The MMDS data store (the VM's identity), served on the NIC.
+    mmds: Option<serde_json::Value>,
 }
 
 /// Waits until the VMM is ready, then configures and starts it.
@@ -178,6 +191,17 @@ pub(super) async fn configure(
                 Some(mac.clone()),
             ))
             .await?;
+        if let Some(data) = &plan.mmds {
+            client
+                .put_mmds_config(&banger_fc::models::MmdsConfig {
+                    version: banger_fc::models::MmdsVersion::V2,
+                    network_interfaces: vec!["eth0".into()],
+                    ipv4_address: None,
+                    imds_compat: false,
+                })
+                .await?;
+            client.put_mmds(data).await?;
+        }
     }
     if let Some(rootfs) = &l.paths.rootfs {
         client

@@ -3,8 +3,8 @@
 use super::*;
 
 impl Service {
-    /// Records the VM, gives it an address and, for an image, its own disk with its
-    /// SSH keys written in. A failure at any step removes everything the create made.
+    /// Records the VM, gives it an address and, for an image, its own disk and its
+    /// identity (hostname, SSH keys; see [`super::ssh_keys`]). A failure at any step removes everything the create made.
     /// Creates a VM for `owner` (the caller's SO_PEERCRED identity): the files the
     /// spec names are the owner's to choose, and are opened with the owner's rights
     /// wherever the daemons can take them (see [`check_named_files`]).
@@ -53,7 +53,9 @@ impl Service {
             vm_id: vm_id.clone(),
         })
         .await?;
-        let src = self.dirs.images().join(&image.digest).join("rootfs.ext4");
+        let image_dir = self.dirs.images().join(&image.digest);
+        let src = image_dir.join("rootfs.ext4");
+        let by_mmds = image_dir.join(MMDS_MARKER).exists();
         let dst = self.dirs.vm_disk(&vm_id);
         let state_dir = self.dirs.vm_state_dir(&vm_id);
         let spec = rec.spec.clone();
@@ -67,12 +69,18 @@ impl Service {
             if let Some(mib) = spec.disk_size_mib {
                 crate::disk::grow(&dst, mib << 20).map_err(disk_err)?;
             }
-            let files =
-                ssh_files(&state_dir, &name, &spec.ssh_keys).map_err(|e| ServiceError::Disk {
-                    name: name.clone(),
-                    reason: e,
-                })?;
-            crate::disk::inject(&dst, &files, &state_dir).map_err(disk_err)?;
+            let identity_err = |e: IdentityError| ServiceError::Disk {
+                name: name.clone(),
+                reason: chain(&e),
+            };
+            let identity =
+                GuestIdentity::generate(&state_dir, &name, &spec.ssh_keys).map_err(identity_err)?;
+            if by_mmds {
+                // Served by MMDS at each start; the disk stays the image's.
+                identity.save(&state_dir).map_err(identity_err)?;
+            } else {
+                crate::disk::inject(&dst, &identity.files(), &state_dir).map_err(disk_err)?;
+            }
             Ok(method)
         })
         .await

@@ -17,7 +17,7 @@ mod stop;
 mod timeline;
 
 use boot::configure;
-use ssh_keys::ssh_files;
+pub(crate) use ssh_keys::{GUEST_AGENT, GuestIdentity, IdentityError, MMDS_MARKER};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
