@@ -111,9 +111,11 @@ pub fn args(m: &StartPlan, nets: &[Backend], accel: &str, as_limit: Option<u64>)
         None => push("stdio"),
     }
     push("-qmp");
+    // The socket's path comes from the API socket's, which the caller chose: its
+    // commas must not start options of their own.
     push(&format!(
         "unix:{},server=on,wait=off",
-        m.qmp_socket.display()
+        escape_opt(&m.qmp_socket.to_string_lossy())
     ));
     for d in &m.drives {
         let Some(path) = &d.path_on_host else {
@@ -164,6 +166,10 @@ pub fn args(m: &StartPlan, nets: &[Backend], accel: &str, as_limit: Option<u64>)
         let mut dev = format!("virtio-net-pci,netdev=net-{}", n.iface_id);
         if let Some(mac) = &n.guest_mac {
             dev.push_str(&format!(",mac={mac}"));
+        }
+        // Offered to the guest's driver (VIRTIO_NET_F_MTU), as Firecracker does.
+        if let Some(mtu) = n.mtu {
+            dev.push_str(&format!(",host_mtu={mtu}"));
         }
         push("-device");
         push(&dev);
@@ -385,9 +391,13 @@ mod tests {
         let drives = [drive("rootfs", true, false), drive("data", false, true)];
         let nets = vec![
             NetworkInterface::new("eth0", "tap0", Some("06:00:ac:10:00:02".into())),
-            NetworkInterface::new("eth1", "tap1", None),
+            NetworkInterface {
+                mtu: Some(1400),
+                ..NetworkInterface::new("eth1", "tap1", None)
+            },
         ];
-        let m = plan(mc, boot, drives.to_vec(), nets, true);
+        let mut m = plan(mc, boot, drives.to_vec(), nets, true);
+        m.qmp_socket = "/run/x,server=off/api.sock.qmp".into();
         let a: Vec<String> = args(&m, &[Backend::Tap(7), Backend::Socket(9)], "tcg", None)
             .into_iter()
             .map(|s| s.into_string().unwrap())
@@ -402,14 +412,14 @@ mod tests {
             "-kernel /k/vmlinuz",
             "-initrd /k/initrd",
             "-serial stdio",
-            "-qmp unix:/run/x/api.sock.qmp,server=on,wait=off",
+            "-qmp unix:/run/x,,server=off/api.sock.qmp,server=on,wait=off",
             "file=/img/rootfs,,x.ext4,if=none,id=drive-rootfs,format=raw,cache=unsafe,readonly=off",
             "virtio-blk-pci,drive=drive-rootfs",
             "readonly=on",
             "tap,id=net-eth0,fd=7",
             "socket,id=net-eth1,fd=9",
-            "virtio-net-pci,netdev=net-eth1",
-            "virtio-net-pci,netdev=net-eth0,mac=06:00:ac:10:00:02",
+            "virtio-net-pci,netdev=net-eth1,host_mtu=1400 ",
+            "virtio-net-pci,netdev=net-eth0,mac=06:00:ac:10:00:02 ",
             "virtio-rng-pci",
         ] {
             assert!(joined.contains(want), "missing {want:?} in {joined}");
