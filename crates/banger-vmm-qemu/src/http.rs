@@ -123,7 +123,7 @@ pub async fn serve(
 }
 
 /// Applies the action; QEMU work (start, QMP) runs after the state's lock is released.
-async fn execute(api: &Api, action: VmmAction) -> Result<Option<Value>, ActionError> {
+async fn execute(api: &Arc<Api>, action: VmmAction) -> Result<Option<Value>, ActionError> {
     // Pause, resume and Ctrl-Alt-Del are decided and carried out in order.
     let _control = match action {
         VmmAction::PatchVm(_) | VmmAction::SendCtrlAltDel => Some(api.control.lock().await),
@@ -134,8 +134,17 @@ async fn execute(api: &Api, action: VmmAction) -> Result<Option<Value>, ActionEr
         Applied::Done => Ok(None),
         Applied::Body(v) => Ok(Some(v)),
         Applied::Start(plan) => {
-            let r = crate::start::instance_start(&plan).await;
-            api.vmm().started(r.is_ok());
+            // The start runs to its end on its own task: a client that hangs up
+            // mid-start (its request future dropped) must not leave QEMU half
+            // started and the VMM stuck in its starting phase.
+            let owner = api.clone();
+            let r = tokio::spawn(async move {
+                let r = crate::start::instance_start(&plan).await;
+                owner.vmm().started(r.is_ok());
+                r
+            })
+            .await
+            .expect("InstanceStart does not panic");
             r.map(|()| None).map_err(ActionError::StartMicrovm)
         }
         Applied::Qmp(call) => {
