@@ -8,6 +8,8 @@
 
 mod boot;
 mod create;
+#[cfg(test)]
+pub(crate) mod fake;
 mod kill;
 mod reconcile;
 mod rm;
@@ -602,106 +604,9 @@ mod tests {
     //! directory), real processes for VMMs (`sleep`, checked by pid and start time as
     //! the daemon does), and a recording fake behind [`Helper`].
 
+    use super::fake::*;
     use super::*;
     use banger_helper::VmmExit;
-
-    /// The fake's answer to a request, in its wire form.
-    type Answer = dyn Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync;
-
-    /// Records every request; answers with `answer`.
-    struct Fake {
-        seen: Arc<Mutex<Vec<Request>>>,
-        answer: Box<Answer>,
-    }
-
-    impl Helper for Fake {
-        fn exchange(&self, req: &Request) -> std::result::Result<Reply, ClientError> {
-            self.seen.lock().unwrap().push(req.clone());
-            (self.answer)(req)
-        }
-    }
-
-    struct T {
-        svc: Service,
-        seen: Arc<Mutex<Vec<Request>>>,
-        _dir: tempfile::TempDir,
-    }
-
-    impl T {
-        /// Request kinds the helper was asked for, in order (`op` of the wire form).
-        fn ops(&self) -> Vec<String> {
-            self.seen
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    serde_json::to_value(r).unwrap()["op"]
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                })
-                .collect()
-        }
-        fn state(&self, name: &str) -> VmRecord {
-            self.svc.store.get_by_name(name).unwrap().unwrap()
-        }
-    }
-
-    fn service(
-        answer: impl Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync + 'static,
-    ) -> T {
-        let dir = tempfile::tempdir().unwrap();
-        let dirs = Dirs::under(dir.path());
-        std::fs::create_dir_all(&dirs.run).unwrap();
-        let store = Store::open(&dir.path().join("banger.db")).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let fake = Fake {
-            seen: seen.clone(),
-            answer: Box::new(answer),
-        };
-        T {
-            svc: Service::new(dirs, store, fake),
-            seen,
-            _dir: dir,
-        }
-    }
-
-    fn spec(name: &str) -> VmSpec {
-        serde_json::from_value(serde_json::json!({"name": name, "kernel": "/k"})).unwrap()
-    }
-
-    /// A VM recorded as running with `pid` as its VMM, its run directory in place.
-    fn running(t: &T, name: &str, id: &str, pid: i32, start_time: u64) -> VmRecord {
-        let rec = t.svc.store.insert(id, &spec(name), (0, 0)).unwrap();
-        t.svc
-            .store
-            .set_state(id, StateUpdate::to(VmState::Starting))
-            .unwrap();
-        let up = StateUpdate::to(VmState::Running)
-            .vmm(Some("banger-vmm-qemu"))
-            .process(Some((pid, start_time)));
-        t.svc.store.set_state(id, up).unwrap();
-        std::fs::create_dir_all(t.svc.dirs.vm_run_dir(&rec.id)).unwrap();
-        t.state(name)
-    }
-
-    /// A pid that no longer runs (a child that exited and was reaped).
-    fn dead_pid() -> i32 {
-        let mut c = std::process::Command::new("true").spawn().unwrap();
-        c.wait().unwrap();
-        c.id() as i32
-    }
-
-    fn done(req: &Request) -> std::result::Result<Reply, ClientError> {
-        Ok(match req {
-            Request::SignalVmm(r) => r.answer(banger_helper::Signalled { was_alive: true }),
-            Request::VmmExited(r) => r.answer(Exited { exit: None }),
-            Request::Launches(r) => r.answer(LaunchList {
-                launches: Vec::new(),
-            }),
-            _ => Reply::Done,
-        })
-    }
 
     #[tokio::test]
     async fn a_vmm_that_died_unseen_is_recorded_with_how_it_ended_and_its_runtime_released() {
@@ -1003,22 +908,9 @@ mod tests {
         }
 
         let t = service(|r| match r {
-            Request::Ping(r) => Ok(r.answer(Pong {
-                version: "0".into(),
-                vmm: "banger-vmm-qemu".into(),
-                vmm_version: None,
-                jailed: false,
-                instance: "1-1".into(),
-                network: NetworkConfig {
-                    bridge: "b".into(),
-                    gateway: "10.0.0.1".parse().unwrap(),
-                    prefix_len: 24,
-                    nft_table: "t".into(),
-                },
-            })),
             // Not a `Launched`.
             Request::LaunchVmm(_) => Ok(Reply::Done),
-            r => done(r),
+            r => pong(r),
         });
         t.svc.helper_ping().await.unwrap();
         t.svc
