@@ -509,8 +509,14 @@ async fn wait_gone(p: i32, st: u64, timeout: Duration) -> bool {
 /// An error and its causes on one line (the one formatter: [`banger_api::error_chain`]).
 pub use banger_api::error_chain as chain;
 
+/// Lines of each log [`with_console_tail`] appends.
+const TAIL_LINES: usize = 5;
+/// How much of each log, from its offset, [`with_console_tail`] reads at most.
+const TAIL_READ_LIMIT: u64 = 1 << 20;
+
 /// Appends the last lines of the console (from `offset`: this boot's part) and of the
-/// VMM log (one per boot), which usually say why.
+/// VMM log (one per boot), which usually say why. A log that cannot be read or holds
+/// only blank lines adds nothing.
 fn with_console_tail(reason: &str, console: Option<(&PathBuf, u64)>, vmm_log: &PathBuf) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let mut s = reason.to_string();
@@ -519,19 +525,17 @@ fn with_console_tail(reason: &str, console: Option<(&PathBuf, u64)>, vmm_log: &P
         let mut text = Vec::new();
         let read = std::fs::File::open(path).and_then(|mut f| {
             f.seek(SeekFrom::Start(offset))?;
-            f.take(1 << 20).read_to_end(&mut text)
+            f.take(TAIL_READ_LIMIT).read_to_end(&mut text)
         });
-        if read.is_ok() {
-            let text = String::from_utf8_lossy(&text);
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            if !lines.is_empty() {
-                let tail = &lines[lines.len().saturating_sub(5)..];
-                s.push_str(&format!(
-                    "\n--- last lines of the {label} ({}) ---\n{}",
-                    path.display(),
-                    tail.join("\n")
-                ));
-            }
+        if read.is_err() {
+            continue;
+        }
+        let tail = banger_api::last_lines(&text, TAIL_LINES);
+        if !tail.is_empty() {
+            s.push_str(&format!(
+                "\n--- last lines of the {label} ({}) ---\n{tail}",
+                path.display()
+            ));
         }
     }
     s
@@ -990,5 +994,61 @@ mod tests {
             t.svc.authorize("nope", bob),
             Err(ServiceError::NotFound(_))
         ));
+    }
+
+    /// A failure's reason ends with the last non-blank lines of this boot's part of
+    /// the console and of the VMM log, each labelled with its file; a log that is
+    /// missing or blank adds nothing, and only the first MiB after the offset is read.
+    #[test]
+    fn a_failure_reason_ends_with_the_last_lines_of_this_boot_s_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        let vmm_log = dir.path().join("vmm.log");
+        let earlier = "an earlier boot\n";
+        std::fs::write(&console, format!("{earlier}1\n2\n\n   \n3\n4\n5\n6\n\n")).unwrap();
+        std::fs::write(&vmm_log, "qemu: cannot open /dev/kvm\n").unwrap();
+        let offset = earlier.len() as u64;
+        assert_eq!(
+            with_console_tail("it failed", Some((&console, offset)), &vmm_log),
+            format!(
+                "it failed\n--- last lines of the console ({}) ---\n2\n3\n4\n5\n6\
+                 \n--- last lines of the VMM log ({}) ---\nqemu: cannot open /dev/kvm",
+                console.display(),
+                vmm_log.display()
+            )
+        );
+        // From offset 0 the earlier boot is in reach, but only the last five lines show.
+        std::fs::write(&console, format!("{earlier}1\n")).unwrap();
+        assert_eq!(
+            with_console_tail("x", Some((&console, 0)), &vmm_log),
+            format!(
+                "x\n--- last lines of the console ({}) ---\nan earlier boot\n1\
+                 \n--- last lines of the VMM log ({}) ---\nqemu: cannot open /dev/kvm",
+                console.display(),
+                vmm_log.display()
+            )
+        );
+
+        // Missing and blank logs add nothing.
+        let missing = dir.path().join("missing.log");
+        std::fs::write(&console, " \n\n").unwrap();
+        assert_eq!(with_console_tail("x", Some((&console, 0)), &missing), "x");
+        assert_eq!(with_console_tail("x", None, &missing), "x");
+
+        // Reading stops one MiB after the offset: all of it is read, nothing after.
+        let mut big = "skipped\n".to_string();
+        let offset = big.len() as u64;
+        // Exactly the limit: the last line in reach is "z".
+        big.push_str(&"y\n".repeat((TAIL_READ_LIMIT / 2) as usize - 1));
+        big.push_str("z\n");
+        big.push_str("past the limit\n");
+        std::fs::write(&console, big).unwrap();
+        assert_eq!(
+            with_console_tail("x", Some((&console, offset)), &missing),
+            format!(
+                "x\n--- last lines of the console ({}) ---\ny\ny\ny\ny\nz",
+                console.display()
+            )
+        );
     }
 }
