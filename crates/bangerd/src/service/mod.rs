@@ -62,6 +62,10 @@ pub enum ServiceError {
     NotOwner { name: String, owner: u32 },
     #[error("a VM named {0} already exists")]
     NameTaken(String),
+    #[error("an image named {0} already exists")]
+    ImageNameTaken(String),
+    #[error("an image named {0} is being built; wait for that build or choose another name")]
+    ImageBuilding(String),
     #[error("no free guest address left in {0}; remove a VM or configure a larger subnet")]
     PoolExhausted(String),
     #[error("VM {name} is {state}; cannot {action} it{hint}")]
@@ -107,7 +111,7 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NameTaken(n) => ServiceError::NameTaken(n.to_string()),
-            StoreError::ImageTaken(n) => ServiceError::NameTaken(format!("image {n}")),
+            StoreError::ImageTaken(n) => ServiceError::ImageNameTaken(n),
             StoreError::PoolExhausted(net) => ServiceError::PoolExhausted(net),
             other => ServiceError::Store(other),
         }
@@ -125,6 +129,8 @@ impl ServiceError {
             ServiceError::NotOwner { .. } => ErrorKind::Forbidden,
             ServiceError::NotFound(_) | ServiceError::ImageNotFound(_) => ErrorKind::NotFound,
             ServiceError::NameTaken(_)
+            | ServiceError::ImageNameTaken(_)
+            | ServiceError::ImageBuilding(_)
             | ServiceError::InvalidState { .. }
             | ServiceError::PoolExhausted(_)
             | ServiceError::ImageInUse { .. } => ErrorKind::Conflict,
