@@ -71,17 +71,27 @@ pub(crate) fn spec(name: &str) -> VmSpec {
 
 /// A VM recorded as running with `pid` as its VMM, its run directory in place.
 pub(crate) fn running(t: &T, name: &str, id: &str, pid: i32, start_time: u64) -> VmRecord {
-    let rec = t.svc.store.insert(id, &spec(name), (0, 0)).unwrap();
-    t.svc
-        .store
+    running_in(&t.svc, name, id, pid, start_time)
+}
+
+/// [`running`] in any service.
+pub(crate) fn running_in(
+    svc: &Service,
+    name: &str,
+    id: &str,
+    pid: i32,
+    start_time: u64,
+) -> VmRecord {
+    let rec = svc.store.insert(id, &spec(name), (0, 0)).unwrap();
+    svc.store
         .set_state(id, StateUpdate::to(VmState::Starting))
         .unwrap();
     let up = StateUpdate::to(VmState::Running)
         .vmm(Some("banger-vmm-qemu"))
         .process(Some((pid, start_time)));
-    t.svc.store.set_state(id, up).unwrap();
-    std::fs::create_dir_all(t.svc.dirs.vm_run_dir(&rec.id)).unwrap();
-    t.state(name)
+    svc.store.set_state(id, up).unwrap();
+    std::fs::create_dir_all(svc.dirs.vm_run_dir(&rec.id)).unwrap();
+    svc.store.get_by_name(name).unwrap().unwrap()
 }
 
 /// A pid that no longer runs (a child that exited and was reaped).
