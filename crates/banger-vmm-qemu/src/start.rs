@@ -9,11 +9,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::qemu;
-use crate::vmm::StartPlan;
+use crate::vmm::{StartMicrovmError as Error, StartPlan};
 
 const START_LIMIT: Duration = Duration::from_secs(30);
 
-pub async fn instance_start(plan: &StartPlan) -> Result<(), String> {
+/// Starts QEMU for `plan` and returns once its guest runs; the error says which step
+/// failed (and is what the client reads after "Start microvm error: ").
+pub async fn instance_start(plan: &StartPlan) -> Result<(), Error> {
     let _ = std::fs::remove_file(&plan.qmp_socket);
     let accel = std::env::var("BANGER_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
     let bin = qemu::binary();
@@ -33,12 +35,9 @@ pub async fn instance_start(plan: &StartPlan) -> Result<(), String> {
                     None,
                     SockFlag::SOCK_CLOEXEC,
                 )
-                .map_err(|e| format!("cannot make MMDS's socket pair: {e}"))?;
+                .map_err(Error::MmdsSocketPair)?;
                 backends.push(qemu::Backend::Socket(theirs.as_raw_fd()));
-                let tap = n
-                    .tap
-                    .try_clone()
-                    .map_err(|e| format!("cannot duplicate the tap: {e}"))?;
+                let tap = n.tap.try_clone().map_err(Error::DuplicateTap)?;
                 links.push(crate::mmds::net::Link {
                     tap,
                     qemu: ours,
@@ -90,20 +89,21 @@ pub async fn instance_start(plan: &StartPlan) -> Result<(), String> {
     }
     let mut child = tokio::process::Command::from(cmd)
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        .map_err(|source| Error::Spawn {
+            bin: bin.clone(),
+            source,
+        })?;
     // QEMU has its ends now; ours start switching.
     drop(qemu_ends);
     for link in links {
-        crate::mmds::net::spawn(link).map_err(|e| format!("cannot start MMDS: {e}"))?;
+        crate::mmds::net::spawn(link).map_err(Error::MmdsStart)?;
     }
 
     // Wait until QMP reports a running guest, or QEMU dies trying.
     let deadline = Instant::now() + START_LIMIT;
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Err(format!(
-                "qemu exited during start ({status}); see the VMM log"
-            ));
+        if let Some(status) = child.try_wait().map_err(Error::Wait)? {
+            return Err(Error::Exited(status));
         }
         if plan.qmp_socket.exists()
             && let Ok(s) = qemu::qmp(&plan.qmp_socket, "query-status", None).await
@@ -113,10 +113,7 @@ pub async fn instance_start(plan: &StartPlan) -> Result<(), String> {
         }
         if Instant::now() > deadline {
             let _ = child.start_kill();
-            return Err(format!(
-                "qemu did not start the guest within {} s",
-                START_LIMIT.as_secs()
-            ));
+            return Err(Error::Timeout(START_LIMIT));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

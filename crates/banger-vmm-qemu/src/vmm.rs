@@ -77,7 +77,7 @@ pub enum ActionError {
     #[error("The requested operation is not supported before starting the microVM.")]
     NotSupportedPreBoot,
     #[error("Start microvm error: {0}")]
-    StartMicrovm(String),
+    StartMicrovm(#[from] StartMicrovmError),
 }
 
 impl ActionError {
@@ -97,6 +97,34 @@ impl From<MmdsError> for ActionError {
             MmdsError::NotInitialized => ActionError::Mmds(e),
         }
     }
+}
+
+/// Why InstanceStart failed. Each text is what the API returns to the client after
+/// "Start microvm error: " (the first is Firecracker's own), so a variant with a cause
+/// shows it inline as the other resource errors here do, and keeps it as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum StartMicrovmError {
+    #[error("Cannot start microvm without kernel configuration.")]
+    MissingKernelConfig,
+    #[error("cannot duplicate the tap: {0}")]
+    DuplicateTap(#[source] std::io::Error),
+    #[error("cannot make MMDS's socket pair: {0}")]
+    MmdsSocketPair(#[source] nix::Error),
+    #[error("cannot run {}: {source}", .bin.display())]
+    Spawn {
+        bin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start MMDS: {0}")]
+    MmdsStart(#[source] std::io::Error),
+    /// Waiting on QEMU's process failed (the text is the bare OS error, as before).
+    #[error("{0}")]
+    Wait(#[source] std::io::Error),
+    #[error("qemu exited during start ({0}); see the VMM log")]
+    Exited(std::process::ExitStatus),
+    #[error("qemu did not start the guest within {} s", .0.as_secs())]
+    Timeout(std::time::Duration),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -410,15 +438,11 @@ impl Vmm {
             A::InstanceStart => {
                 pre_boot(self)?;
                 let Some(boot) = self.boot.clone() else {
-                    return Err(ActionError::StartMicrovm(
-                        "Cannot start microvm without kernel configuration.".into(),
-                    ));
+                    return Err(StartMicrovmError::MissingKernelConfig.into());
                 };
                 let mut nets = Vec::new();
                 for n in &self.nets {
-                    let tap = n.tap.try_clone().map_err(|e| {
-                        ActionError::StartMicrovm(format!("cannot duplicate the tap: {e}"))
-                    })?;
+                    let tap = n.tap.try_clone().map_err(StartMicrovmError::DuplicateTap)?;
                     nets.push(PlanNet {
                         config: n.config.clone(),
                         tap,
@@ -805,6 +829,72 @@ mod tests {
         assert!(
             matches!(v.apply(VmmAction::GetMmds), Ok(Applied::Body(b)) if b == json!({"a": 1}))
         );
+    }
+
+    /// What a failed start tells the client is the text it always was (the
+    /// conformance suite compares the first with Firecracker's), and each cause stays
+    /// reachable as the error's source.
+    #[test]
+    fn start_errors_keep_their_client_texts_and_their_causes() {
+        use std::error::Error as _;
+        use std::os::unix::process::ExitStatusExt;
+        let io = || std::io::Error::from_raw_os_error(libc::EBADF);
+        let bad_fd = io().to_string();
+        let cases = [
+            (
+                StartMicrovmError::MissingKernelConfig,
+                "Cannot start microvm without kernel configuration.".to_string(),
+                None,
+            ),
+            (
+                StartMicrovmError::DuplicateTap(io()),
+                format!("cannot duplicate the tap: {bad_fd}"),
+                Some(bad_fd.clone()),
+            ),
+            (
+                StartMicrovmError::MmdsSocketPair(nix::Error::EMFILE),
+                format!("cannot make MMDS's socket pair: {}", nix::Error::EMFILE),
+                Some(nix::Error::EMFILE.to_string()),
+            ),
+            (
+                StartMicrovmError::Spawn {
+                    bin: "/usr/bin/qemu-system-x86_64".into(),
+                    source: io(),
+                },
+                format!("cannot run /usr/bin/qemu-system-x86_64: {bad_fd}"),
+                Some(bad_fd.clone()),
+            ),
+            (
+                StartMicrovmError::MmdsStart(io()),
+                format!("cannot start MMDS: {bad_fd}"),
+                Some(bad_fd.clone()),
+            ),
+            (
+                StartMicrovmError::Wait(io()),
+                bad_fd.clone(),
+                Some(bad_fd.clone()),
+            ),
+            (
+                StartMicrovmError::Exited(std::process::ExitStatus::from_raw(1 << 8)),
+                "qemu exited during start (exit status: 1); see the VMM log".to_string(),
+                None,
+            ),
+            (
+                StartMicrovmError::Timeout(std::time::Duration::from_secs(30)),
+                "qemu did not start the guest within 30 s".to_string(),
+                None,
+            ),
+        ];
+        for (e, text, source) in cases {
+            assert_eq!(
+                e.source().map(|s| s.to_string()),
+                source,
+                "the cause of {e:?}"
+            );
+            let e = ActionError::from(e);
+            assert_eq!(e.to_string(), format!("Start microvm error: {text}"));
+            assert_eq!(e.status(), 400, "{e}");
+        }
     }
 
     #[test]

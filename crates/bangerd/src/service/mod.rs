@@ -8,6 +8,8 @@
 
 mod boot;
 mod create;
+#[cfg(test)]
+pub(crate) mod fake;
 mod kill;
 mod reconcile;
 mod rm;
@@ -60,6 +62,10 @@ pub enum ServiceError {
     NotOwner { name: String, owner: u32 },
     #[error("a VM named {0} already exists")]
     NameTaken(String),
+    #[error("an image named {0} already exists")]
+    ImageNameTaken(String),
+    #[error("an image named {0} is being built; wait for that build or choose another name")]
+    ImageBuilding(String),
     #[error("no free guest address left in {0}; remove a VM or configure a larger subnet")]
     PoolExhausted(String),
     #[error("VM {name} is {state}; cannot {action} it{hint}")]
@@ -105,7 +111,7 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NameTaken(n) => ServiceError::NameTaken(n.to_string()),
-            StoreError::ImageTaken(n) => ServiceError::NameTaken(format!("image {n}")),
+            StoreError::ImageTaken(n) => ServiceError::ImageNameTaken(n),
             StoreError::PoolExhausted(net) => ServiceError::PoolExhausted(net),
             other => ServiceError::Store(other),
         }
@@ -123,6 +129,8 @@ impl ServiceError {
             ServiceError::NotOwner { .. } => ErrorKind::Forbidden,
             ServiceError::NotFound(_) | ServiceError::ImageNotFound(_) => ErrorKind::NotFound,
             ServiceError::NameTaken(_)
+            | ServiceError::ImageNameTaken(_)
+            | ServiceError::ImageBuilding(_)
             | ServiceError::InvalidState { .. }
             | ServiceError::PoolExhausted(_)
             | ServiceError::ImageInUse { .. } => ErrorKind::Conflict,
@@ -507,8 +515,14 @@ async fn wait_gone(p: i32, st: u64, timeout: Duration) -> bool {
 /// An error and its causes on one line (the one formatter: [`banger_api::error_chain`]).
 pub use banger_api::error_chain as chain;
 
+/// Lines of each log [`with_console_tail`] appends.
+const TAIL_LINES: usize = 5;
+/// How much of each log, from its offset, [`with_console_tail`] reads at most.
+const TAIL_READ_LIMIT: u64 = 1 << 20;
+
 /// Appends the last lines of the console (from `offset`: this boot's part) and of the
-/// VMM log (one per boot), which usually say why.
+/// VMM log (one per boot), which usually say why. A log that cannot be read or holds
+/// only blank lines adds nothing.
 fn with_console_tail(reason: &str, console: Option<(&PathBuf, u64)>, vmm_log: &PathBuf) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let mut s = reason.to_string();
@@ -517,19 +531,17 @@ fn with_console_tail(reason: &str, console: Option<(&PathBuf, u64)>, vmm_log: &P
         let mut text = Vec::new();
         let read = std::fs::File::open(path).and_then(|mut f| {
             f.seek(SeekFrom::Start(offset))?;
-            f.take(1 << 20).read_to_end(&mut text)
+            f.take(TAIL_READ_LIMIT).read_to_end(&mut text)
         });
-        if read.is_ok() {
-            let text = String::from_utf8_lossy(&text);
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            if !lines.is_empty() {
-                let tail = &lines[lines.len().saturating_sub(5)..];
-                s.push_str(&format!(
-                    "\n--- last lines of the {label} ({}) ---\n{}",
-                    path.display(),
-                    tail.join("\n")
-                ));
-            }
+        if read.is_err() {
+            continue;
+        }
+        let tail = banger_api::last_lines(&text, TAIL_LINES);
+        if !tail.is_empty() {
+            s.push_str(&format!(
+                "\n--- last lines of the {label} ({}) ---\n{tail}",
+                path.display()
+            ));
         }
     }
     s
@@ -602,106 +614,9 @@ mod tests {
     //! directory), real processes for VMMs (`sleep`, checked by pid and start time as
     //! the daemon does), and a recording fake behind [`Helper`].
 
+    use super::fake::*;
     use super::*;
     use banger_helper::VmmExit;
-
-    /// The fake's answer to a request, in its wire form.
-    type Answer = dyn Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync;
-
-    /// Records every request; answers with `answer`.
-    struct Fake {
-        seen: Arc<Mutex<Vec<Request>>>,
-        answer: Box<Answer>,
-    }
-
-    impl Helper for Fake {
-        fn exchange(&self, req: &Request) -> std::result::Result<Reply, ClientError> {
-            self.seen.lock().unwrap().push(req.clone());
-            (self.answer)(req)
-        }
-    }
-
-    struct T {
-        svc: Service,
-        seen: Arc<Mutex<Vec<Request>>>,
-        _dir: tempfile::TempDir,
-    }
-
-    impl T {
-        /// Request kinds the helper was asked for, in order (`op` of the wire form).
-        fn ops(&self) -> Vec<String> {
-            self.seen
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    serde_json::to_value(r).unwrap()["op"]
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                })
-                .collect()
-        }
-        fn state(&self, name: &str) -> VmRecord {
-            self.svc.store.get_by_name(name).unwrap().unwrap()
-        }
-    }
-
-    fn service(
-        answer: impl Fn(&Request) -> std::result::Result<Reply, ClientError> + Send + Sync + 'static,
-    ) -> T {
-        let dir = tempfile::tempdir().unwrap();
-        let dirs = Dirs::under(dir.path());
-        std::fs::create_dir_all(&dirs.run).unwrap();
-        let store = Store::open(&dir.path().join("banger.db")).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let fake = Fake {
-            seen: seen.clone(),
-            answer: Box::new(answer),
-        };
-        T {
-            svc: Service::new(dirs, store, fake),
-            seen,
-            _dir: dir,
-        }
-    }
-
-    fn spec(name: &str) -> VmSpec {
-        serde_json::from_value(serde_json::json!({"name": name, "kernel": "/k"})).unwrap()
-    }
-
-    /// A VM recorded as running with `pid` as its VMM, its run directory in place.
-    fn running(t: &T, name: &str, id: &str, pid: i32, start_time: u64) -> VmRecord {
-        let rec = t.svc.store.insert(id, &spec(name), (0, 0)).unwrap();
-        t.svc
-            .store
-            .set_state(id, StateUpdate::to(VmState::Starting))
-            .unwrap();
-        let up = StateUpdate::to(VmState::Running)
-            .vmm(Some("banger-vmm-qemu"))
-            .process(Some((pid, start_time)));
-        t.svc.store.set_state(id, up).unwrap();
-        std::fs::create_dir_all(t.svc.dirs.vm_run_dir(&rec.id)).unwrap();
-        t.state(name)
-    }
-
-    /// A pid that no longer runs (a child that exited and was reaped).
-    fn dead_pid() -> i32 {
-        let mut c = std::process::Command::new("true").spawn().unwrap();
-        c.wait().unwrap();
-        c.id() as i32
-    }
-
-    fn done(req: &Request) -> std::result::Result<Reply, ClientError> {
-        Ok(match req {
-            Request::SignalVmm(r) => r.answer(banger_helper::Signalled { was_alive: true }),
-            Request::VmmExited(r) => r.answer(Exited { exit: None }),
-            Request::Launches(r) => r.answer(LaunchList {
-                launches: Vec::new(),
-            }),
-            _ => Reply::Done,
-        })
-    }
 
     #[tokio::test]
     async fn a_vmm_that_died_unseen_is_recorded_with_how_it_ended_and_its_runtime_released() {
@@ -1003,22 +918,9 @@ mod tests {
         }
 
         let t = service(|r| match r {
-            Request::Ping(r) => Ok(r.answer(Pong {
-                version: "0".into(),
-                vmm: "banger-vmm-qemu".into(),
-                vmm_version: None,
-                jailed: false,
-                instance: "1-1".into(),
-                network: NetworkConfig {
-                    bridge: "b".into(),
-                    gateway: "10.0.0.1".parse().unwrap(),
-                    prefix_len: 24,
-                    nft_table: "t".into(),
-                },
-            })),
             // Not a `Launched`.
             Request::LaunchVmm(_) => Ok(Reply::Done),
-            r => done(r),
+            r => pong(r),
         });
         t.svc.helper_ping().await.unwrap();
         t.svc
@@ -1098,5 +1000,61 @@ mod tests {
             t.svc.authorize("nope", bob),
             Err(ServiceError::NotFound(_))
         ));
+    }
+
+    /// A failure's reason ends with the last non-blank lines of this boot's part of
+    /// the console and of the VMM log, each labelled with its file; a log that is
+    /// missing or blank adds nothing, and only the first MiB after the offset is read.
+    #[test]
+    fn a_failure_reason_ends_with_the_last_lines_of_this_boot_s_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        let vmm_log = dir.path().join("vmm.log");
+        let earlier = "an earlier boot\n";
+        std::fs::write(&console, format!("{earlier}1\n2\n\n   \n3\n4\n5\n6\n\n")).unwrap();
+        std::fs::write(&vmm_log, "qemu: cannot open /dev/kvm\n").unwrap();
+        let offset = earlier.len() as u64;
+        assert_eq!(
+            with_console_tail("it failed", Some((&console, offset)), &vmm_log),
+            format!(
+                "it failed\n--- last lines of the console ({}) ---\n2\n3\n4\n5\n6\
+                 \n--- last lines of the VMM log ({}) ---\nqemu: cannot open /dev/kvm",
+                console.display(),
+                vmm_log.display()
+            )
+        );
+        // From offset 0 the earlier boot is in reach, but only the last five lines show.
+        std::fs::write(&console, format!("{earlier}1\n")).unwrap();
+        assert_eq!(
+            with_console_tail("x", Some((&console, 0)), &vmm_log),
+            format!(
+                "x\n--- last lines of the console ({}) ---\nan earlier boot\n1\
+                 \n--- last lines of the VMM log ({}) ---\nqemu: cannot open /dev/kvm",
+                console.display(),
+                vmm_log.display()
+            )
+        );
+
+        // Missing and blank logs add nothing.
+        let missing = dir.path().join("missing.log");
+        std::fs::write(&console, " \n\n").unwrap();
+        assert_eq!(with_console_tail("x", Some((&console, 0)), &missing), "x");
+        assert_eq!(with_console_tail("x", None, &missing), "x");
+
+        // Reading stops one MiB after the offset: all of it is read, nothing after.
+        let mut big = "skipped\n".to_string();
+        let offset = big.len() as u64;
+        // Exactly the limit: the last line in reach is "z".
+        big.push_str(&"y\n".repeat((TAIL_READ_LIMIT / 2) as usize - 1));
+        big.push_str("z\n");
+        big.push_str("past the limit\n");
+        std::fs::write(&console, big).unwrap();
+        assert_eq!(
+            with_console_tail("x", Some((&console, offset)), &missing),
+            format!(
+                "x\n--- last lines of the console ({}) ---\ny\ny\ny\ny\nz",
+                console.display()
+            )
+        );
     }
 }
