@@ -589,7 +589,10 @@ fn a_real_guest_boots_pauses_resumes_and_ends_with_ctrl_alt_del() {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while vmm.get_ok("/", "InstanceInfo")["state"] != "Running" {
-        assert!(Instant::now() < deadline, "the start was dropped with its client");
+        assert!(
+            Instant::now() < deadline,
+            "the start was dropped with its client"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
