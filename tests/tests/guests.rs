@@ -70,6 +70,11 @@ fn assert_identity_from_mmds(env: &Env, name: &str, id: &str) {
         env.ssh(name, "ip route show 169.254.169.254")
             .starts_with("prohibit")
     );
+    // Before that, only root could reach it (banger-net's rule, from the first packet).
+    assert!(
+        env.ssh(name, "ip rule show pref 100")
+            .contains("to 169.254.169.254 uidrange 1-4294967294 prohibit")
+    );
 }
 
 #[test]
@@ -151,6 +156,12 @@ fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(stderr(&out).contains("used by dev"), "{}", stderr(&out));
 
+    // The identity is applied once: what the guest changes after stays changed.
+    env.ssh(
+        "dev",
+        "echo '# kept by the guest' >> /root/.ssh/authorized_keys && sync",
+    );
+
     // Stop, start: a new boot on the same disk, same address.
     env.ok(&["vm", "stop", "dev", "--timeout", "60"]);
     assert!(
@@ -162,6 +173,10 @@ fn run_ssh_stop_start_then_rm_releases_disk_tap_address_and_rule() {
     let boot2 = env.ssh("dev", "cat /proc/sys/kernel/random/boot_id");
     assert_ne!(boot1, boot2);
     assert_eq!(env.ssh("dev", "cat /root/marker"), "persisted");
+    assert!(
+        env.ssh("dev", "cat /root/.ssh/authorized_keys")
+            .ends_with("# kept by the guest")
+    );
     assert_eq!(env.json(&["vm", "show", "dev"])["ip"].as_str().unwrap(), ip);
     assert_identity_from_mmds(&env, "dev", &id);
 

@@ -144,7 +144,11 @@ async fn execute(api: &Arc<Api>, action: VmmAction) -> Result<Option<Value>, Act
                 r
             })
             .await
-            .expect("InstanceStart does not panic");
+            .unwrap_or_else(|e| {
+                // A start that panicked ends the phase as a failed start would.
+                api.vmm().started(false);
+                Err(crate::vmm::StartMicrovmError::Panicked(e.to_string()))
+            });
             r.map(|()| None).map_err(ActionError::StartMicrovm)
         }
         Applied::Qmp(call) => {
@@ -166,12 +170,19 @@ fn fault(message: &str) -> Value {
 fn describe(method: &Method, path: &str, body: Option<&[u8]>) -> String {
     let m = titlecase(method);
     match body {
-        Some(b) if path != "/mmds" => format!(
+        Some(b) if !is_mmds(path) => format!(
             "{m} request on {path:?} with body {:?}",
             std::str::from_utf8(b).unwrap_or("inconvertible to UTF-8")
         ),
         _ => format!("{m} request on {path:?}"),
     }
+}
+
+/// Whether a path is the MMDS data store's as the router reads it (empty segments
+/// taken away: `//mmds` and `/mmds/` too): its body may hold secrets.
+fn is_mmds(path: &str) -> bool {
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    segments.next() == Some("mmds") && segments.next().is_none()
 }
 
 /// How Firecracker's `{:?}` shows a parse error in its log.
@@ -252,6 +263,12 @@ mod tests {
             describe(&Method::PUT, "/mmds", Some(b"{}")),
             r#"Put request on "/mmds""#
         );
+        for path in ["//mmds", "/mmds/", "/mmds//"] {
+            assert_eq!(
+                describe(&Method::PUT, path, Some(b"{\"key\":\"secret\"}")),
+                format!("Put request on {path:?}"),
+            );
+        }
         assert_eq!(
             describe(&Method::PUT, "/mmds/config", Some(b"{}")),
             r#"Put request on "/mmds/config" with body "{}""#

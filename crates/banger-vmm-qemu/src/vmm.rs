@@ -125,6 +125,8 @@ pub enum StartMicrovmError {
     Exited(std::process::ExitStatus),
     #[error("qemu did not start the guest within {} s", .0.as_secs())]
     Timeout(std::time::Duration),
+    #[error("the start failed unexpectedly: {0}")]
+    Panicked(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -882,6 +884,11 @@ mod tests {
             (
                 StartMicrovmError::Timeout(std::time::Duration::from_secs(30)),
                 "qemu did not start the guest within 30 s".to_string(),
+                None,
+            ),
+            (
+                StartMicrovmError::Panicked("task 1 panicked".into()),
+                "the start failed unexpectedly: task 1 panicked".to_string(),
                 None,
             ),
         ];

@@ -35,6 +35,11 @@ done
 [ -n "$hn" ] && hostname "$hn"
 ip link set lo up
 [ -z "$ip" ] && exit 0
+# MMDS holds the VM's host key: before the guest has any address, only root may
+# reach it (banger-identity closes it for root too once it has read the identity).
+if grep -qw banger.mmds=1 /proc/cmdline; then
+  ip rule add pref 100 to 169.254.169.254 uidrange 1-4294967294 prohibit
+fi
 ip addr add "$ip" dev eth0
 ip link set eth0 up
 [ -n "$gw" ] && ip route add default via "$gw"
@@ -63,11 +68,15 @@ WantedBy=multi-user.target
 const IDENTITY_SCRIPT: &str = r#"#!/bin/bash
 # Installed by banger: this VM's identity (hostname, SSH host key, authorized keys)
 # from the metadata service (MMDS V2) banger's VMM serves at 169.254.169.254. Runs at
-# every boot the kernel command line says banger.mmds=1, then closes the route to the
-# service, so no other process in the guest can read the host key.
+# every boot the kernel command line says banger.mmds=1 and applies the identity the
+# first time it sees it (a new host key), so later edits in the guest stay. Only root
+# reaches the service (banger-net's rule); on the way out, whatever happened, the
+# route is closed for root too.
 set -u
 export LC_ALL=C
 M=169.254.169.254
+trap 'ip route replace prohibit "$M"' EXIT
+trap 'exit 1' TERM INT
 ip route replace "$M" dev eth0 || exit 1
 
 # One HTTP/1.1 exchange: prints the body of a 200 answer, fails on anything else.
@@ -84,9 +93,11 @@ http() {
     [ -z "$line" ] && break
     case ${line,,} in content-length:*) len=${line#*:}; len=${len//[!0-9]/} ;; esac
   done
-  if [ "${len:-0}" -gt 0 ]; then IFS= read -r -t 10 -N "$len" body <&3; fi
+  if [ "${len:-0}" -gt 0 ]; then
+    IFS= read -r -t 10 -N "$len" body <&3 || { exec 3<&-; return 1; }
+  fi
   exec 3<&-
-  [ "$status" = 200 ] || return 1
+  [ "$status" = 200 ] && [ "${#body}" -eq "${len:-0}" ] || return 1
   printf '%s' "$body"
 }
 
@@ -95,6 +106,16 @@ if ! token=$(http PUT /latest/api/token "X-metadata-token-ttl-seconds: 60"); the
   exit 1
 fi
 get() { http GET "/banger/$1" "X-metadata-token: $token"; }
+if ! pub=$(get ssh_host_ed25519_key_pub) || [ "${pub#ssh-ed25519 }" = "$pub" ]; then
+  echo "banger-identity: no host key in the metadata service" >&2
+  exit 1
+fi
+# Applied already (this VM's key is installed): nothing more to read.
+[ "$(cat /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null)" = "$pub" ] && exit 0
+if ! key=$(get ssh_host_ed25519_key) || [ "${key#-----BEGIN OPENSSH PRIVATE KEY-----}" = "$key" ]; then
+  echo "banger-identity: the host key could not be read whole" >&2
+  exit 1
+fi
 umask 077
 # A file replaced whole: written aside, then renamed over.
 put() {
@@ -108,12 +129,9 @@ if keys=$(get authorized_keys); then
   mkdir -p -m 700 /root/.ssh
   put /root/.ssh/authorized_keys 600 "$keys"
 fi
-if key=$(get ssh_host_ed25519_key) && pub=$(get ssh_host_ed25519_key_pub); then
-  put /etc/ssh/ssh_host_ed25519_key 600 "$key"
+# The public half last: it marks the identity as applied.
+put /etc/ssh/ssh_host_ed25519_key 600 "$key" &&
   put /etc/ssh/ssh_host_ed25519_key.pub 644 "$pub"
-fi
-ip route replace prohibit "$M"
-exit 0
 "#;
 
 const IDENTITY_UNIT: &str = "[Unit]
@@ -122,7 +140,7 @@ DefaultDependencies=no
 ConditionKernelCommandLine=banger.mmds=1
 Requires=banger-net.service
 After=banger-net.service local-fs.target
-Before=ssh.service systemd-user-sessions.service getty.target
+Before=network.target ssh.service systemd-user-sessions.service getty.target
 
 [Service]
 Type=oneshot

@@ -228,10 +228,16 @@ pub fn has_file(disk: &Path, guest_path: &str) -> Result<bool, DiskError> {
         })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // debugfs exits 0 either way: an inode it found says its type; a missing file is
-    // its "not found"; anything else (not ext4, unreadable) is an error.
-    if stdout.contains("Type: ") {
-        return Ok(stdout.contains("Type: regular"));
+    // debugfs exits 0 either way: an inode it found says its type on its first line
+    // (the rest, a link's target or extended attributes, is the image's own text); a
+    // missing file is its "not found"; anything else (not ext4, unreadable) is an error.
+    let first = stdout.lines().next().unwrap_or_default();
+    if first.starts_with("Inode: ") {
+        return Ok(first
+            .split_whitespace()
+            .skip_while(|w| *w != "Type:")
+            .nth(1)
+            == Some("regular"));
     }
     if stderr.contains("File not found") {
         return Ok(false);
@@ -348,6 +354,24 @@ mod tests {
         assert!(has_file(&img, "/etc/hostname").unwrap());
         assert!(!has_file(&img, "/etc/missing").unwrap());
         assert!(!has_file(&img, "/etc").unwrap(), "a directory is no file");
+        // A link whose target reads like debugfs's own words is still a link.
+        let d2 = tempfile::tempdir().unwrap();
+        let content = d2.path().join("content");
+        std::fs::create_dir_all(content.join("etc")).unwrap();
+        std::os::unix::fs::symlink("Type: regular", content.join("etc/fake")).unwrap();
+        let linked = d2.path().join("img.ext4");
+        File::create(&linked).unwrap().set_len(16 << 20).unwrap();
+        let st = Command::new(tool("mkfs.ext4"))
+            .args(["-q", "-F", "-d"])
+            .arg(&content)
+            .arg(&linked)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(
+            !has_file(&linked, "/etc/fake").unwrap(),
+            "a link is no file"
+        );
         let junk = d.path().join("junk");
         std::fs::write(&junk, vec![0u8; 1 << 16]).unwrap();
         assert!(has_file(&junk, "/etc/hostname").is_err());

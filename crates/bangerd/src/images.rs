@@ -12,7 +12,7 @@ use banger_helper::{BuildImage, Identity, ImageBuilt, PackageName, Release, VmId
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::service::{GUEST_AGENT, MMDS_MARKER, Service, ServiceError, chain, open_as};
+use crate::service::{GUEST_AGENT, GUEST_UNIT, MMDS_MARKER, Service, ServiceError, chain, open_as};
 use crate::store::ImageRecord;
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
@@ -53,7 +53,9 @@ fn digest_dir(dir: &Path) -> std::io::Result<String> {
 /// from MMDS (see `service::ssh_keys`). An image that cannot be read for it is left
 /// unmarked: its VMs get the identity written into their disks, as before the unit.
 fn mark_identity(dir: &Path) {
-    match crate::disk::has_file(&dir.join("rootfs.ext4"), GUEST_AGENT) {
+    let rootfs = dir.join("rootfs.ext4");
+    let has = |path| crate::disk::has_file(&rootfs, path);
+    match has(GUEST_AGENT).and_then(|script| Ok(script && has(GUEST_UNIT)?)) {
         Ok(false) => {}
         Ok(true) => {
             let marker = dir.join(MMDS_MARKER);

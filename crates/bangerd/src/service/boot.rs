@@ -71,7 +71,7 @@ impl Service {
                     // The guest unit runs only when told MMDS is there (it would
                     // otherwise wait for a service that never answers).
                     args.push_str(" banger.mmds=1");
-                    mmds = Some(id.mmds());
+                    mmds = Some(id);
                 }
                 let o = addr.octets();
                 let mac = format!("06:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
@@ -127,8 +127,8 @@ pub(super) struct BootPlan {
     boot_args: String,
     /// (tap, guest MAC)
     pub(super) nic: Option<(String, String)>,
-    /// The MMDS data store (the VM's identity), served on the NIC.
-    mmds: Option<serde_json::Value>,
+    /// The VM's identity, served by MMDS on the NIC (its `Debug` hides the key).
+    mmds: Option<GuestIdentity>,
 }
 
 /// Waits until the VMM is ready, then configures and starts it.
@@ -191,7 +191,7 @@ pub(super) async fn configure(
                 Some(mac.clone()),
             ))
             .await?;
-        if let Some(data) = &plan.mmds {
+        if let Some(identity) = &plan.mmds {
             client
                 .put_mmds_config(&banger_fc::models::MmdsConfig {
                     version: banger_fc::models::MmdsVersion::V2,
@@ -200,7 +200,7 @@ pub(super) async fn configure(
                     imds_compat: false,
                 })
                 .await?;
-            client.put_mmds(data).await?;
+            client.put_mmds(&identity.mmds()).await?;
         }
     }
     if let Some(rootfs) = &l.paths.rootfs {

@@ -75,7 +75,7 @@ impl Service {
             };
             let identity =
                 GuestIdentity::generate(&state_dir, &name, &spec.ssh_keys).map_err(identity_err)?;
-            if by_mmds {
+            if by_mmds && identity.fits_mmds() {
                 // Served by MMDS at each start; the disk stays the image's.
                 identity.save(&state_dir).map_err(identity_err)?;
             } else {

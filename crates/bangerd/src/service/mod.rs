@@ -19,7 +19,7 @@ mod stop;
 mod timeline;
 
 use boot::configure;
-pub(crate) use ssh_keys::{GUEST_AGENT, GuestIdentity, IdentityError, MMDS_MARKER};
+pub(crate) use ssh_keys::{GUEST_AGENT, GUEST_UNIT, GuestIdentity, IdentityError, MMDS_MARKER};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -18,6 +18,12 @@ use super::*;
 /// The guest side of MMDS identity; an image whose rootfs has it gets its identity
 /// from MMDS.
 pub(crate) const GUEST_AGENT: &str = "/usr/local/sbin/banger-identity";
+/// Its unit, which must be there too.
+pub(crate) const GUEST_UNIT: &str = "/etc/systemd/system/banger-identity.service";
+/// The largest identity served by MMDS: Firecracker's default data store and API
+/// payload limit is 51200 bytes. A larger one (many long keys) is written into the
+/// disk instead, so the VM can always start.
+pub(crate) const MMDS_MAX: usize = 48 * 1024;
 /// In an image's directory: present when its rootfs has [`GUEST_AGENT`] (checked
 /// once, when the image is published).
 pub(crate) const MMDS_MARKER: &str = "identity-mmds";
@@ -46,8 +52,9 @@ pub(crate) enum IdentityError {
     },
 }
 
-/// What MMDS serves under `/banger/` (the names are the guest unit's).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What MMDS serves under `/banger/` (the names are the guest unit's). Its `Debug`
+/// leaves the private key out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct GuestIdentity {
     pub hostname: String,
     /// One key per line.
@@ -55,6 +62,17 @@ pub(crate) struct GuestIdentity {
     /// OpenSSH private key.
     pub ssh_host_ed25519_key: String,
     pub ssh_host_ed25519_key_pub: String,
+}
+
+impl std::fmt::Debug for GuestIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestIdentity")
+            .field("hostname", &self.hostname)
+            .field("authorized_keys", &self.authorized_keys)
+            .field("ssh_host_ed25519_key", &"<private>")
+            .field("ssh_host_ed25519_key_pub", &self.ssh_host_ed25519_key_pub)
+            .finish()
+    }
 }
 
 impl GuestIdentity {
@@ -132,6 +150,11 @@ impl GuestIdentity {
     /// The MMDS data store: everything under `banger`.
     pub(crate) fn mmds(&self) -> serde_json::Value {
         serde_json::json!({ "banger": self })
+    }
+
+    /// Whether MMDS can hold it (see [`MMDS_MAX`]).
+    pub(crate) fn fits_mmds(&self) -> bool {
+        self.mmds().to_string().len() <= MMDS_MAX
     }
 
     /// Keeps the identity for MMDS in the state dir, readable by the daemon's user
@@ -216,6 +239,24 @@ mod tests {
             two.ssh_host_ed25519_key, id.ssh_host_ed25519_key,
             "a fresh key"
         );
+    }
+
+    #[test]
+    fn the_private_key_is_never_in_debug_output_and_oversized_identities_do_not_fit() {
+        let d = tempfile::tempdir().unwrap();
+        let id = GuestIdentity::generate(d.path(), "vm1", &["k1".into()]).unwrap();
+        let shown = format!("{id:?}");
+        assert!(
+            shown.contains("vm1") && shown.contains("ssh-ed25519"),
+            "{shown}"
+        );
+        assert!(!shown.contains("PRIVATE"), "{shown}");
+        assert!(id.fits_mmds());
+        let big = GuestIdentity {
+            authorized_keys: "k".repeat(MMDS_MAX),
+            ..id
+        };
+        assert!(!big.fits_mmds());
     }
 
     #[test]
